@@ -1,0 +1,13 @@
+"""mechwidgets: Jupyter-native mechanistic interpretability.
+
+Load a model, turn texts into a labelled activation cube, and ask five questions of it:
+``detect``, ``compare``, ``localize``, ``polysemantic`` and ``collapse``.
+
+>>> import mechwidgets as mw
+>>> model = mw.load_model("toy-grammar")
+>>> cube = mw.extract(model, mw.get_task("subject_number"), layers="all")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

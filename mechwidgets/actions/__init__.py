@@ -1,0 +1,1 @@
+"""The five research actions, registered by name on import."""

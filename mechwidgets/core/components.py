@@ -1,0 +1,173 @@
+"""Typed component selectors.
+
+User-facing strings are parsed once, at the edge, into typed values; analysis code
+never handles hook-name strings. A :class:`Selector` is what a string says
+(``"resid:0-5"``, ``"attn:all"``, ``"mlp:2,4"``, ``"head:3.2"``, ``"neuron:2.187"``);
+:meth:`Selector.expand` checks it against a model's shape and yields
+:class:`LayerComponent` values.
+
+>>> shape = ModelShape(n_layers=6, n_heads=8, d_mlp=2048)
+>>> parse_selector("head:3.2").expand(shape)
+[LayerComponent(kind='attention_head', layer=3, head=2, neuron=None)]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from mechwidgets.core.errors import SelectorError
+
+Kind = Literal["residual", "attention", "mlp", "attention_head", "mlp_neuron"]
+
+#: selector prefix -> typed kind; the prefixes are also the cube's component names.
+PREFIXES: dict[str, Kind] = {
+    "resid": "residual",
+    "attn": "attention",
+    "mlp": "mlp",
+    "head": "attention_head",
+    "neuron": "mlp_neuron",
+}
+_ALIASES = {"residual": "resid", "attention": "attn", "heads": "head", "neurons": "neuron"}
+_HELP = (
+    "use KIND:LAYERS with KIND in resid|attn|mlp|head|neuron and LAYERS like 'all', '3', "
+    "'0-5' or '2,4'; heads and neurons as 'head:3.2', 'head:3.*', 'neuron:2.187'"
+)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes a selector is checked against."""
+
+    n_layers: int
+    n_heads: int
+    d_mlp: int
+
+
+@dataclass(frozen=True, order=True)
+class LayerComponent:
+    """One component of one layer: a stream, an attention head or an MLP neuron."""
+
+    kind: Kind
+    layer: int
+    head: int | None = None
+    neuron: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The cube's component label: ``resid``, ``attn``, ``mlp``, ``head.H``, ``neuron.N``."""
+        if self.kind == "attention_head":
+            return f"head.{self.head}"
+        if self.kind == "mlp_neuron":
+            return f"neuron.{self.neuron}"
+        return prefix_of(self.kind)
+
+    def __str__(self) -> str:
+        if self.kind == "attention_head":
+            return f"head:{self.layer}.{self.head}"
+        if self.kind == "mlp_neuron":
+            return f"neuron:{self.layer}.{self.neuron}"
+        return f"{prefix_of(self.kind)}:{self.layer}"
+
+
+def prefix_of(kind: Kind) -> str:
+    """The selector prefix (and cube component name) of a kind."""
+    return next(p for p, k in PREFIXES.items() if k == kind)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A parsed selector string; ``None`` fields mean "all"."""
+
+    kind: Kind
+    layers: tuple[int, ...] | None
+    index: int | None = None  # head or neuron index within the layer
+    text: str = ""
+
+    def expand(self, shape: ModelShape) -> list[LayerComponent]:
+        """Check against ``shape`` and list the components this selector names."""
+        layers = range(shape.n_layers) if self.layers is None else self.layers
+        for layer in layers:
+            if not 0 <= layer < shape.n_layers:
+                raise SelectorError(
+                    f"selector '{self.text}': layer {layer} is out of range; "
+                    f"this model has layers 0-{shape.n_layers - 1}"
+                )
+        if self.kind == "attention_head":
+            return [
+                LayerComponent(self.kind, layer, head=h)
+                for layer in layers
+                for h in self._indices(shape.n_heads, "head")
+            ]
+        if self.kind == "mlp_neuron":
+            return [
+                LayerComponent(self.kind, layer, neuron=n)
+                for layer in layers
+                for n in self._indices(shape.d_mlp, "neuron")
+            ]
+        return [LayerComponent(self.kind, layer) for layer in layers]
+
+    def _indices(self, size: int, what: str) -> range | tuple[int]:
+        if self.index is None:
+            return range(size)
+        if not 0 <= self.index < size:
+            raise SelectorError(
+                f"selector '{self.text}': {what} {self.index} is out of range; "
+                f"this model has {what}s 0-{size - 1}"
+            )
+        return (self.index,)
+
+
+_LAYERS = re.compile(r"^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$")
+
+
+def parse_layers(text: str, *, context: str | None = None) -> tuple[int, ...] | None:
+    """Parse ``'all'``, ``'3'``, ``'0-5'`` or ``'1,3-4'`` into sorted layer indices (None = all)."""
+    spec = text.replace(" ", "")
+    if not _LAYERS.match(spec):
+        raise SelectorError(
+            f"bad layer range '{text}'" + (f" in '{context}'" if context else "") + f": {_HELP}"
+        )
+    if spec == "all":
+        return None
+    layers: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        start, stop = int(lo), int(hi or lo)
+        if stop < start:
+            raise SelectorError(f"bad layer range '{part}': the end is below the start")
+        layers.update(range(start, stop + 1))
+    return tuple(sorted(layers))
+
+
+def parse_selector(text: str) -> Selector:
+    """Parse one selector string; a malformed one raises a one-line :class:`SelectorError`."""
+    if not isinstance(text, str) or not text.strip():
+        raise SelectorError(f"empty or non-string selector {text!r}: {_HELP}")
+    raw = text.strip()
+    prefix, _, rest = raw.partition(":")
+    prefix = _ALIASES.get(prefix, prefix)
+    if prefix not in PREFIXES:
+        raise SelectorError(f"unknown component kind '{prefix}' in '{raw}': {_HELP}")
+    kind = PREFIXES[prefix]
+    rest = rest or "all"
+    if kind in ("attention_head", "mlp_neuron") and "." in rest:
+        layer_text, _, index_text = rest.partition(".")
+        layers = parse_layers(layer_text, context=raw)
+        if index_text in ("*", "all"):
+            return Selector(kind, layers, None, raw)
+        if not index_text.isdigit():
+            raise SelectorError(f"bad index '{index_text}' in '{raw}': {_HELP}")
+        return Selector(kind, layers, int(index_text), raw)
+    return Selector(kind, parse_layers(rest, context=raw), None, raw)
+
+
+def expand_selectors(selectors: str | list[str], shape: ModelShape) -> list[LayerComponent]:
+    """Parse and expand several selectors (a list or a ``;``-separated string), without repeats."""
+    items = selectors.split(";") if isinstance(selectors, str) else list(selectors)
+    seen: dict[LayerComponent, None] = {}
+    for item in items:
+        for comp in parse_selector(item).expand(shape):
+            seen.setdefault(comp, None)
+    return list(seen)
