@@ -19,6 +19,35 @@ from typing import Any
 import pandas as pd
 import xarray as xr
 
+from mechwidgets.core.registry import get_action
+
+
+@dataclass
+class RunContext:
+    """What an action's ``prepare`` receives: the data, the model if needed, and parameters.
+
+    ``cube`` follows the cube contract (see ``mechwidgets.extract.cube``); ``model`` and
+    ``task`` are set for actions that intervene on a model (``localize``, ``polysemantic``
+    on a model, ``collapse`` with recovery). ``spec`` is the RunSpec as a dict when the run
+    came from one, so the bundle can reproduce it.
+    """
+
+    cube: xr.Dataset | None = None
+    model: Any = None
+    task: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
+    controls: list[str] = field(default_factory=list)
+    seed: int = 0
+    spec: dict[str, Any] | None = None
+
+
+def run_action(name: str, context: RunContext) -> ActionResult:
+    """Run the registered action ``name`` through its three verbs and return its result."""
+    action = get_action(name)
+    result: ActionResult = action.run(action.prepare(context))
+    result.spec = context.spec
+    return result
+
 
 @dataclass(repr=False)
 class ActionResult:
