@@ -11,3 +11,5 @@ Load a model, turn texts into a labelled activation cube, and ask five questions
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from mechwidgets.jupyter.magics import load_ipython_extension, unload_ipython_extension

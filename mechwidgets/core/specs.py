@@ -222,7 +222,9 @@ def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         info = model.model_fields.get(str(part))
         ann = getattr(info, "annotation", None)
         args = getattr(ann, "__args__", ())
-        nxt = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        nxt = next(
+            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
         if nxt is None:
             return None
         model = nxt
