@@ -3,15 +3,15 @@
 import pytest
 
 from mechwidgets.core.errors import SpecError
-from mechwidgets.core.registry import register_action
+from mechwidgets.core import registry
 from mechwidgets.core.specs import RunSpec
 
 
 @pytest.fixture(autouse=True)
-def _an_action():
-    @register_action("detect")
-    class Detect:  # the real one registers itself on import; this keeps the test standalone
-        pass
+def _an_action(monkeypatch):
+    """A stand-in 'detect' while the real one is absent; the registry is restored after."""
+    if "detect" not in registry.list_actions():
+        monkeypatch.setitem(registry._ACTIONS, "detect", type("Detect", (), {"name": "detect"}))
 
 
 NESTED = """
