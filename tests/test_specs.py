@@ -2,8 +2,8 @@
 
 import pytest
 
-from mechwidgets.core.errors import SpecError
 from mechwidgets.core import registry
+from mechwidgets.core.errors import SpecError
 from mechwidgets.core.specs import RunSpec
 
 
