@@ -1,0 +1,290 @@
+"""Artifact bundles: one folder that says what was run, on what, and what came out.
+
+``write_bundle(result, path)`` (what ``ActionResult.to_bundle`` calls) writes
+
+- ``artifacts.json``: the RunSpec (or the action's params), package versions, git commit,
+  model and data hashes, seed and timings: enough for ``mechinterp run`` to re-run it;
+- ``metrics.json``: the verdict, ``result.summary()`` and the tidy table as records;
+- ``predictions.parquet``: per-sample predictions;
+- ``activations_index.json``: which cube files, keys and shapes the numbers came from;
+- ``charts/NAME.vl.json``, ``.png`` and ``.svg`` for every chart in ``result.charts()``;
+- ``report.html``: one self-contained page (Vega inlined) that renders offline.
+
+The folder is built beside the target and renamed into place, so a failure never leaves a
+half bundle, and an existing folder is replaced only if it is a bundle itself.
+
+>>> write_bundle(result, "runs/demo")
+PosixPath('runs/demo')
+>>> read_artifacts("runs/demo")["spec"]["action"]["name"]
+'detect'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import secrets
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import vl_convert
+import xarray as xr
+
+from mechwidgets.core.errors import MechError
+
+BUNDLE_FORMAT = "mechwidgets-bundle"
+BUNDLE_VERSION = 1
+ARTIFACTS = "artifacts.json"
+#: report key -> distribution name, for the versions recorded in artifacts.json
+PACKAGES = {
+    "mechwidgets": "mechwidgets",
+    "torch": "torch",
+    "transformers": "transformers",
+    "nnsight": "nnsight",
+    "xarray": "xarray",
+    "numpy": "numpy",
+    "sklearn": "scikit-learn",
+    "pandas": "pandas",
+    "altair": "altair",
+}
+
+
+class BundleError(MechError, ValueError):
+    """A bundle cannot be written to, or read from, the given path."""
+
+
+def write_bundle(result: Any, path: str | Path) -> Path:
+    """Write ``result`` (an ``ActionResult``) as a bundle folder at ``path``, atomically.
+
+    Parameters
+    ----------
+    result : the action result to save.
+    path : the bundle folder; it must not exist, be empty, or be an earlier bundle.
+
+    Returns
+    -------
+    The bundle folder.
+    """
+    path = Path(path)
+    _check_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+        _fill(tmp, result)
+        _swap(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_artifacts(path: str | Path) -> dict[str, Any]:
+    """The ``artifacts.json`` of a bundle, given the folder or the file itself."""
+    path = Path(path)
+    file = path / ARTIFACTS if path.is_dir() else path
+    if not file.is_file():
+        raise BundleError(f"no {ARTIFACTS} at {path}; pass a bundle folder or its {ARTIFACTS}")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{file} is not a mechwidgets bundle's {ARTIFACTS}")
+    return data
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a mechwidgets bundle's ``artifacts.json``."""
+    try:
+        read_artifacts(path)
+    except BundleError:
+        return False
+    return Path(path).is_dir()
+
+
+def activations_index(cube: xr.Dataset) -> dict[str, Any]:
+    """Where a cube's numbers live: its file, cache key, variables with dims and shapes.
+
+    Parameters
+    ----------
+    cube : an activation cube (see ``mechwidgets.extract.cube``).
+
+    Returns
+    -------
+    A JSON-ready dict for ``activations_index.json`` and ``ActionResult.activations``.
+    """
+    source = cube.encoding.get("source")
+    return to_jsonable(
+        {
+            "file": str(source) if source else None,
+            "variables": {
+                str(name): {"dims": list(var.dims), "shape": list(var.shape)}
+                for name, var in cube.data_vars.items()
+            },
+            "coords": {
+                dim: cube[dim].values.tolist()
+                for dim in ("layer", "component")
+                if dim in cube.coords
+            },
+            "attrs": {str(k): _decoded(v) for k, v in cube.attrs.items()},
+        }
+    )
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with numpy, pandas and path values made JSON-native; NaN and inf become None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if isinstance(obj, (dt.datetime, dt.date, pd.Timestamp)):
+        return obj.isoformat()
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    # anything else (a Path, an enum, a selector) is recorded by its readable form
+    return str(obj)
+
+
+def dumps(obj: Any) -> str:
+    """Strict JSON (no NaN tokens) of :func:`to_jsonable` ``(obj)``, indented."""
+    return json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
+
+
+def _decoded(value: Any) -> Any:
+    """netCDF attrs hold structured metadata as JSON strings; record them as structures."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _check_target(path: Path) -> None:
+    if path.is_file():
+        raise BundleError(f"{path} is a file; give a folder path for the bundle")
+    if path.is_dir() and any(path.iterdir()) and not is_bundle(path):
+        raise BundleError(
+            f"{path} exists and is not a mechwidgets bundle; choose an empty or new folder"
+        )
+
+
+def _swap(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``; an earlier bundle there is moved aside, then removed."""
+    if not path.exists():
+        tmp.rename(path)
+        return
+    old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    path.rename(old)
+    try:
+        tmp.rename(path)
+    except BaseException:
+        old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fill(folder: Path, result: Any) -> None:
+    from mechwidgets.report.html import report_html
+
+    artifacts = artifacts_record(result)
+    summary = result.summary()
+    verdict = result.verdict()
+    (folder / ARTIFACTS).write_text(dumps(artifacts))
+    metrics = {
+        "action": result.action,
+        "verdict": verdict,
+        "summary": summary,
+        "table": result.table.to_dict(orient="records"),
+    }
+    (folder / "metrics.json").write_text(dumps(metrics))
+    result.predictions.to_parquet(folder / "predictions.parquet", index=False)
+    (folder / "activations_index.json").write_text(dumps(result.activations))
+    specs = {name: chart.to_dict() for name, chart in result.charts().items()}
+    charts = folder / "charts"
+    charts.mkdir()
+    for name, spec in specs.items():
+        (charts / f"{name}.vl.json").write_text(dumps(spec))
+        (charts / f"{name}.svg").write_text(vl_convert.vegalite_to_svg(spec))
+        (charts / f"{name}.png").write_bytes(vl_convert.vegalite_to_png(spec, scale=2))
+    page = report_html(
+        title=f"{result.action}: {artifacts['run_name']}",
+        verdict=verdict,
+        summary=to_jsonable(summary),
+        table=result.table,
+        charts=specs,
+        artifacts=to_jsonable(artifacts),
+    )
+    (folder / "report.html").write_text(page)
+
+
+def artifacts_record(result: Any) -> dict[str, Any]:
+    """The ``artifacts.json`` content for ``result``: spec, versions, commit, hashes, seed."""
+    spec = result.spec
+    seed = (spec or {}).get("seed", result.params.get("seed"))
+    return {
+        "format": BUNDLE_FORMAT,
+        "bundle_version": BUNDLE_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "action": result.action,
+        "run_name": (spec or {}).get("run_name", result.action),
+        "spec": spec,
+        "params": result.params,
+        "seed": seed,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "hashes": _hashes(result.activations),
+        "timings": result.timings,
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on (None when absent)."""
+    out: dict[str, str | None] = {}
+    for key, dist in PACKAGES.items():
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the mechwidgets source tree, or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _hashes(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every ``*hash`` and ``cache_key`` in the activations index, by dotted path."""
+    out: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                out |= _hashes(value, f"{name}.")
+            elif "hash" in str(key) or key == "cache_key":
+                out[name] = value
+    return out
