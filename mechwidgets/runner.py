@@ -1,0 +1,228 @@
+"""The config-driven runner: RunSpec -> task -> model -> cube -> action -> result -> bundle.
+
+Every entry point (the ``mechinterp`` command, the ``%mechinterp`` magics, Python) runs
+through :func:`run_spec`, so one config gives the same numbers wherever it is run. A
+bundle's ``artifacts.json`` is itself a config: :func:`run_bundle` re-runs it, and
+:func:`metrics_difference` says whether the numbers came out the same.
+
+>>> result = run_spec("configs/feature_detection_toy.yaml")
+>>> again = run_bundle("runs/feature_detection_toy", output_dir="runs/again")
+>>> metrics_difference(again, "runs/feature_detection_toy")
+0.0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mechwidgets.actions.base import ActionResult, RunContext, run_action
+from mechwidgets.core.errors import SpecError
+from mechwidgets.core.specs import DatasetSpec, RunSpec
+from mechwidgets.data.tasks import Task
+from mechwidgets.report.bundle import (
+    ARTIFACTS,
+    activations_index,
+    read_artifacts,
+    to_jsonable,
+    write_bundle,
+)
+
+#: file types a dataset name may point to (anything else is a built-in task name)
+DATA_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+#: the demo: detect on the embedded toy model, every layer x stream, two controls
+DEMO_SPEC: dict[str, Any] = {
+    "run_name": "demo",
+    "seed": 0,
+    "dataset": {"name": "subject_number", "n": 800},
+    "extraction": {"model_name": "toy-grammar", "selectors": ["resid:all", "attn:all", "mlp:all"]},
+    "action": {"name": "detect", "params": {"label": "subject_number"}},
+    "controls": ["label_shuffle", "random_subspace"],
+    "output_dir": "runs/demo",
+}
+
+
+def load_spec(source: RunSpec | dict[str, Any] | str | Path) -> RunSpec:
+    """A RunSpec from a RunSpec, a dict, a YAML/JSON config path, or a bundle.
+
+    Parameters
+    ----------
+    source : a spec; a config dict (nested or flat); a ``.yaml``/``.yml`` path; a ``.json``
+        config; a bundle folder or its ``artifacts.json``.
+
+    Returns
+    -------
+    The validated spec (bad fields raise a one-line ``SpecError``).
+    """
+    if isinstance(source, RunSpec):
+        return source
+    if isinstance(source, dict):
+        return RunSpec.from_dict(source)
+    path = Path(source)
+    if not path.exists():
+        raise SpecError(f"no such config: {path}; give a YAML config or a bundle's {ARTIFACTS}")
+    if path.is_dir() or path.name == ARTIFACTS:
+        spec = read_artifacts(path).get("spec")
+        if spec is None:
+            raise SpecError(
+                f"bundle {path} was written from Python, not from a RunSpec, so it cannot be re-run"
+            )
+        return RunSpec.from_dict(spec)
+    if path.suffix == ".json":
+        try:
+            return RunSpec.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"bad JSON in {path} at line {exc.lineno}: {exc.msg}") from None
+    return RunSpec.from_yaml(path)
+
+
+def resolve_task(dataset: DatasetSpec) -> Task:
+    """The task a DatasetSpec names: a file of the user's, or a built-in task."""
+    from mechwidgets.data.tasks import get_task
+
+    if Path(dataset.name).suffix in DATA_SUFFIXES or Path(dataset.name).is_file():
+        return Task.from_file(dataset.name, text=dataset.text, labels=dataset.labels or None)
+    return get_task(dataset.name, n=dataset.n, seed=dataset.seed)
+
+
+def run_spec(
+    source: RunSpec | dict[str, Any] | str | Path, output_dir: str | Path | None = None
+) -> ActionResult:
+    """Run one config end to end and return the action's result.
+
+    Parameters
+    ----------
+    source : anything :func:`load_spec` takes.
+    output_dir : write the bundle here (overrides the spec's ``output_dir``); with neither,
+        no bundle is written.
+
+    Returns
+    -------
+    The result, with ``spec``, ``timings`` (seconds per stage) and ``activations`` filled.
+    """
+    from mechwidgets.extract import extract
+    from mechwidgets.models.loading import load_model
+
+    spec = load_spec(source)
+    out = output_dir if output_dir is not None else spec.output_dir
+    if out is not None:
+        spec = spec.model_copy(update={"output_dir": str(out)})
+    ex = spec.extraction
+    timings: dict[str, float] = {}
+    torch.manual_seed(spec.seed)
+    with _timed(timings, "task"):
+        task = resolve_task(spec.dataset)
+    with _timed(timings, "model"):
+        model = load_model(ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype)
+    with _timed(timings, "extract"):
+        cube = extract(
+            model,
+            task,
+            selectors=ex.selectors,
+            token=ex.token,
+            batch_size=ex.batch_size,
+            cache=ex.cache,
+            neurons=ex.neurons,
+        )
+    context = RunContext(
+        cube=cube,
+        model=model,
+        task=task,
+        params=dict(spec.action.params),
+        controls=[c.name for c in spec.controls],
+        seed=spec.seed,
+        spec=spec.to_dict(),
+    )
+    with _timed(timings, "action"):
+        result = run_action(spec.action.name, context)
+    result.timings = {**result.timings, **timings}
+    result.activations = {
+        **activations_index(cube),
+        "task": {"name": task.name, "n": len(task), "data_hash": task_hash(task)},
+        **result.activations,
+    }
+    if out is not None:
+        write_bundle(result, out)
+    return result
+
+
+def run_bundle(path: str | Path, output_dir: str | Path | None = None) -> ActionResult:
+    """Re-run the RunSpec recorded in a bundle.
+
+    Parameters
+    ----------
+    path : the bundle folder or its ``artifacts.json``.
+    output_dir : where the new bundle goes; default ``<bundle>-rerun`` beside the original,
+        which is never overwritten by a re-run.
+
+    Returns
+    -------
+    The new result; compare it with :func:`metrics_difference`.
+    """
+    folder = bundle_folder(path)
+    spec = load_spec(folder)
+    return run_spec(spec, output_dir or folder.with_name(f"{folder.name}-rerun"))
+
+
+def bundle_folder(path: str | Path) -> Path:
+    """The bundle folder of ``path`` (the folder itself, or its ``artifacts.json``'s parent)."""
+    path = Path(path)
+    return path.parent if path.name == ARTIFACTS else path
+
+
+def metrics_difference(result: ActionResult, bundle: str | Path) -> float:
+    """Largest absolute difference between ``result``'s table and a bundle's ``metrics.json``.
+
+    Parameters
+    ----------
+    result : a fresh result.
+    bundle : the bundle folder (or its ``artifacts.json``) to compare against.
+
+    Returns
+    -------
+    0.0 when every number is the same; ``inf`` when the tables differ in shape, columns
+    or non-numeric cells (labels, layers, components).
+    """
+    metrics = json.loads((bundle_folder(bundle) / "metrics.json").read_text())
+    old = pd.DataFrame(metrics["table"])
+    new = pd.DataFrame(to_jsonable(result.table.to_dict(orient="records")))
+    if old.shape != new.shape or list(old.columns) != list(new.columns):
+        return float("inf")
+    numeric = [c for c in new if pd.api.types.is_numeric_dtype(new[c])]
+    rest = [c for c in new if c not in numeric]
+    if not old[rest].astype(str).equals(new[rest].astype(str)):
+        return float("inf")
+    a = old[numeric].to_numpy(dtype=float)
+    b = new[numeric].to_numpy(dtype=float)
+    if not np.array_equal(np.isnan(a), np.isnan(b)):
+        return float("inf")
+    return float(np.nanmax(np.abs(a - b), initial=0.0))
+
+
+def task_hash(task: Task) -> str:
+    """A sha256 over a task's texts, labels, splits and positions: the data's fingerprint."""
+    digest = hashlib.sha256()
+    for text in task.texts:
+        digest.update(text.encode() + b"\0")
+    for name in sorted(task.labels):
+        digest.update(name.encode() + np.asarray(task.labels[name]).astype(str).tobytes())
+    digest.update(np.asarray(task.split).astype(str).tobytes())
+    if task.positions is not None:
+        digest.update(np.asarray(task.positions, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - start, 4)
