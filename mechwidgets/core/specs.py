@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from mechwidgets.core.components import parse_selector
 from mechwidgets.core.errors import SpecError
@@ -57,7 +64,11 @@ class ExtractionSpec(_Spec):
     model_name: str
     revision: str | None = None
     selectors: list[str] = Field(default_factory=lambda: ["resid:all", "attn:all", "mlp:all"])
-    token: Literal["last", "mean"] | int = Field("last", description="token policy")
+    token: Literal["last", "mean"] | int = Field(
+        "last",
+        description="token policy; the seed design's `token_index` is accepted as an alias",
+        validation_alias=AliasChoices("token", "token_index"),
+    )
     batch_size: int = Field(32, gt=0)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
