@@ -13,3 +13,4 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from mechwidgets.jupyter.magics import load_ipython_extension, unload_ipython_extension
+from mechwidgets.viz import widgets as widgets  # mw.widgets.LayerExplorer(res)

@@ -1,0 +1,354 @@
+"""Widgets: an interactive view over a result, and a form that runs an action.
+
+:class:`LayerExplorer` is an anywidget whose traitlets are its whole contract with the
+JavaScript in ``js/src`` (bundled into ``static/layer_explorer.js``, shipped in the wheel):
+a layer x component heatmap of a result's real-probe scores with CI and controls on hover;
+a click selects a cell, syncs it back as ``selected`` and shows that probe's score
+distribution per class, or the patching grid of results that have one. Arrays travel as
+little-endian float32 binary buffers with shape traits, never as JSON lists.
+:class:`Launcher` is an ipywidgets form that builds a RunSpec and runs it.
+
+>>> ex = mw.widgets.LayerExplorer(res)
+>>> ex.selected = {"layer": 3, "component": "mlp"}
+>>> ex.detail_kind
+'histogram'
+>>> mw.widgets.Launcher()
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import ipywidgets
+import numpy as np
+import pandas as pd
+import traitlets
+
+from mechwidgets.core.errors import MechError, SpecError
+
+STATIC = Path(__file__).parent / "static"
+#: the columns every action result's ``.table`` has (extras may follow)
+TABLE_COLUMNS = ("label", "layer", "component", "control", "score", "ci_low", "ci_high")
+#: cube component names in reading order; heads and neurons follow by index
+COMPONENT_ORDER = ("resid", "attn", "mlp", "head", "neuron")
+_GRID_VALUES = ["score", "ci_low", "ci_high"]
+
+
+class WidgetError(MechError, ValueError):
+    """A widget was given data it cannot show."""
+
+
+def _f32(values: Any) -> bytes:
+    """``values`` as the little-endian float32 bytes the widgets' JavaScript decodes."""
+    return np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+
+def _component_key(name: str) -> tuple[int, int, str]:
+    """Sort key putting ``resid, attn, mlp, head.0, head.1, ..., head.10`` in that order."""
+    prefix, _, index = name.partition(".")
+    rank = COMPONENT_ORDER.index(prefix) if prefix in COMPONENT_ORDER else len(COMPONENT_ORDER)
+    return rank, int(index) if index.isdigit() else -1, name
+
+
+class LayerExplorer(anywidget.AnyWidget):
+    """Heatmap of probe scores by layer x component; click a cell to see that probe.
+
+    Parameters
+    ----------
+    result : an action result (anything with a tidy ``.table``; its ``.predictions`` with
+        ``layer, component, y_true, y_score`` give the per-class histograms; a
+        ``patching_grid(layer, component)`` method returning a 2-D ``xarray.DataArray``
+        gives the grid shown instead) or a bare table with :data:`TABLE_COLUMNS`.
+    label : the label to show first; default the table's first.
+    bins : histogram bins for the score distributions.
+
+    Examples
+    --------
+    >>> ex = LayerExplorer(res, label="subject_number")
+    >>> ex.observe(lambda change: print(change["new"]), "selected")
+    """
+
+    _esm = STATIC / "layer_explorer.js"
+
+    label = traitlets.Unicode().tag(sync=True)
+    labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    metric = traitlets.Unicode("score").tag(sync=True)
+    layers = traitlets.List(traitlets.Int()).tag(sync=True)
+    components = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    #: [n_layers, n_components]: the shape of ``scores``, ``ci_low`` and ``ci_high``
+    shape = traitlets.List(traitlets.Int(), default_value=[0, 0]).tag(sync=True)
+    scores = traitlets.Bytes(b"").tag(sync=True)
+    ci_low = traitlets.Bytes(b"").tag(sync=True)
+    ci_high = traitlets.Bytes(b"").tag(sync=True)
+    #: control names; ``control_scores`` has shape [len(controls), *shape]
+    controls = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    control_scores = traitlets.Bytes(b"").tag(sync=True)
+    #: the clicked cell, ``{"layer": int, "component": str}``, or ``{}`` for none
+    selected = traitlets.Dict().tag(sync=True)
+    #: what the detail panel shows for ``selected``: "histogram", "grid" or "none"
+    detail_kind = traitlets.Unicode("none").tag(sync=True)
+    detail_title = traitlets.Unicode("click a cell to see that probe").tag(sync=True)
+    #: class names (histogram) or grid row labels; ``detail_values`` has ``detail_shape``
+    detail_rows = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    detail_cols = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    detail_shape = traitlets.List(traitlets.Int(), default_value=[0, 0]).tag(sync=True)
+    detail_values = traitlets.Bytes(b"").tag(sync=True)
+    #: histogram bin edges, ``detail_shape[1] + 1`` values
+    detail_edges = traitlets.Bytes(b"").tag(sync=True)
+
+    def __init__(
+        self, result: Any, label: str | None = None, bins: int = 20, **kwargs: Any
+    ) -> None:
+        if isinstance(result, pd.DataFrame):
+            table, self._result = result, None
+        elif isinstance(getattr(result, "table", None), pd.DataFrame):
+            table, self._result = result.table, result
+        else:
+            raise WidgetError(
+                f"LayerExplorer needs an action result or its .table, got {type(result).__name__}"
+            )
+        missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise WidgetError(
+                f"the table lacks column(s) {', '.join(missing)}; "
+                f"a result table needs {', '.join(TABLE_COLUMNS)}"
+            )
+        labels = [str(v) for v in pd.unique(table["label"])]
+        if not labels:
+            raise WidgetError("the result table is empty: run the action on some layers first")
+        if label is not None and label not in labels:
+            raise WidgetError(f"label {label!r} is not in the result; choose one of {labels}")
+        if bins < 1:
+            raise WidgetError(f"bins must be a positive integer, got {bins}")
+        self._table = table.assign(label=table["label"].astype(str))
+        self._bins = bins
+        predictions = getattr(result, "predictions", None)
+        self._predictions = predictions if isinstance(predictions, pd.DataFrame) else None
+        metric = self._table["metric"].iloc[0] if "metric" in self._table else "score"
+        # label last: its observer fills the grid before the widget's state is first sent
+        super().__init__(labels=labels, metric=str(metric), label=label or labels[0], **kwargs)
+
+    @traitlets.validate("label")
+    def _check_label(self, proposal: dict[str, Any]) -> str:
+        if proposal["value"] not in self.labels:
+            raise WidgetError(
+                f"label {proposal['value']!r} is not in the result; one of {self.labels}"
+            )
+        return str(proposal["value"])
+
+    @traitlets.observe("label")
+    def _on_label(self, change: dict[str, Any]) -> None:
+        rows = self._table[self._table["label"] == change["new"]]
+        real = rows[rows["control"] == "none"]
+        layers = sorted(int(v) for v in pd.unique(rows["layer"]))
+        comps = sorted((str(v) for v in pd.unique(rows["component"])), key=_component_key)
+        index = pd.MultiIndex.from_product([layers, comps], names=["layer", "component"])
+        shape = [len(layers), len(comps)]
+
+        def grid(frame: pd.DataFrame) -> np.ndarray:
+            # several seeds of one probe are averaged; cells without a probe are NaN
+            cells = frame.groupby(["layer", "component"])[_GRID_VALUES].mean().reindex(index)
+            return cells.to_numpy(dtype=float).reshape(*shape, len(_GRID_VALUES))
+
+        values = grid(real)
+        controls = sorted(str(c) for c in pd.unique(rows["control"]) if c != "none")
+        ctrl = [grid(rows[rows["control"] == c])[..., 0] for c in controls]
+        with self.hold_sync():
+            self.layers, self.components, self.shape = layers, comps, shape
+            self.scores, self.ci_low, self.ci_high = (_f32(values[..., k]) for k in range(3))
+            self.controls = controls
+            self.control_scores = _f32(np.stack(ctrl) if ctrl else np.zeros((0, *shape)))
+            self.selected = {}
+
+    @traitlets.validate("selected")
+    def _check_selected(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        cell = dict(proposal["value"])
+        if not cell:
+            return cell
+        layer, comp = cell.get("layer"), cell.get("component")
+        if layer not in self.layers or comp not in self.components:
+            raise WidgetError(
+                f"no cell layer={layer!r}, component={comp!r}; "
+                f"layers are {self.layers}, components {self.components}"
+            )
+        return {"layer": int(layer), "component": str(comp)}
+
+    @traitlets.observe("selected")
+    def _on_selected(self, change: dict[str, Any]) -> None:
+        cell = change["new"]
+        with self.hold_sync():
+            if not cell:
+                self._show_nothing("click a cell to see that probe")
+            elif callable(getattr(self._result, "patching_grid", None)):
+                self._show_grid(cell["layer"], cell["component"])
+            else:
+                self._show_histogram(cell["layer"], cell["component"])
+
+    def _show_nothing(self, why: str) -> None:
+        self.detail_kind, self.detail_title = "none", why
+        self.detail_rows, self.detail_cols, self.detail_shape = [], [], [0, 0]
+        self.detail_values, self.detail_edges = b"", b""
+
+    def _show_histogram(self, layer: int, comp: str) -> None:
+        preds = self._predictions
+        where = f"layer {layer} \u00b7 {comp}"
+        if preds is None or not {"layer", "component", "y_true", "y_score"} <= set(preds):
+            return self._show_nothing(f"{where}: this result has no per-sample predictions")
+        keep = (preds["layer"] == layer) & (preds["component"] == comp)
+        if "label" in preds:
+            keep &= preds["label"].astype(str) == self.label
+        if "control" in preds:
+            keep &= preds["control"] == "none"
+        rows = preds[keep]
+        if rows.empty:
+            return self._show_nothing(f"{where}: no predictions for this probe")
+        y_score = rows["y_score"].to_numpy(dtype=float)
+        classes = sorted(pd.unique(rows["y_true"]))
+        # probabilities get the fixed [0, 1] axis so that histograms of probes compare
+        span = (0.0, 1.0) if y_score.min() >= 0 and y_score.max() <= 1 else None
+        edges = np.histogram_bin_edges(y_score, bins=self._bins, range=span)
+        counts = [np.histogram(y_score[rows["y_true"] == c], bins=edges)[0] for c in classes]
+        self.detail_kind = "histogram"
+        self.detail_title = f"{where}: {self.label} probe scores per class ({len(rows)} samples)"
+        self.detail_rows, self.detail_cols = [str(c) for c in classes], []
+        self.detail_shape = [len(classes), self._bins]
+        self.detail_values, self.detail_edges = _f32(counts), _f32(edges)
+
+    def _show_grid(self, layer: int, comp: str) -> None:
+        grid = self._result.patching_grid(layer, comp)
+        where = f"layer {layer} \u00b7 {comp}"
+        if grid is None:
+            return self._show_nothing(f"{where}: no patching grid for this component")
+        if grid.ndim != 2:
+            raise WidgetError(f"patching_grid must return a 2-D DataArray, got dims {grid.dims}")
+        rows_dim, cols_dim = grid.dims
+        self.detail_kind = "grid"
+        self.detail_title = (
+            f"{where}: {grid.name or 'patching effect'} ({rows_dim} \u00d7 {cols_dim})"
+        )
+        self.detail_rows = [str(v) for v in grid[rows_dim].values]
+        self.detail_cols = [str(v) for v in grid[cols_dim].values]
+        self.detail_shape = list(grid.shape)
+        self.detail_values, self.detail_edges = _f32(grid.values), b""
+
+
+def _task_names() -> list[str]:
+    from mechwidgets.data import tasks
+
+    list_tasks = getattr(tasks, "list_tasks", None)
+    return list(list_tasks()) if callable(list_tasks) else []
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: MechErrors as they are, others prefixed by their type."""
+    text = " ".join(str(exc).split()) or "no message"
+    return text if isinstance(exc, MechError) else f"{type(exc).__name__}: {text}"
+
+
+class Launcher(ipywidgets.VBox):
+    """A form that builds a RunSpec from dropdowns and runs it through the shared runner.
+
+    The widgets are attributes (``model``, ``task``, ``action``, ``layers``,
+    ``components``, ``run_button``, ``progress``, ``output``), so a notebook or a test
+    can set them and call :meth:`spec` or :meth:`run`. The last result is ``.result``;
+    the last failure is ``.error`` and shows in the output area as one line.
+
+    Examples
+    --------
+    >>> ui = Launcher()
+    >>> ui.action.value = "detect"
+    >>> ui.spec()["layers"]
+    'all'
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        from mechwidgets.core.registry import list_actions
+        from mechwidgets.models.zoo import list_models
+
+        models = list_models()
+        actions = list_actions()
+        # Combobox, not Dropdown: a Hugging Face id or a data file is typed in freely
+        self.model = ipywidgets.Combobox(
+            options=models, value=models[0] if models else "", description="model"
+        )
+        self.task = ipywidgets.Combobox(
+            options=_task_names(), value="subject_number", description="task"
+        )
+        self.action = ipywidgets.Dropdown(
+            options=actions, value=actions[0] if actions else None, description="action"
+        )
+        self.layers = ipywidgets.Text(value="all", description="layers")
+        self.components = {
+            name: ipywidgets.Checkbox(value=name != "head", description=name, indent=False)
+            for name in ("resid", "attn", "mlp", "head")
+        }
+        self.run_button = ipywidgets.Button(description="Run", button_style="primary")
+        self.progress = ipywidgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="")
+        self.output = ipywidgets.Output()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.run_button.on_click(lambda _button: self.run())
+        boxes = ipywidgets.HBox(list(self.components.values()))
+        controls = [self.model, self.task, self.action, self.layers, boxes]
+        super().__init__(
+            children=[*controls, ipywidgets.HBox([self.run_button, self.progress]), self.output],
+            **kwargs,
+        )
+
+    def spec(self) -> dict[str, Any]:
+        """The flat RunSpec dict the form stands for (see ``RunSpec.from_dict``)."""
+        comps = [name for name, box in self.components.items() if box.value]
+        if not comps:
+            raise SpecError("tick at least one component (resid, attn, mlp, head) and run again")
+        if self.action.value is None:
+            raise SpecError("no action is registered; import the package that defines one")
+        layers = re.sub(r"\s+", "", self.layers.value) or "all"
+        return {
+            "action": self.action.value,
+            "model": self.model.value.strip(),
+            "task": self.task.value.strip(),
+            "layers": layers,
+            "components": comps,
+        }
+
+    def run(self) -> Any:
+        """Validate the form, run it, show the result (or one line of error); return it."""
+        from mechwidgets.core.specs import RunSpec
+
+        self.output.clear_output()
+        self.progress.value, self.progress.bar_style = 0.0, "info"
+        self.result, self.error = None, None
+        try:
+            spec = RunSpec.from_dict(self.spec())
+            result = self._run_spec(spec)
+        except Exception as exc:  # a click handler's traceback is hidden: say what failed
+            self.error = exc
+            self.progress.bar_style = "danger"
+            self.output.append_stderr(_one_line(exc) + "\n")
+            return None
+        self.result = result
+        self.progress.value, self.progress.bar_style = 1.0, "success"
+        self.output.append_display_data(result)
+        return result
+
+    def _run_spec(self, spec: Any) -> Any:
+        from mechwidgets.runner import run_spec  # imported late: it pulls in torch
+
+        options = {}
+        if "progress" in inspect.signature(run_spec).parameters:
+            options["progress"] = self._report
+        with self.output:  # the runner's own tqdm bars land in the output area too
+            try:
+                return run_spec(spec, **options)
+            except Exception as exc:  # Output.__exit__ would print a traceback and swallow it
+                failure = exc
+        raise failure
+
+    def _report(self, fraction: float, stage: str = "") -> None:
+        """Progress callback handed to ``run_spec`` when it takes one."""
+        self.progress.value = min(1.0, max(0.0, float(fraction)))
+        self.progress.description = stage[:12]

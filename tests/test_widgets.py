@@ -1,0 +1,393 @@
+"""LayerExplorer and Launcher at the traitlet level, the JS bundle, and the wheel's asset."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from ipywidgets.widgets.widget import _remove_buffers
+
+import mechwidgets as mw
+from mechwidgets.actions.base import ActionResult
+from mechwidgets.core import registry
+from mechwidgets.core.errors import MechError, SpecError
+from mechwidgets.viz.widgets import STATIC, Launcher, LayerExplorer, WidgetError
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = [0, 1, 2, 3]
+COMPONENTS = ["resid", "attn", "mlp", "head.10", "head.2"]
+
+
+def score_of(label: str, layer: int, comp: str, control: str) -> float:
+    """A distinct known score per probe, so a misplaced cell cannot go unnoticed."""
+    if control != "none":
+        return 0.5 + 0.001 * layer
+    base = 0.6 if label == "subject_number" else 0.3
+    return base + 0.05 * layer + 0.01 * COMPONENTS.index(comp)
+
+
+def make_table(labels: tuple[str, ...] = ("subject_number", "tense")) -> pd.DataFrame:
+    rows = [
+        {
+            "label": label,
+            "layer": layer,
+            "component": comp,
+            "control": control,
+            "score": score_of(label, layer, comp, control),
+            "ci_low": score_of(label, layer, comp, control) - 0.04,
+            "ci_high": score_of(label, layer, comp, control) + 0.03,
+            "metric": "accuracy",
+        }
+        for label in labels
+        for layer in LAYERS
+        for comp in COMPONENTS
+        for control in ("none", "label_shuffle")
+    ]
+    return pd.DataFrame(rows)
+
+
+def make_predictions(n: int = 200) -> pd.DataFrame:
+    """A perfectly separable probe: class 0 scores in [0, 0.5), class 1 in [0.5, 1)."""
+    rng = np.random.default_rng(0)
+    y_true = np.arange(n) % 2
+    y_score = np.where(y_true == 1, 0.5 + 0.5 * rng.random(n), 0.5 * rng.random(n))
+    frames = [
+        pd.DataFrame(
+            {
+                "label": "subject_number",
+                "layer": layer,
+                "component": comp,
+                "control": "none",
+                "sample_id": np.arange(n),
+                "y_true": y_true,
+                "y_score": y_score,
+            }
+        )
+        for layer in LAYERS
+        for comp in COMPONENTS
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+class Result(ActionResult):
+    """A stand-in action result, as the real ones will be: table, predictions, chart."""
+
+    def summary(self) -> dict:
+        return {"best": float(self.table["score"].max())}
+
+    def verdict(self) -> str:
+        return f"best score {self.summary()['best']:.2f}"
+
+    def chart(self) -> alt.Chart:
+        return alt.Chart(self.table).mark_rect().encode(x="layer:O", y="component:N")
+
+
+class LocalizeResult(Result):
+    """A result with a patching grid: a known heads x positions matrix per component."""
+
+    def patching_grid(self, layer: int, component: str) -> xr.DataArray | None:
+        if component == "resid":
+            return None
+        values = np.arange(6, dtype=float).reshape(2, 3) * (layer + 1) - 2
+        return xr.DataArray(
+            values,
+            dims=("head", "position"),
+            coords={"head": [0, 1], "position": [-3, -2, -1]},
+            name="logit diff recovered",
+        )
+
+
+def result(cls: type[Result] = Result) -> Result:
+    table = make_table()
+    return cls("detect", xr.Dataset(), table, predictions=make_predictions())
+
+
+def decode(buffer: bytes, shape: list[int]) -> np.ndarray:
+    return np.frombuffer(buffer, dtype="<f4").reshape(shape)
+
+
+def test_grid_holds_every_real_probe_score_in_its_cell():
+    ex = LayerExplorer(make_table())
+    assert ex.label == "subject_number" and ex.labels == ["subject_number", "tense"]
+    assert ex.layers == LAYERS
+    assert ex.components == ["resid", "attn", "mlp", "head.2", "head.10"]  # numeric order
+    assert ex.shape == [4, 5] and ex.metric == "accuracy"
+    scores, low, high = (decode(b, ex.shape) for b in (ex.scores, ex.ci_low, ex.ci_high))
+    for i, layer in enumerate(ex.layers):
+        for j, comp in enumerate(ex.components):
+            want = score_of("subject_number", layer, comp, "none")
+            assert scores[i, j] == pytest.approx(want, abs=1e-6)
+            assert low[i, j] == pytest.approx(want - 0.04, abs=1e-6)
+            assert high[i, j] == pytest.approx(want + 0.03, abs=1e-6)
+    assert ex.controls == ["label_shuffle"]
+    ctrl = decode(ex.control_scores, [1, *ex.shape])
+    assert ctrl[0, 3, 1] == pytest.approx(0.503, abs=1e-6)
+
+
+def test_arrays_travel_as_binary_buffers_not_json_lists():
+    ex = LayerExplorer(result())
+    ex.selected = {"layer": 1, "component": "attn"}
+    state, paths, buffers = _remove_buffers(ex.get_state())
+    sent = {path[0] for path in paths}
+    assert {"scores", "ci_low", "ci_high", "control_scores", "detail_values"} <= sent
+    assert "scores" not in state
+    sizes = {path[0]: len(bytes(buf)) for path, buf in zip(paths, buffers, strict=True)}
+    assert sizes["scores"] == 4 * 4 * 5  # float32, 4 layers x 5 components
+    assert sizes["detail_edges"] == 4 * 21
+
+
+def test_selecting_a_cell_shows_that_probes_class_histograms():
+    ex = LayerExplorer(result(), bins=20)
+    ex.selected = {"layer": 2, "component": "mlp"}
+    assert ex.detail_kind == "histogram"
+    assert ex.detail_rows == ["0", "1"] and ex.detail_shape == [2, 20]
+    counts = decode(ex.detail_values, [2, 20])
+    edges = np.frombuffer(ex.detail_edges, dtype="<f4")
+    assert edges[0] == 0 and edges[-1] == 1  # probabilities get the [0, 1] axis
+    # ground truth: the separable probe's classes fall on opposite halves, 100 each
+    assert counts[0, :10].sum() == 100 and counts[0, 10:].sum() == 0
+    assert counts[1, 10:].sum() == 100 and counts[1, :10].sum() == 0
+    assert "layer 2 \u00b7 mlp" in ex.detail_title and "200 samples" in ex.detail_title
+    ex.selected = {}
+    assert ex.detail_kind == "none" and ex.detail_values == b""
+
+
+def test_a_table_without_predictions_says_so_instead_of_drawing():
+    ex = LayerExplorer(make_table())
+    ex.selected = {"layer": 0, "component": "resid"}
+    assert ex.detail_kind == "none"
+    assert "no per-sample predictions" in ex.detail_title
+
+
+def test_localize_results_show_their_patching_grid():
+    ex = LayerExplorer(result(LocalizeResult))
+    ex.selected = {"layer": 1, "component": "attn"}
+    assert ex.detail_kind == "grid"
+    assert ex.detail_rows == ["0", "1"] and ex.detail_cols == ["-3", "-2", "-1"]
+    grid = decode(ex.detail_values, ex.detail_shape)
+    np.testing.assert_allclose(grid, np.arange(6).reshape(2, 3) * 2 - 2)
+    assert "logit diff recovered (head \u00d7 position)" in ex.detail_title
+    ex.selected = {"layer": 1, "component": "resid"}
+    assert ex.detail_kind == "none" and "no patching grid" in ex.detail_title
+
+
+def test_switching_label_redraws_the_grid_and_clears_the_selection():
+    ex = LayerExplorer(result())
+    ex.selected = {"layer": 3, "component": "mlp"}
+    ex.label = "tense"
+    assert ex.selected == {} and ex.detail_kind == "none"
+    scores = decode(ex.scores, ex.shape)
+    assert scores[3, 2] == pytest.approx(score_of("tense", 3, "mlp", "none"), abs=1e-6)
+    assert LayerExplorer(make_table(), label="tense").scores == ex.scores
+
+
+def test_cells_without_a_probe_are_nan_and_still_in_the_grid():
+    table = make_table(("subject_number",))
+    table = table[~((table["layer"] == 2) & (table["component"] == "attn"))]
+    ex = LayerExplorer(table)
+    scores = decode(ex.scores, ex.shape)
+    assert ex.shape == [4, 5]
+    assert np.isnan(scores[2, ex.components.index("attn")])
+    assert np.isfinite(scores).sum() == 19
+
+
+def test_seeds_of_one_probe_are_averaged():
+    table = make_table(("subject_number",))
+    again = table.assign(score=table["score"] + 0.1)
+    ex = LayerExplorer(pd.concat([table, again]))
+    want = score_of("subject_number", 1, "resid", "none") + 0.05
+    assert decode(ex.scores, ex.shape)[1, 0] == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: LayerExplorer([1, 2]), "needs an action result or its .table, got list"),
+        (lambda: LayerExplorer(make_table().drop(columns="ci_low")), "lacks column(s) ci_low"),
+        (lambda: LayerExplorer(make_table().iloc[:0]), "table is empty"),
+        (lambda: LayerExplorer(make_table(), label="mood"), "label 'mood' is not in the result"),
+        (lambda: LayerExplorer(make_table(), bins=0), "bins must be a positive integer"),
+    ],
+)
+def test_bad_input_is_one_line_widget_error(make, message):
+    with pytest.raises(WidgetError) as info:
+        make()
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, MechError)
+
+
+def test_selecting_a_cell_that_is_not_there_fails_and_keeps_the_old_one():
+    ex = LayerExplorer(make_table())
+    ex.selected = {"layer": 1, "component": "mlp"}
+    with pytest.raises(WidgetError, match=r"no cell layer=9, component='mlp'; layers are"):
+        ex.selected = {"layer": 9, "component": "mlp"}
+    assert ex.selected == {"layer": 1, "component": "mlp"}
+
+
+def test_widget_is_reachable_as_mw_widgets_and_loads_the_shipped_bundle():
+    assert mw.widgets.LayerExplorer is LayerExplorer
+    ex = LayerExplorer(make_table())
+    assert "export {" in ex._esm and "as default" in ex._esm
+    assert ex._esm == (STATIC / "layer_explorer.js").read_text()
+
+
+# ---- Launcher -------------------------------------------------------------------------
+
+
+class FakeRunner(types.ModuleType):
+    """Stands in for mechwidgets.runner: records the spec, reports progress."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        super().__init__("mechwidgets.runner")
+        self.specs: list = []
+        self.fail = fail
+
+    def run_spec(self, spec, progress=None):
+        self.specs.append(spec)
+        if self.fail:
+            raise self.fail
+        progress(0.5, "probes")
+        return result()
+
+
+@pytest.fixture
+def launcher(monkeypatch):
+    stand_in = type("WidgetProbe", (), {"name": "widget_probe"})
+    monkeypatch.setitem(registry._ACTIONS, "widget_probe", stand_in)
+    ui = Launcher()
+    ui.action.value = "widget_probe"
+    return ui
+
+
+def test_launcher_form_values_become_the_flat_runspec(launcher):
+    launcher.model.value = "toy-induction"
+    launcher.task.value = " subject_number "
+    launcher.layers.value = "0 - 3"
+    launcher.components["attn"].value = False
+    launcher.components["head"].value = True
+    spec = launcher.spec()
+    assert spec == {
+        "action": "widget_probe",
+        "model": "toy-induction",
+        "task": "subject_number",
+        "layers": "0-3",
+        "components": ["resid", "mlp", "head"],
+    }
+    nested = mw.core.specs.RunSpec.from_dict(spec)
+    assert nested.extraction.selectors == ["resid:0-3", "mlp:0-3", "head:0-3"]
+    assert nested.extraction.model_name == "toy-induction"
+    assert nested.action.name == "widget_probe"
+
+
+def test_launcher_offers_the_registry_and_zoo(launcher):
+    from mechwidgets.models.zoo import list_models
+
+    assert "widget_probe" in launcher.action.options
+    assert list(launcher.model.options) == list_models()
+    assert [name for name, box in launcher.components.items() if box.value] == [
+        "resid",
+        "attn",
+        "mlp",
+    ]
+
+
+def test_run_button_runs_the_spec_and_displays_the_result(launcher, monkeypatch):
+    runner = FakeRunner()
+    monkeypatch.setitem(sys.modules, "mechwidgets.runner", runner)
+    launcher.run_button.click()
+    assert [s.action.name for s in runner.specs] == ["widget_probe"]
+    assert launcher.error is None and isinstance(launcher.result, Result)
+    assert launcher.progress.value == 1.0 and launcher.progress.bar_style == "success"
+    assert launcher.progress.description == "probes"  # the runner's progress reached the bar
+    (shown,) = launcher.output.outputs
+    assert shown["output_type"] == "display_data"
+    assert launcher.result.verdict() in shown["data"]["text/plain"]
+
+
+@pytest.mark.parametrize(
+    ("fail", "line"),
+    [
+        (SpecError("unknown task 'x'; choose one of a, b"), "unknown task 'x'; choose one of a, b"),
+        (RuntimeError("boom\nwith detail"), "RuntimeError: boom with detail"),
+    ],
+)
+def test_run_errors_show_as_one_line_in_the_output_area(launcher, monkeypatch, fail, line):
+    monkeypatch.setitem(sys.modules, "mechwidgets.runner", FakeRunner(fail))
+    assert launcher.run() is None
+    (shown,) = launcher.output.outputs
+    assert shown == {"output_type": "stream", "name": "stderr", "text": line + "\n"}
+    assert launcher.progress.bar_style == "danger" and launcher.error is fail
+
+
+def test_an_invalid_form_fails_before_the_runner_is_called(launcher, monkeypatch):
+    runner = FakeRunner()
+    monkeypatch.setitem(sys.modules, "mechwidgets.runner", runner)
+    for box in launcher.components.values():
+        box.value = False
+    launcher.run()
+    assert runner.specs == []
+    assert launcher.output.outputs[0]["text"].startswith("tick at least one component")
+    launcher.components["mlp"].value = True
+    launcher.layers.value = "x-y"
+    launcher.run()
+    assert runner.specs == [] and "\n" not in launcher.output.outputs[0]["text"].rstrip("\n")
+
+
+# ---- the JavaScript bundle and the wheel -----------------------------------------------
+
+
+def _npm_ready() -> Path:
+    """js/ with its node_modules installed (npm ci on first use); fails if npm is missing."""
+    js = ROOT / "js"
+    npm = shutil.which("npm")
+    assert npm and shutil.which("node"), "node and npm are needed to build the widget JS"
+    if not (js / "node_modules" / "esbuild").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=js, check=True, timeout=300)
+    return js
+
+
+def test_committed_bundle_is_up_to_date_with_the_js_sources():
+    js = _npm_ready()
+    done = subprocess.run(
+        ["node", "build.mjs", "--check"], cwd=js, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _tracked_files() -> list[str]:
+    """What a clean checkout of this working tree would hold: tracked + unignored files."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return [p for p in listed.split("\0") if p and (ROOT / p).is_file()]
+
+
+def test_wheel_from_a_clean_checkout_ships_the_widget_js(tmp_path):
+    src = tmp_path / "src"
+    for rel in _tracked_files():
+        if rel.startswith(("mechwidgets/", "pyproject.toml", "README")):
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
+    assert not (src / "js" / "node_modules").exists()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("mechwidgets-*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        shipped = whl.read("mechwidgets/viz/static/layer_explorer.js").decode()
+    assert shipped == (STATIC / "layer_explorer.js").read_text()
