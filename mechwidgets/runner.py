@@ -87,10 +87,12 @@ def load_spec(source: RunSpec | dict[str, Any] | str | Path) -> RunSpec:
 
 def resolve_task(dataset: DatasetSpec) -> Task:
     """The task a DatasetSpec names: a file of the user's, or a built-in task."""
-    from mechwidgets.data.tasks import get_task
+    from mechwidgets.data.catalog import get_task
 
     if Path(dataset.name).suffix in DATA_SUFFIXES or Path(dataset.name).is_file():
-        return Task.from_file(dataset.name, text=dataset.text, labels=dataset.labels or None)
+        return Task.from_file(
+            dataset.name, text=dataset.text, labels=dataset.labels or None, seed=dataset.seed
+        )
     return get_task(dataset.name, n=dataset.n, seed=dataset.seed)
 
 
@@ -109,7 +111,7 @@ def run_spec(
     -------
     The result, with ``spec``, ``timings`` (seconds per stage) and ``activations`` filled.
     """
-    from mechwidgets.extract import extract
+    from mechwidgets.extract.extractor import extract
     from mechwidgets.models.loading import load_model
 
     spec = load_spec(source)

@@ -54,7 +54,13 @@ def cube() -> xr.Dataset:
     ds = xr.Dataset(
         {"activations": (("sample", "layer", "component", "dim"), acts)},
         coords={"layer": [0, 1, 2], "component": ["resid", "mlp"]},
-        attrs={"model": "tiny", "weights_hash": "abc123", "token_policy": json.dumps({"k": -1})},
+        attrs={
+            "model": "tiny",
+            "model_identity": "zoo:tiny@abc123",
+            "tokenizer_hash": "t0",
+            "cache_key": "k1",
+            "token_policy": json.dumps({"k": -1}),
+        },
     )
     return ds
 
@@ -88,7 +94,7 @@ def result() -> FakeResult:
         spec={"run_name": "unit", "seed": 3, "action": {"name": "detect", "params": {}}},
         predictions=preds,
         timings={"extract": 0.5, "action": np.float64(1.25)},
-        activations=activations_index(cube()),
+        activations={**activations_index(cube()), "task": {"name": "t", "data_hash": "d0"}},
     )
 
 
@@ -107,7 +113,12 @@ def test_bundle_has_every_file_and_valid_json(result, tmp_path):
     assert art["spec"] == result.spec and art["seed"] == 3
     assert art["versions"]["numpy"] == np.__version__ and "sklearn" in art["versions"]
     assert art["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", art["git_commit"])
-    assert art["hashes"] == {"attrs.weights_hash": "abc123"}
+    assert art["hashes"] == {
+        "model": "zoo:tiny@abc123",
+        "tokenizer": "t0",
+        "data": "d0",
+        "cache_key": "k1",
+    }
     assert art["timings"] == {"extract": 0.5, "action": 1.25}
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
     assert metrics["summary"] == {

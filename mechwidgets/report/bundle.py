@@ -277,14 +277,13 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _hashes(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Every ``*hash`` and ``cache_key`` in the activations index, by dotted path."""
-    out: dict[str, Any] = {}
-    if isinstance(node, dict):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                out |= _hashes(value, f"{name}.")
-            elif "hash" in str(key) or key == "cache_key":
-                out[name] = value
-    return out
+def _hashes(activations: dict[str, Any]) -> dict[str, Any]:
+    """Fingerprints of the model, tokenizer and data, read from the activations index."""
+    attrs = activations.get("attrs") or {}
+    task = activations.get("task") or {}
+    return {
+        "model": attrs.get("model_identity") or attrs.get("model"),
+        "tokenizer": attrs.get("tokenizer_hash"),
+        "data": task.get("data_hash"),
+        "cache_key": attrs.get("cache_key"),
+    }
