@@ -14,3 +14,11 @@ __version__ = "0.1.0"
 
 from mechwidgets.jupyter.magics import load_ipython_extension, unload_ipython_extension
 from mechwidgets.viz import widgets as widgets  # mw.widgets.LayerExplorer(res)
+from mechwidgets.extract import extract as extract
+from mechwidgets.models.loading import Model as Model
+from mechwidgets.models.loading import load_model as load_model
+from mechwidgets.data.catalog import get_task as get_task
+from mechwidgets.data.catalog import get_task_pairs as get_task_pairs
+from mechwidgets.data.catalog import list_tasks as list_tasks
+from mechwidgets.data.tasks import Task as Task
+from mechwidgets.models.zoo import list_models as list_models

@@ -1,0 +1,371 @@
+"""Turn texts (or a Task) into an activation cube, batch by batch, through nnsight.
+
+For each batch: tokenize, trace, slice the asked-for token out of each asked-for
+component (a copy, so the full activation is freed), save, write to the cube file. The
+forward pass stops after the deepest block asked for, so the unembedding never runs. A
+second call with the same inputs opens the cached cube and runs no forward pass.
+
+>>> cube = extract(model, task, layers="all", components=["resid", "attn", "mlp"])
+>>> cube["act"].sel(layer=3, component="mlp")
+>>> extract(model, ["the cat sleeps"], selectors=["resid:0-1", "head:1.*"], token="mean")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import nnsight
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from mechwidgets.core.components import expand_selectors
+from mechwidgets.core.errors import ModelError, SpecError, TaskError
+from mechwidgets.data.tasks import Task
+from mechwidgets.extract import cache as cache_store
+from mechwidgets.extract.cube import FORMAT_VERSION, RESERVED, CubeLayout, CubeWriter, open_cube
+from mechwidgets.models.loading import Model
+
+#: residual-stream components in the order the cube stores them
+STREAMS = ("resid", "attn", "mlp")
+#: batches above which a progress bar is shown when ``progress`` is None
+PROGRESS_MIN_BATCHES = 4
+
+Pool = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one extraction reads: a dense grid of layers x components, plus neurons.
+
+    ``streams`` are among ``resid``/``attn``/``mlp``; ``heads`` are head indices stored as
+    ``head.H`` components; ``neurons`` are MLP neuron indices (None: no ``neurons``).
+    """
+
+    layers: tuple[int, ...]
+    streams: tuple[str, ...]
+    heads: tuple[int, ...]
+    neurons: tuple[int, ...] | None
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The cube's ``component`` coordinate."""
+        return self.streams + tuple(f"head.{h}" for h in self.heads)
+
+    def layout(self, n_samples: int, d_model: int) -> CubeLayout:
+        """The cube this plan fills for ``n_samples`` texts."""
+        return CubeLayout(n_samples, self.layers, self.components, d_model, self.neurons)
+
+
+def plan_extraction(
+    model: Model,
+    layers: str | int | Sequence[int] = "all",
+    components: Sequence[str] = STREAMS,
+    selectors: str | Sequence[str] | None = None,
+    neurons: bool = False,
+) -> Plan:
+    """Parse layers x components (or selectors) against the model into a :class:`Plan`.
+
+    The cube holds the dense grid of every layer and every component any selector names;
+    out-of-range layers, heads or neurons raise a one-line SelectorError.
+    """
+    if selectors is None:
+        span = layers if isinstance(layers, str) else _layer_text(layers)
+        selectors = [
+            f"{c}:{span}" for c in ([components] if isinstance(components, str) else components)
+        ]
+    parsed = expand_selectors(
+        selectors if isinstance(selectors, str) else list(selectors), model.shape
+    )
+    kinds = {c.name if c.kind not in ("attention_head", "mlp_neuron") else c.kind for c in parsed}
+    neuron_ids = sorted({c.neuron for c in parsed if c.neuron is not None})
+    if neurons and not neuron_ids:
+        neuron_ids = list(range(model.shape.d_mlp))
+    return Plan(
+        layers=tuple(sorted({c.layer for c in parsed})),
+        streams=tuple(s for s in STREAMS if s in kinds),
+        heads=tuple(sorted({c.head for c in parsed if c.head is not None})),
+        neurons=tuple(neuron_ids) if neuron_ids else None,
+    )
+
+
+def _layer_text(layers: int | Sequence[int]) -> str:
+    if isinstance(layers, int):
+        return str(layers)
+    if not layers or not all(isinstance(x, int) for x in layers):
+        raise SpecError(
+            f"layers must be 'all', a range like '0-5', an int or a list of ints, got {layers!r}"
+        )
+    return ",".join(map(str, layers))
+
+
+def extract(
+    model: Model,
+    data: Task | Sequence[str],
+    *,
+    layers: str | int | Sequence[int] = "all",
+    components: Sequence[str] = STREAMS,
+    selectors: str | Sequence[str] | None = None,
+    token: Literal["last", "mean"] | int | None = None,
+    positions: Sequence[int] | np.ndarray | None = None,
+    neurons: bool = False,
+    batch_size: int = 32,
+    cache: bool = True,
+    padding_side: Literal["left", "right"] | None = None,
+    progress: bool | None = None,
+) -> xr.Dataset:
+    """Run the model over texts and return the activation cube (lazy, on disk).
+
+    Parameters
+    ----------
+    model : from :func:`mechwidgets.load_model`.
+    data : a list of texts, or a Task (its labels, splits and positions ride along).
+    layers, components : what to read: ``"all"``/``"0-5"``/an int/a list, and any of
+        ``resid``, ``attn``, ``mlp``, ``head`` (per-head writes), ``neuron``.
+    selectors : instead of layers x components, strings like ``["resid:0-5", "head:2.*"]``.
+    token : ``"last"`` (last non-pad token), ``"mean"`` (over non-pad tokens) or an int
+        position over the non-pad tokens (negative counts from the end). By default the
+        positions (given, or the Task's) when there are any, else ``"last"``.
+    positions : one token position per text, counted like an int ``token``.
+    neurons : also store MLP neuron activations as the ``neurons`` variable.
+    batch_size : texts per forward pass.
+    cache : reuse and store the cube in the cache folder; False writes it to a private
+        temporary folder removed at exit (still lazy, still bounded by a batch).
+    padding_side : ``"left"`` or ``"right"``; the tokenizer's own by default. Results
+        do not depend on it.
+    progress : show a progress bar; by default only for more than a few batches.
+
+    Returns
+    -------
+    xarray.Dataset following the cube contract of :mod:`mechwidgets.extract.cube`.
+    """
+    if not isinstance(model, Model):
+        raise ModelError(
+            f"extract needs a Model from mechwidgets.load_model, got {type(model).__name__}"
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    texts, per_sample, task_positions = _samples(data)
+    plan = plan_extraction(model, layers, components, selectors, neurons)
+    policy, rel = _positions(token, task_positions if positions is None else positions, len(texts))
+    layout = plan.layout(len(texts), model.d_model)
+    key_parts = {
+        "model": model.identity,
+        "tokenizer": model.tokenizer_hash,
+        "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
+        "positions": None if rel is None or policy != "positions" else rel.tolist(),
+        "token": policy,
+        "layers": list(plan.layers),
+        "components": list(plan.components),
+        "neurons": None if plan.neurons is None else list(plan.neurons),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "format": FORMAT_VERSION,
+    }
+    key = cache_store.cache_key(key_parts)
+    cube = cache_store.load(key, layout) if cache else None
+    if cube is None:
+        path = cache_store.cache_path(key) if cache else cache_store.scratch_dir() / f"{key}.nc"
+        attrs = _attrs(model, key, policy, plan)
+        _check_positions(model, texts, rel)
+        with cache_store.writing(path) as tmp, CubeWriter(tmp, layout, per_sample, attrs) as out:
+            starts = range(0, len(texts), batch_size)
+            show = progress if progress is not None else len(starts) > PROGRESS_MIN_BATCHES
+            for start in tqdm(starts, desc="extract", unit="batch", disable=not show):
+                stop = start + batch_size
+                inputs = model.tokenize(texts[start:stop], padding_side=padding_side)
+                pool = _pooler(inputs["attention_mask"], rel, start)
+                out.write(start, *run_batch(model, plan, inputs, pool))
+        cube = open_cube(path, layout)
+    # Labels and splits are not in the cache key: the same texts relabelled reuse the
+    # activations, and the cube carries the labels of this call, not of the cached file.
+    stale = [c for c in cube.coords if cube[c].dims == ("sample",) and c not in per_sample]
+    return (
+        cube.drop_vars(stale)
+        .assign_coords({k: ("sample", v) for k, v in per_sample.items()})
+        .assign_attrs(task=data.name if isinstance(data, Task) else "")
+    )
+
+
+@torch.no_grad()
+def run_batch(
+    model: Model, plan: Plan, inputs: dict[str, torch.Tensor], pool: Pool
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One traced forward pass: ``act`` (batch, layer, component, dim) and ``neurons`` rows.
+
+    Components are touched in forward order and the pass stops after the deepest block in
+    the plan. Heads are read as the output projection's input and projected afterwards
+    (pooling is linear, so projecting the pooled input equals pooling the projected heads).
+    """
+    want = set(plan.streams)
+    with model.nn.trace(**inputs) as tracer:
+        saved = nnsight.save({})
+        for layer in plan.layers:
+            if plan.heads:
+                saved["z", layer] = pool(model.attn_out_proj(layer).input)
+            if "attn" in want:
+                saved["attn", layer] = pool(_first(model.attn(layer).output))
+            if plan.neurons is not None:
+                saved["neurons", layer] = pool(model.mlp_out_proj(layer).input)
+            if "mlp" in want:
+                saved["mlp", layer] = pool(_first(model.mlp(layer).output))
+            if "resid" in want:
+                saved["resid", layer] = pool(_first(model.block(layer).output))
+        tracer.stop()
+    act = None
+    if plan.components:
+        act = torch.stack([_layer_rows(model, plan, saved, layer) for layer in plan.layers], 1)
+    rows = None
+    if plan.neurons is not None:
+        index = torch.tensor(plan.neurons, device=model.device)
+        rows = torch.stack([saved["neurons", layer][:, index] for layer in plan.layers], 1)
+    return _numpy(act), _numpy(rows)
+
+
+def _layer_rows(
+    model: Model, plan: Plan, saved: dict[Any, torch.Tensor], layer: int
+) -> torch.Tensor:
+    """One layer's (batch, component, dim) block: the streams, then the heads."""
+    parts = [saved[s, layer] for s in plan.streams]
+    if plan.heads:
+        parts.extend(head_writes(model, layer, saved["z", layer], plan.heads).unbind(1))
+    return torch.stack(parts, 1)
+
+
+@torch.no_grad()
+def head_writes(model: Model, layer: int, z: torch.Tensor, heads: Sequence[int]) -> torch.Tensor:
+    """Each head's write into the residual stream: its slice of the output projection.
+
+    Parameters
+    ----------
+    z : the output projection's input, (..., n_heads * d_head).
+    heads : which heads.
+
+    Returns
+    -------
+    (..., len(heads), d_model) float32; summed over all heads plus the projection's bias
+    this is the attention output.
+    """
+    n_heads, d_head = model.shape.n_heads, model.d_head
+    weight = model.out_proj_weight("attn_out_proj", layer).float()
+    per_head = weight.reshape(n_heads, d_head, -1)[list(heads)]
+    z = z.float().reshape(*z.shape[:-1], n_heads, d_head)[..., list(heads), :]
+    return torch.einsum("...hk,hkd->...hd", z, per_head)
+
+
+def _numpy(x: torch.Tensor | None) -> np.ndarray | None:
+    return None if x is None else x.cpu().numpy()
+
+
+def _first(output: Any) -> torch.Tensor:
+    """A module's main output: attention modules return (output, weights)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _samples(
+    data: Task | Sequence[str],
+) -> tuple[list[str], dict[str, np.ndarray], np.ndarray | None]:
+    """Texts, per-sample coordinates and the Task's positions."""
+    if isinstance(data, str) or not isinstance(data, (Task, Sequence)):
+        raise TaskError(f"extract takes a Task or a list of texts, got {type(data).__name__}")
+    texts = list(data.texts if isinstance(data, Task) else data)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TaskError("extract needs a non-empty list of strings as texts")
+    n = len(texts)
+    per_sample: dict[str, np.ndarray] = {
+        "sample_id": np.arange(n),
+        "text": np.asarray(texts, dtype=object),
+        "split": np.full(n, "all", dtype=object),
+    }
+    if not isinstance(data, Task):
+        return texts, per_sample, None
+    clash = sorted(RESERVED & set(data.labels))
+    if clash:
+        raise TaskError(f"label names {clash} are taken by the cube; rename those labels")
+    columns = {"split": data.split, **data.labels}
+    for name, values in columns.items():
+        if len(values) != n:
+            raise TaskError(f"task '{data.name}': '{name}' has {len(values)} values for {n} texts")
+        per_sample[name] = np.asarray(values)
+    return texts, per_sample, data.positions
+
+
+def _positions(
+    token: str | int | None, positions: Sequence[int] | np.ndarray | None, n: int
+) -> tuple[str, np.ndarray | None]:
+    """The token policy's name and the position per sample (None for ``mean``)."""
+    if token is None and positions is not None:
+        rel = np.asarray(positions)
+        if rel.shape != (n,) or not np.issubdtype(rel.dtype, np.integer):
+            raise TaskError(f"positions must be {n} integers, one per text, got shape {rel.shape}")
+        return "positions", rel.astype(np.int64)
+    token = "last" if token is None else token
+    if token == "mean":
+        return "mean", None
+    if token == "last":
+        return "last", np.full(n, -1, dtype=np.int64)
+    if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+        return f"index:{int(token)}", np.full(n, int(token), dtype=np.int64)
+    raise SpecError(f"bad token policy {token!r}: use 'last', 'mean' or an integer position")
+
+
+def _check_positions(model: Model, texts: list[str], rel: np.ndarray | None) -> None:
+    """Check every text fits and has the asked-for token, before any forward pass."""
+    lengths = np.array(model.token_lengths(texts))
+    empty = np.flatnonzero(lengths == 0)
+    if empty.size:
+        raise TaskError(f"text {empty[0]} ({texts[empty[0]]!r}) has no tokens; drop it")
+    if rel is not None:
+        bad = np.flatnonzero((rel >= lengths) | (rel < -lengths))
+        if bad.size:
+            i = int(bad[0])
+            raise TaskError(
+                f"token position {int(rel[i])} is outside text {i}, which has {lengths[i]} "
+                "tokens; positions count non-pad tokens, negative from the end"
+            )
+
+
+def _pooler(mask: torch.Tensor, rel: np.ndarray | None, start: int) -> Pool:
+    """Reduce (batch, seq, ...) activations to (batch, ...) float32 by the token policy."""
+    mask = mask.bool()
+    if rel is None:  # mean over non-pad tokens; where(), not a product, so NaN in pads drops out
+        counts = mask.sum(1, keepdim=True)
+        keep = mask.unsqueeze(-1)
+        return lambda x: torch.where(keep, x, 0).sum(1, dtype=torch.float32) / counts
+    offset = torch.as_tensor(rel[start : start + len(mask)], device=mask.device)
+    lengths = mask.sum(1)
+    first = mask.int().argmax(1)  # index of the first real token: 0 unless left-padded
+    index = first + torch.where(offset < 0, offset + lengths, offset)
+    rows = torch.arange(len(mask), device=mask.device)
+    # Advanced indexing copies, so only the picked rows outlive the trace, not the full tensor.
+    return lambda x: x[rows, index].float()
+
+
+def _attrs(model: Model, key: str, policy: str, plan: Plan) -> dict[str, Any]:
+    from mechwidgets import __version__
+
+    shape = model.shape
+    return {
+        "model": model.name,
+        "model_identity": model.identity,
+        "revision": model.revision or "",
+        "family": model.adapter.family,
+        "tokenizer_hash": model.tokenizer_hash,
+        "token_policy": policy,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "storage_dtype": "float32",
+        "cache_key": key,
+        "mechwidgets_version": __version__,
+        "model_shape": {
+            "n_layers": shape.n_layers,
+            "n_heads": shape.n_heads,
+            "d_mlp": shape.d_mlp,
+            "d_model": model.d_model,
+            "d_head": model.d_head,
+        },
+        "n_neurons": 0 if plan.neurons is None else len(plan.neurons),
+    }

@@ -1,0 +1,335 @@
+"""Load a model by name or wrap one already built, and reach its components by kind.
+
+:func:`load_model` resolves a name in the embedded zoo first, then as a Hugging Face id
+(local cache or hub), and returns a :class:`Model`: the ``nnsight`` wrapper, the
+architecture :class:`~mechwidgets.models.adapters.Adapter`, the tokenizer, the sizes and
+the hashes that key the activation cache. Components are reached through the adapter
+table (``model.attn(3)``, ``model.mlp_out_proj(3)``), never through module names.
+
+>>> model = load_model("toy-grammar")
+>>> with model.nn.trace(**model.tokenize(["the cat sleeps"])):
+...     hidden = model.block(0).output.save()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import nnsight
+import torch
+import transformers
+
+from mechwidgets.core.components import ModelShape
+from mechwidgets.core.errors import ModelError, TaskError
+from mechwidgets.models import zoo
+from mechwidgets.models.adapters import Adapter, adapter_for, config_value, walk
+
+#: the component sites a :class:`Model` can reach; each is a path in the adapter table
+Site = Literal["block", "attn", "mlp", "attn_out_proj", "mlp_out_proj"]
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Model:
+    """A loaded model: nnsight wrapper, adapter, tokenizer, sizes and identity.
+
+    Parameters
+    ----------
+    nn : the ``nnsight.NNsight`` wrapper to trace.
+    hf : the wrapped Hugging Face module.
+    adapter : where the architecture keeps its components.
+    tokenizer : the model's tokenizer (a pad token is set when it had none).
+    name : the zoo name, HF id, or class name of an in-memory model.
+    revision : the resolved revision (commit or weights hash), None for in-memory models.
+    source : ``zoo:``/``hf:`` identity of a named model; None means hash the weights.
+    """
+
+    nn: nnsight.NNsight
+    hf: torch.nn.Module
+    adapter: Adapter
+    tokenizer: Any
+    name: str
+    revision: str | None = None
+    source: str | None = None
+
+    @cached_property
+    def shape(self) -> ModelShape:
+        """Layers, heads and MLP width, for checking selectors."""
+        return ModelShape(
+            n_layers=len(self._blocks(self.hf.base_model)),
+            n_heads=config_value(self.hf.config, self.adapter.n_heads_key),
+            d_mlp=self.out_proj_weight("mlp_out_proj", 0).shape[0],
+        )
+
+    @cached_property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return config_value(self.hf.config, self.adapter.d_model_key)
+
+    @cached_property
+    def d_head(self) -> int:
+        """Width of one attention head."""
+        key = self.adapter.d_head_key
+        value = getattr(self.hf.config, key, None) if key else None
+        return value if isinstance(value, int) else self.d_model // self.shape.n_heads
+
+    @cached_property
+    def max_context(self) -> int:
+        """The longest input in tokens."""
+        return config_value(self.hf.config, self.adapter.max_context_key)
+
+    @cached_property
+    def identity(self) -> str:
+        """What the weights are: name and revision, or a hash of an in-memory model's weights."""
+        return self.source or f"weights:{weights_hash(self.hf)}"
+
+    @cached_property
+    def tokenizer_hash(self) -> str:
+        """A hash of the tokenizer's full definition (vocabulary, normalizer, special tokens)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        text = (
+            backend.to_str()
+            if backend is not None
+            else json.dumps(sorted(self.tokenizer.get_vocab().items()))
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are."""
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype of the weights."""
+        return next(self.hf.parameters()).dtype
+
+    def module(self, site: Site, layer: int) -> torch.nn.Module:
+        """The torch module at ``site`` of block ``layer`` (for hooks and weights)."""
+        return walk(self._blocks(self.hf.base_model)[layer], self._path(site))
+
+    def envoy(self, site: Site, layer: int) -> Any:
+        """The nnsight envoy at ``site`` of block ``layer`` (for use inside a trace)."""
+        # Looked up by module, not by attribute path: nnsight renames submodules whose
+        # names clash with its own attributes (BERT's ``output`` becomes ``E_output``).
+        return self.nn.interleaver.envoys[id(self.module(site, layer))]
+
+    def block(self, layer: int) -> Any:
+        """Envoy of block ``layer``; its output is the residual stream after the block."""
+        return self.envoy("block", layer)
+
+    def attn(self, layer: int) -> Any:
+        """Envoy whose output (first element if a tuple) is the attention's write."""
+        return self.envoy("attn", layer)
+
+    def mlp(self, layer: int) -> Any:
+        """Envoy whose output is the MLP's write into the residual stream."""
+        return self.envoy("mlp", layer)
+
+    def attn_out_proj(self, layer: int) -> Any:
+        """Envoy of the attention output projection; its input is the concatenated heads."""
+        return self.envoy("attn_out_proj", layer)
+
+    def mlp_out_proj(self, layer: int) -> Any:
+        """Envoy of the MLP down projection; its input is the neuron activations."""
+        return self.envoy("mlp_out_proj", layer)
+
+    def out_proj_weight(self, site: Literal["attn_out_proj", "mlp_out_proj"], layer: int) -> Any:
+        """The projection's weight as an (in, out) matrix, whatever the module stores."""
+        weight = self.module(site, layer).weight
+        return weight if self.adapter.out_proj_transposed else weight.T
+
+    def out_proj_bias(self, site: Literal["attn_out_proj", "mlp_out_proj"], layer: int) -> Any:
+        """The projection's bias, or None."""
+        return self.module(site, layer).bias
+
+    def tokenize(
+        self, texts: list[str], padding_side: Literal["left", "right"] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Pad a batch of texts into model inputs, on the model's device.
+
+        Returns ``input_ids``, ``attention_mask`` and ``position_ids`` (counted over the
+        non-pad tokens, so left and right padding give the same activations); pass them
+        as ``model.nn.trace(**inputs)``. Texts longer than the context raise TaskError.
+        """
+        enc = self.tokenizer(
+            list(texts), padding=True, padding_side=padding_side, return_tensors="pt"
+        )
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        self._check_context(mask.sum(1).tolist())
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+        }
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text, special tokens included; texts over the context raise TaskError."""
+        lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+        self._check_context(lengths)
+        return lengths
+
+    def _check_context(self, lengths: list[int]) -> None:
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] > self.max_context:
+            raise TaskError(
+                f"text {longest} has {lengths[longest]} tokens but {self.name} reads at most "
+                f"{self.max_context}; shorten it"
+            )
+
+    def _path(self, site: Site) -> str:
+        return "" if site == "block" else getattr(self.adapter, site)
+
+    def _blocks(self, base: Any) -> Any:
+        return walk(base, self.adapter.blocks)
+
+    def __repr__(self) -> str:
+        s = self.shape
+        return (
+            f"Model({self.name!r}, family={self.adapter.family}, layers={s.n_layers}, "
+            f"heads={s.n_heads}, d_model={self.d_model}, d_mlp={s.d_mlp}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')})"
+        )
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer: names, shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_model(
+    name_or_module: str | torch.nn.Module,
+    tokenizer: Any = None,
+    revision: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Model:
+    """Load a zoo model or HF checkpoint by name, or wrap an already built HF model.
+
+    Parameters
+    ----------
+    name_or_module : a zoo name (``"toy-grammar"``), an HF id or local folder
+        (``"EleutherAI/pythia-70m"``), or a built ``transformers`` model.
+    tokenizer : required with a built model; overrides the checkpoint's otherwise.
+    revision : HF branch, tag or commit.
+    device, dtype : where and in which precision to run (``float32``, ``float16``,
+        ``bfloat16``); by default ``cpu``/``float32`` for a name and unchanged for a module.
+
+    Returns
+    -------
+    Model
+
+    Examples
+    --------
+    >>> load_model("EleutherAI/pythia-70m", revision="step3000", dtype="bfloat16")
+    """
+    if dtype is not None and dtype not in DTYPES:
+        raise ModelError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+    if isinstance(name_or_module, torch.nn.Module):
+        if tokenizer is None:
+            raise ModelError(
+                "an in-memory model needs its tokenizer: load_model(model, tokenizer=tok)"
+            )
+        hf, name, source = name_or_module, _module_name(name_or_module), None
+    elif isinstance(name_or_module, str):
+        hf, tok, name, source, revision = _load_named(name_or_module, revision, dtype or "float32")
+        tokenizer = tokenizer or tok
+        device = device or "cpu"
+    else:
+        raise ModelError(
+            f"load_model takes a model name or a transformers model, "
+            f"got {type(name_or_module).__name__}"
+        )
+    try:
+        hf.to(device=device, dtype=DTYPES[dtype] if dtype else None)
+    except (RuntimeError, AssertionError) as exc:
+        raise ModelError(
+            f"cannot move the model to device '{device}': {_first_line(exc)}"
+        ) from None
+    return _wrap(hf.eval(), tokenizer, name, revision, source)
+
+
+def _load_named(
+    name: str, revision: str | None, dtype: str
+) -> tuple[torch.nn.Module, Any, str, str, str | None]:
+    """Load weights and tokenizer: the zoo folder offline, else the HF cache or hub."""
+    folder = zoo.model_dir(name)
+    where: str | Path = folder if folder is not None else name
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            where, revision=revision, local_files_only=folder is not None
+        )
+        adapter = adapter_for(config)
+        auto = getattr(transformers, adapter.auto_class)
+        hf = auto.from_pretrained(
+            where, revision=revision, dtype=DTYPES[dtype], local_files_only=folder is not None
+        )
+        tok = transformers.AutoTokenizer.from_pretrained(
+            where, revision=revision, local_files_only=folder is not None
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        zoo_names = ", ".join(zoo.list_models()) or "none installed"
+        raise ModelError(
+            f"cannot load model '{name}' ({_first_line(exc)}); it is not a zoo model "
+            f"(zoo: {zoo_names}), so check the Hugging Face id and revision; when offline "
+            "its weights must already be in the local Hugging Face cache"
+        ) from None
+    if folder is not None:
+        weights = folder / "model.safetensors"
+        revision = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        return hf, tok, name, f"zoo:{name}@{revision}", revision
+    revision = getattr(config, "_commit_hash", None) or revision or "main"
+    return hf, tok, name, f"hf:{name}@{revision}", revision
+
+
+def _wrap(
+    hf: torch.nn.Module, tokenizer: Any, name: str, revision: str | None, source: str | None
+) -> Model:
+    """Wrap the module with nnsight and check that the adapter's sizes fit its weights."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(
+                "the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token"
+            )
+        tokenizer.pad_token = tokenizer.eos_token  # pads are masked out, so any token will do
+    adapter = adapter_for(hf.config)
+    with warnings.catch_warnings():
+        # nnsight renames BERT's ``output`` submodules and says so; envoy() looks modules up
+        # by identity, so the renaming is harmless here.
+        warnings.filterwarnings("ignore", message=".*nnsight already serves", category=UserWarning)
+        wrapped = nnsight.NNsight(hf)
+    model = Model(wrapped, hf, adapter, tokenizer, name, revision, source)
+    heads = model.out_proj_weight("attn_out_proj", 0).shape[0]
+    if heads != model.shape.n_heads * model.d_head:
+        raise ModelError(
+            f"{name}: the attention output projection takes {heads} inputs, not "
+            f"{model.shape.n_heads} heads of {model.d_head}; check the model config"
+        )
+    return model
+
+
+def _module_name(module: torch.nn.Module) -> str:
+    config = getattr(module, "config", None)
+    if config is None:
+        raise ModelError(
+            f"{type(module).__name__} is not a transformers model (it has no .config); "
+            "pass a model built with transformers"
+        )
+    return getattr(config, "name_or_path", "") or type(module).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
