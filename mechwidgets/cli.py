@@ -9,6 +9,9 @@ that runs it; :func:`register_command` adds one, so ``run`` and ``demo`` plug in
 
     mechinterp cache list
     mechinterp cache clear
+    mechinterp demo
+    mechinterp run configs/feature_detection_toy.yaml -o runs/x
+    mechinterp run runs/x/artifacts.json
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from mechwidgets.core.errors import MechError
 
@@ -102,6 +107,71 @@ def _size(n: int) -> str:
 
 register_command(
     Command("cache", "list or clear cached activation cubes", _configure_cache, _run_cache)
+)
+
+
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a YAML RunSpec, or a bundle's artifacts.json to re-run")
+    parser.add_argument(
+        "-o", "--out", help="bundle folder (default: the config's output_dir; BUNDLE-rerun)"
+    )
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from mechwidgets.runner import (
+        bundle_folder,
+        is_bundle_source,
+        metrics_difference,
+        run_bundle,
+        run_spec,
+    )
+
+    if not is_bundle_source(args.config):
+        _print_result(run_spec(args.config, output_dir=args.out))
+        return 0
+    result = run_bundle(args.config, output_dir=args.out)
+    _print_result(result)
+    gap = metrics_difference(result, args.config)
+    original = bundle_folder(args.config)
+    print(
+        f"reproduced: same numbers as {original}"
+        if gap == 0
+        else f"NOT reproduced: largest difference from {original} is {gap:.3g}"
+    )
+    return 0 if gap == 0 else 1
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="bundle folder (default: runs/demo)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from mechwidgets.runner import DEMO_SPEC, run_spec
+
+    spec = DEMO_SPEC
+    print(f"detect '{spec['action']['params']['label']}' in {spec['extraction']['model_name']}:")
+    print("every layer x resid/attn/mlp, controls: label_shuffle, random_subspace")
+    _print_result(run_spec(spec, output_dir=args.out))
+    return 0
+
+
+def _print_result(result: Any) -> None:
+    from mechwidgets.report.text import score_table
+
+    print(score_table(result.table))
+    print(f"\nverdict: {result.verdict()}")
+    out = (result.spec or {}).get("output_dir")
+    if out:
+        print(f"bundle: {out} (open {Path(out) / 'report.html'})")
+
+
+register_command(
+    Command(
+        "run", "run a YAML config, or re-run a bundle's artifacts.json", _configure_run, _run_run
+    )
+)
+register_command(
+    Command("demo", "detect subject number in the embedded toy model", _configure_demo, _run_demo)
 )
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def load_spec(source: RunSpec | dict[str, Any] | str | Path) -> RunSpec:
     path = Path(source)
     if not path.exists():
         raise SpecError(f"no such config: {path}; give a YAML config or a bundle's {ARTIFACTS}")
-    if path.is_dir() or path.name == ARTIFACTS:
+    if is_bundle_source(path):
         spec = read_artifacts(path).get("spec")
         if spec is None:
             raise SpecError(
@@ -148,9 +148,9 @@ def run_spec(
         result = run_action(spec.action.name, context)
     result.timings = {**result.timings, **timings}
     result.activations = {
+        **result.activations,
         **activations_index(cube),
         "task": {"name": task.name, "n": len(task), "data_hash": task_hash(task)},
-        **result.activations,
     }
     if out is not None:
         write_bundle(result, out)
@@ -173,6 +173,12 @@ def run_bundle(path: str | Path, output_dir: str | Path | None = None) -> Action
     folder = bundle_folder(path)
     spec = load_spec(folder)
     return run_spec(spec, output_dir or folder.with_name(f"{folder.name}-rerun"))
+
+
+def is_bundle_source(path: str | Path) -> bool:
+    """Whether ``path`` names a bundle (its folder or ``artifacts.json``) rather than a config."""
+    path = Path(path)
+    return path.name == ARTIFACTS or path.is_dir()
 
 
 def bundle_folder(path: str | Path) -> Path:
