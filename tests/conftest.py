@@ -81,6 +81,21 @@ def tiny_models() -> dict[str, Model]:
     return {t: load_model(*build_tiny(t)) for t in TINY_CONFIGS}
 
 
+@pytest.fixture
+def count_calls():
+    """``count_calls(module)`` -> a list that grows by one each time ``module`` is entered."""
+    handles = []
+
+    def count(module: torch.nn.Module) -> list[int]:
+        calls: list[int] = []
+        handles.append(module.register_forward_pre_hook(lambda *_: calls.append(1)))
+        return calls
+
+    yield count
+    for handle in handles:
+        handle.remove()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory: pytest.TempPathFactory):
     """Point MECHWIDGETS_CACHE at a temporary folder for the whole session."""

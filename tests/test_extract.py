@@ -136,14 +136,7 @@ def test_heads_plus_bias_sum_to_attention_output(tiny_models, family):
         assert rel_err(total, attn) <= 1e-5
 
 
-def count_calls(module: torch.nn.Module) -> list[int]:
-    """A list that grows by one each time ``module`` is entered."""
-    calls: list[int] = []
-    module.register_forward_pre_hook(lambda *_: calls.append(1))
-    return calls
-
-
-def test_stops_after_deepest_block_asked_for(tiny_models):
+def test_stops_after_deepest_block_asked_for(tiny_models, count_calls):
     model = tiny_models["gpt_neox"]
     deeper = count_calls(model.module("block", 1))
     unembed = count_calls(model.hf.get_submodule(model.adapter.unembed))
@@ -155,7 +148,7 @@ def test_stops_after_deepest_block_asked_for(tiny_models):
     assert len(deeper) > 0 and unembed == []
 
 
-def test_second_call_runs_no_forward_pass(tiny_models):
+def test_second_call_runs_no_forward_pass(tiny_models, count_calls):
     model = tiny_models["llama"]
     calls = count_calls(model.module("block", 0))
     first = mw.extract(model, TEXTS, layers="0-1", components=["resid", "mlp"], batch_size=2)
@@ -231,7 +224,7 @@ def test_plan_grid_and_neuron_subsets(tiny_models):
         ({"batch_size": 0}, SpecError, "positive integer"),
     ],
 )
-def test_bad_requests_fail_in_one_line(tiny_models, kwargs, error, phrase):
+def test_bad_requests_fail_in_one_line(tiny_models, count_calls, kwargs, error, phrase):
     model = tiny_models["gpt_neox"]
     calls = count_calls(model.module("block", 0))
     with pytest.raises(error) as info:

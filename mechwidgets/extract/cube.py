@@ -176,7 +176,9 @@ def open_cube(path: str | Path, layout: CubeLayout | None = None) -> xr.Dataset:
         1, sum(4 * int(np.prod(ds[v].shape[1:])) for v in (ACT, NEURONS) if v in ds.data_vars)
     )
     rows = max(1, min(ds.sizes["sample"], CHUNK_BYTES // width))
-    return ds.chunk({"sample": rows})
+    cube = ds.chunk({"sample": rows})
+    cube.set_close(ds.close)  # chunk() drops the file handle's closer; keep cube.close() working
+    return cube
 
 
 def _problem(ds: xr.Dataset, layout: CubeLayout | None) -> str | None:

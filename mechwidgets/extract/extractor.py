@@ -184,11 +184,13 @@ def extract(
     # Labels and splits are not in the cache key: the same texts relabelled reuse the
     # activations, and the cube carries the labels of this call, not of the cached file.
     stale = [c for c in cube.coords if cube[c].dims == ("sample",) and c not in per_sample]
-    return (
+    result = (
         cube.drop_vars(stale)
         .assign_coords({k: ("sample", v) for k, v in per_sample.items()})
         .assign_attrs(task=data.name if isinstance(data, Task) else "")
     )
+    result.set_close(cube.close)
+    return result
 
 
 @torch.no_grad()
