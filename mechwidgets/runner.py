@@ -32,6 +32,7 @@ from mechwidgets.data.tasks import Task
 from mechwidgets.report.bundle import (
     ARTIFACTS,
     activations_index,
+    check_target,
     read_artifacts,
     to_jsonable,
     write_bundle,
@@ -117,6 +118,7 @@ def run_spec(
     spec = load_spec(source)
     out = output_dir if output_dir is not None else spec.output_dir
     if out is not None:
+        check_target(out)  # refuse a non-bundle folder before the work, not after
         spec = spec.model_copy(update={"output_dir": str(out)})
     ex = spec.extraction
     timings: dict[str, float] = {}

@@ -73,7 +73,7 @@ def write_bundle(result: Any, path: str | Path) -> Path:
     The bundle folder.
     """
     path = Path(path)
-    _check_target(path)
+    check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -176,7 +176,9 @@ def _decoded(value: Any) -> Any:
     return value
 
 
-def _check_target(path: Path) -> None:
+def check_target(path: str | Path) -> None:
+    """Raise a one-line BundleError unless a bundle may be written at ``path``."""
+    path = Path(path)
     if path.is_file():
         raise BundleError(f"{path} is a file; give a folder path for the bundle")
     if path.is_dir() and any(path.iterdir()) and not is_bundle(path):

@@ -1,0 +1,92 @@
+"""``mechinterp run`` and ``mechinterp demo``: output, bundles, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_runner import spec_for, tiny_dir  # noqa: F401  (session fixture)
+
+from mechwidgets.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def config(tiny_dir: Path, tmp_path: Path) -> Path:  # noqa: F811
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec_for(tiny_dir, tmp_path / "runs" / "tiny")))
+    return path
+
+
+def test_run_prints_table_verdict_and_bundle(capsys, config, tmp_path):
+    code, out, err = run_cli(capsys, "run", str(config))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["label", "layer", "component", "probe", "95%"]
+    assert "label_shuffle" in lines[0]
+    verdict = next(line for line in lines if line.startswith("verdict: "))
+    assert "subject_number" in verdict
+    bundle = tmp_path / "runs" / "tiny"
+    assert f"bundle: {bundle}" in out and (bundle / "report.html").is_file()
+
+
+def test_run_artifacts_reproduces(capsys, config, tmp_path):
+    assert run_cli(capsys, "run", str(config), "-o", str(tmp_path / "a"))[0] == 0
+    code, out, _ = run_cli(capsys, "run", str(tmp_path / "a" / "artifacts.json"))
+    assert code == 0
+    assert out.splitlines()[-1] == f"reproduced: same numbers as {tmp_path / 'a'}"
+    assert f"bundle: {tmp_path / 'a-rerun'}" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "no such config"),
+        ("action: [unclosed", "bad YAML at line 1"),
+        ("action: detect\nmodel: m\ntask: t", "unknown task 't'"),
+        (
+            "action: detect\nextraction: {model_name: m}\ndataset: {name: t, colour: red}",
+            "unknown field 'dataset.colour'",
+        ),
+    ],
+)
+def test_bad_configs_are_one_line_exit_2(capsys, tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    if text is not None:
+        path.write_text(text)
+    code, out, err = run_cli(capsys, "run", str(path))
+    assert code == 2 and out == ""
+    assert err.startswith("mechinterp: error: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_a_bundle(capsys, config, tmp_path):
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "run", str(config), "-o", str(precious))
+    assert code == 2 and err.startswith("mechinterp: error: ") and err.count("\n") == 1
+    assert "not a mechwidgets bundle" in err
+    assert [p.name for p in precious.iterdir()] == ["keep.txt"]
+
+
+def test_console_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mechwidgets.cli", "run", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mechinterp: error: no such config: {tmp_path / 'nope.yaml'}; "
+        "give a YAML config or a bundle's artifacts.json"
+    ]
