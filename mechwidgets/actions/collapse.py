@@ -1,0 +1,268 @@
+"""collapse: does depth destroy a feature encoded earlier?
+
+Reads one label's decodability curve for a drop from its peak to the final layer. The
+peak layer is chosen on the VALIDATION split and its score taken on TEST: picking the
+maximum of noisy test scores would bias the collapse index (peak - final) upward even
+when nothing is erased. Layer-to-layer drops are tested with a paired bootstrap, and a
+layer x layer CKA heatmap (debiased by default) shows where the representation changes.
+
+>>> res = mw.collapse(cube, label="token_id", seeds=5)
+>>> res.summary()["collapse_index"], res.summary()["collapse_ci"]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, cast
+
+import numpy as np
+import xarray as xr
+
+from mechwidgets.actions.base import RunContext, run_action
+from mechwidgets.actions.detect import ProbePlan, ProbeResult
+from mechwidgets.analysis.geometry import cka_matrix
+from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
+from mechwidgets.core.errors import SpecError
+from mechwidgets.core.registry import register_action
+from mechwidgets.probes.sweep import (
+    DEFAULT_CONTROLS,
+    activations_info,
+    pooled_boot,
+    run_protocol,
+)
+
+CKA_ESTIMATORS = ("debiased", "linear")
+
+
+class CollapseResult(ProbeResult):
+    """Decodability curve, collapse index with CI, drop points and a layer CKA heatmap."""
+
+    def summary(self) -> dict[str, Any]:
+        """``collapse_index`` and ``collapse_ci`` (low, high) for the headline component."""
+        d = self.data
+        comp = str(d.attrs["component"])
+        per = {str(c): self._component(str(c)) for c in d["component"].values}
+        drops = [
+            {
+                "component": str(c),
+                "from_layer": int(d["drop_from"].sel(component=c, layer=layer)),
+                "to_layer": int(layer),
+                "drop": float(d["drop"].sel(component=c, layer=layer)),
+                "p_adj": float(d["drop_p_adj"].sel(component=c, layer=layer)),
+            }
+            for c in d["component"].values
+            for layer in d["layer"].values
+            if bool(d["drop_point"].sel(component=c, layer=layer))
+        ]
+        head = per[comp]
+        return {
+            "label": str(d["label"].values[0]),
+            "metric": str(d["metric"].values[0]),
+            "component": comp,
+            **{k: head[k] for k in head},
+            "per_component": per,
+            "drop_points": drops,
+            "correction": str(self.table["correction"].iloc[0]),
+            "cka": str(d["cka"].attrs["estimator"]),
+            "cka_undefined": {
+                str(c): json.loads(d["cka"].attrs[f"undefined_{c}"]) for c in d["component"].values
+            },
+        }
+
+    def _component(self, comp: str) -> dict[str, Any]:
+        d = self.data.sel(component=comp)
+        lo, hi = (float(v) for v in d["collapse_ci"].values)
+        return {
+            "collapse_index": float(d["collapse_index"]),
+            "collapse_ci": (lo, hi),
+            "collapse_p": float(d["collapse_p"]),
+            "collapsed": lo > 0,
+            "peak_layer": int(d["peak_layer"]),
+            "final_layer": int(d["final_layer"]),
+            "peak_score": float(d["peak_score"]),
+            "final_score": float(d["final_score"]),
+        }
+
+    def verdict(self) -> str:
+        """E.g. "'x' collapses in resid: peak layer 2 (chosen on val) 0.95 -> final 0.52 ..."."""
+        s = self.summary()
+        curve = (
+            f"peak layer {s['peak_layer']} (chosen on val) {s['peak_score']:.3f} -> final layer "
+            f"{s['final_layer']} {s['final_score']:.3f}; collapse index "
+            f"{s['collapse_index']:.3f} [{s['collapse_ci'][0]:.3f}, {s['collapse_ci'][1]:.3f}]"
+        )
+        if s["collapsed"]:
+            return f"'{s['label']}' collapses in {s['component']}: {curve}"
+        return f"no collapse of '{s['label']}' in {s['component']} (CI includes 0): {curve}"
+
+    def chart(self) -> Any:
+        """The decodability curve with CI band and controls, one panel per component."""
+        from mechwidgets.viz.charts import layer_curve_chart
+
+        return layer_curve_chart(self.table, metric=str(self.real["metric"].iloc[0]))
+
+    def charts(self) -> dict[str, Any]:
+        """The curve, plus one layer x layer CKA heatmap per component."""
+        from mechwidgets.viz.charts import cka_heatmap
+
+        title = f"CKA ({self.data['cka'].attrs['estimator']})"
+        heatmaps = {
+            f"cka_{c}": cka_heatmap(self.data["cka"].sel(component=c, drop=True), title=title)
+            for c in self.data["component"].values
+        }
+        return {"main": self.chart(), **heatmaps}
+
+
+@register_action("collapse")
+class Collapse:
+    """Does depth destroy a feature encoded earlier? Collapse index, drops, CKA."""
+
+    name = "collapse"
+
+    def prepare(self, context: RunContext) -> ProbePlan:
+        """Check the label, the protocol and the CKA estimator."""
+        plan = ProbePlan.from_context(context, own={"cka", "component"}, single=True)
+        estimator = plan.options.get("cka") or "debiased"
+        if estimator not in CKA_ESTIMATORS:
+            raise SpecError(f"unknown cka '{estimator}': choose {' or '.join(CKA_ESTIMATORS)}")
+        return plan
+
+    def run(self, prepared: ProbePlan) -> CollapseResult:
+        """Probe every slice, read the curve for collapse, compute layer CKA."""
+        run = run_protocol(prepared.cube, prepared.labels, prepared.protocol)
+        comps = [str(c) for c in run.agg["component"].values]
+        comp = prepared.options.get("component") or ("resid" if "resid" in comps else comps[0])
+        if comp not in comps:
+            raise SpecError(f"component '{comp}' is not in the result; it has {comps}")
+        stats = _collapse(run.raw, run.agg, prepared)
+        debiased = (prepared.options.get("cka") or "debiased") == "debiased"
+        cka = _layer_cka(prepared.cube, run.raw, debiased)
+        data = xr.merge([run.data, stats, cka], compat="override", combine_attrs="override")
+        data.attrs |= {"component": comp, "level": prepared.protocol.level}
+        data["cka"].attrs = cka["cka"].attrs
+        drops = stats[["drop", "drop_p", "drop_p_adj", "drop_point"]].to_dataframe().reset_index()
+        table = run.table.merge(drops.assign(control="none"), how="left")
+        return CollapseResult(
+            action="collapse",
+            data=data,
+            table=table,
+            params=prepared.params(),
+            predictions=run.predictions,
+            timings=run.timings,
+            activations=activations_info(prepared.cube),
+        )
+
+    def summarize(self, result: CollapseResult) -> dict[str, Any]:
+        """The result's headline numbers."""
+        return result.summary()
+
+
+def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:
+    """Per component: val-chosen peak, collapse index with CI, and layer-to-layer drops."""
+    protocol = plan.protocol
+    layers = agg["layer"].values
+    alpha = 1 - protocol.level
+    test = agg["score"].sel(control="none").isel(label=0).transpose("component", "layer").values
+    val = raw["val_score"].sel(control="none").isel(label=0).mean("seed")
+    val = val.transpose("component", "layer").values
+    boot = pooled_boot(raw).isel(label=0).transpose("component", "layer", "bdraw").values
+    probed = raw["probed"].transpose("component", "layer").values
+    n_comp, n_layer = probed.shape
+    out = {k: np.full(n_comp, np.nan) for k in ("index", "p", "peak", "final", "peak_s", "final_s")}
+    out["ci"] = np.full((n_comp, 2), np.nan)
+    drop = np.full((n_comp, n_layer), np.nan)
+    drop_p = np.full((n_comp, n_layer), np.nan)
+    drop_from = np.full((n_comp, n_layer), np.nan)
+    for c in range(n_comp):
+        idx = np.flatnonzero(probed[c])
+        peak = idx[np.argmax(val[c, idx])]  # chosen on validation, first on ties
+        final = idx[-1]
+        diff = boot[c, peak] - boot[c, final]  # paired: same resampled test items
+        out["index"][c] = test[c, peak] - test[c, final]
+        out["ci"][c] = percentile_interval(diff, protocol.level)
+        out["p"][c] = bootstrap_pvalue(diff) if peak != final else 1.0
+        out["peak"][c], out["final"][c] = layers[peak], layers[final]
+        out["peak_s"][c], out["final_s"][c] = test[c, peak], test[c, final]
+        for a, b in zip(idx[:-1], idx[1:], strict=True):
+            drop[c, b] = test[c, a] - test[c, b]
+            drop_p[c, b] = bootstrap_pvalue(boot[c, a] - boot[c, b])
+            drop_from[c, b] = layers[a]
+    drop_p_adj = np.stack([adjust_pvalues(row, protocol.correction) for row in drop_p])
+    dims = ("component", "layer")
+    return xr.Dataset(
+        {
+            "collapse_index": ("component", out["index"]),
+            "collapse_ci": (("component", "bound"), out["ci"]),
+            "collapse_p": ("component", out["p"]),
+            "peak_layer": ("component", out["peak"]),
+            "final_layer": ("component", out["final"]),
+            "peak_score": ("component", out["peak_s"]),
+            "final_score": ("component", out["final_s"]),
+            "drop": (dims, drop),
+            "drop_from": (dims, drop_from),
+            "drop_p": (dims, drop_p),
+            "drop_p_adj": (dims, drop_p_adj),
+            "drop_point": (dims, (drop_p_adj < alpha) & (drop > 0)),
+        },
+        coords={"component": agg["component"].values, "layer": layers, "bound": ["low", "high"]},
+    )
+
+
+def _layer_cka(cube: xr.Dataset, raw: xr.Dataset, debiased: bool) -> xr.Dataset:
+    """Layer x layer CKA per component on the test items (those the curve is scored on)."""
+    test = np.flatnonzero(np.asarray(cube["split"].values).astype(str) == "test")
+    mats, attrs = [], {}
+    for comp in raw["component"].values:
+        layers = [int(v) for v in raw["layer"].values if raw["probed"].sel(layer=v, component=comp)]
+        act = cube["act"].sel(component=comp).isel(sample=test).transpose("layer", "sample", "dim")
+        reps = {layer: act.sel(layer=layer).values for layer in layers}
+        mat = cka_matrix(reps, debiased=debiased)
+        mat = mat.reindex(layer_a=raw["layer"].values, layer_b=raw["layer"].values)
+        attrs[f"undefined_{comp}"] = mat.attrs["undefined"]
+        attrs["estimator"] = mat.attrs["estimator"]
+        mats.append(mat)
+    cka = xr.concat(mats, dim=xr.DataArray(raw["component"].values, dims="component"))
+    cka.attrs = attrs
+    return xr.Dataset({"cka": cka})
+
+
+def collapse(
+    cube: xr.Dataset,
+    label: str | None = None,
+    *,
+    controls: Iterable[str] = DEFAULT_CONTROLS,
+    seeds: int = 5,
+    seed: int = 0,
+    cka: str = "debiased",
+    component: str | None = None,
+    **params: Any,
+) -> CollapseResult:
+    """Is ``label`` decodable at some layer and lost by the final one?
+
+    Parameters
+    ----------
+    cube : an activation cube.
+    label : the label variable; may be omitted when the cube has only one.
+    controls, seeds, seed, **params : as in :func:`mechwidgets.detect`.
+    cka : ``debiased`` (default; unbiased HSIC) or ``linear`` CKA for the heatmap.
+    component : the component of the headline numbers; default ``resid``.
+
+    Returns
+    -------
+    A :class:`CollapseResult`; ``summary()["collapse_index"]`` is the test score at the
+    validation-chosen peak layer minus the final layer's, ``summary()["collapse_ci"]`` its
+    paired-bootstrap interval, ``summary()["drop_points"]`` the significant drops.
+
+    Examples
+    --------
+    >>> res = collapse(cube, label="token_id")
+    >>> res.summary()["collapse_ci"]
+    """
+    context = RunContext(
+        cube=cube,
+        params={"label": label, "seeds": seeds, "cka": cka, "component": component, **params},
+        controls=list(controls),
+        seed=seed,
+    )
+    return cast(CollapseResult, run_action("collapse", context))

@@ -1,0 +1,224 @@
+"""detect: does layer/component X encode feature Y?
+
+A linear probe per (layer, component) slice, next to its controls, with intervals and
+corrected p-values, so "layer 3 encodes number" comes with how sure we are and how much
+of it a probe could have found anyway.
+
+>>> res = mw.detect(cube, label="subject_number", controls=["label_shuffle"], seeds=5)
+>>> res.summary()["best"], res.table.head(), res.chart()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import xarray as xr
+
+from mechwidgets.actions.base import ActionResult, RunContext, run_action
+from mechwidgets.core.errors import SpecError
+from mechwidgets.core.registry import register_action
+from mechwidgets.probes.sweep import (
+    DEFAULT_CONTROLS,
+    Protocol,
+    activations_info,
+    resolve_labels,
+    run_protocol,
+)
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """What ``run`` needs: the cube, the labels and the protocol (checked in ``prepare``)."""
+
+    cube: xr.Dataset
+    labels: tuple[str, ...]
+    protocol: Protocol
+    options: dict[str, Any]
+
+    @classmethod
+    def from_context(
+        cls, context: RunContext, own: Iterable[str] = (), single: bool = False
+    ) -> ProbePlan:
+        """Read ``label``/``labels`` and the protocol from a RunContext.
+
+        ``single`` actions (detect, collapse) take one label; compare takes several.
+        """
+        protocol, options = Protocol.from_context(context, own={"label", "labels", *own})
+        wanted = options.pop("labels", None) or options.pop("label", None)
+        labels = resolve_labels(context.cube, wanted)
+        if single and len(labels) != 1:
+            raise SpecError(
+                f"this action probes one label, got {', '.join(labels)}; use compare for several"
+            )
+        return cls(context.cube, labels, protocol, options)
+
+    def params(self) -> dict[str, Any]:
+        """The run's parameters, for the bundle."""
+        p = self.protocol
+        return {
+            "labels": list(self.labels),
+            "controls": list(p.controls),
+            "seeds": list(p.seeds),
+            "permutations": p.permutations,
+            "resamples": p.resamples,
+            "strengths": list(p.strengths),
+            "probe": p.probe,
+            "metric": p.metric,
+            "level": p.level,
+            "correction": p.correction,
+        } | self.options
+
+
+class ProbeResult(ActionResult):
+    """Shared reading of a probe table: the real-probe rows and their best slice."""
+
+    @property
+    def real(self) -> Any:
+        """Real-probe rows (``control == "none"``)."""
+        return self.table[self.table["control"] == "none"]
+
+    def _best(self, rows: Any) -> dict[str, Any]:
+        row = rows.loc[rows["score"].idxmax()]
+        return {
+            "layer": int(row["layer"]),
+            "component": str(row["component"]),
+            "score": float(row["score"]),
+            "ci": [float(row["ci_low"]), float(row["ci_high"])],
+            "ci_adj": [float(row["ci_adj_low"]), float(row["ci_adj_high"])],
+            "p_adj": float(row["p_adj"]),
+        }
+
+
+class DetectResult(ProbeResult):
+    """Probe scores per slice with intervals, controls, selectivity and corrected p-values."""
+
+    def summary(self) -> dict[str, Any]:
+        """Best slice, best layer per component, controls at the best slice, counts."""
+        real = self.real
+        best = self._best(real)
+        at_best = self.table[
+            (self.table["layer"] == best["layer"])
+            & (self.table["component"] == best["component"])
+            & (self.table["control"] != "none")
+        ]
+        alpha = 1 - float(self.data.attrs["level"])
+        controls = {
+            str(r["control"]): {
+                "score": float(r["score"]),
+                "gap": float(r["selectivity"]),
+                "gap_ci": [float(r["selectivity_ci_low"]), float(r["selectivity_ci_high"])],
+                "p_value": float(r["p_value"]),
+                "p_adj": float(r["p_adj"]),
+            }
+            for _, r in at_best.iterrows()
+        }
+        first = real.iloc[0]
+        return {
+            "label": str(first["label"]),
+            "metric": str(first["metric"]),
+            "chance": float(first["chance"]),
+            "correction": str(first["correction"]),
+            "level": float(self.data.attrs["level"]),
+            "best": best,
+            "best_per_component": {
+                str(comp): self._best(rows) for comp, rows in real.groupby("component", sort=False)
+            },
+            "controls": controls,
+            "selectivity": controls.get("control_task", {}).get("gap"),
+            "n_slices": len(real),
+            "n_significant": int((real["p_adj"] < alpha).sum()),
+            "seeds": len(self.data["seed"]),
+            "permutations": int(self.data.sizes["draw"]),
+            "resamples": int(self.data.sizes["resample"]),
+        }
+
+    def verdict(self) -> str:
+        """E.g. "'number' is decodable: best resid layer 2, accuracy 0.97 [0.95, 0.99] ..."."""
+        s = self.summary()
+        b = s["best"]
+        where = f"best {b['component']} layer {b['layer']}, {s['metric']} {b['score']:.3f}"
+        ci = f"[{b['ci'][0]:.3f}, {b['ci'][1]:.3f}] vs chance {s['chance']:.3f}"
+        test = f"{s['correction']}-adjusted p < {1 - s['level']:.2g}"
+        if s["n_significant"]:
+            head = f"'{s['label']}' is decodable: {where} {ci}"
+            tail = f"{s['n_significant']}/{s['n_slices']} slices beat the control ({test})"
+        else:
+            head = f"'{s['label']}' is not decodable above control: {where} {ci}"
+            tail = f"0/{s['n_slices']} slices significant ({test})"
+        return f"{head}; {tail}"
+
+    def chart(self) -> Any:
+        """Probe score per layer with CI band and control baselines, one panel per component."""
+        from mechwidgets.viz.charts import layer_curve_chart
+
+        return layer_curve_chart(self.table, metric=str(self.real["metric"].iloc[0]))
+
+
+@register_action("detect")
+class Detect:
+    """Does layer/component X encode feature Y? Probes every slice with controls."""
+
+    name = "detect"
+
+    def prepare(self, context: RunContext) -> ProbePlan:
+        """Check the parameters and the label; the cube is validated when the sweep starts."""
+        return ProbePlan.from_context(context, single=True)
+
+    def run(self, prepared: ProbePlan) -> DetectResult:
+        """Probe every slice and aggregate."""
+        run = run_protocol(prepared.cube, prepared.labels, prepared.protocol)
+        return DetectResult(
+            action="detect",
+            data=run.data,
+            table=run.table,
+            params=prepared.params(),
+            predictions=run.predictions,
+            timings=run.timings,
+            activations=activations_info(prepared.cube),
+        )
+
+    def summarize(self, result: DetectResult) -> dict[str, Any]:
+        """The result's headline numbers."""
+        return result.summary()
+
+
+def detect(
+    cube: xr.Dataset,
+    label: str | None = None,
+    *,
+    controls: Iterable[str] = DEFAULT_CONTROLS,
+    seeds: int = 5,
+    seed: int = 0,
+    **params: Any,
+) -> DetectResult:
+    """Does each (layer, component) slice of ``cube`` linearly encode ``label``?
+
+    Parameters
+    ----------
+    cube : an activation cube (``act``, ``split`` and the label along ``sample``).
+    label : the label variable; may be omitted when the cube has only one.
+    controls : any of ``label_shuffle``, ``random_subspace``, ``control_task``.
+    seeds : how many seeds (shuffles, subspaces, control tasks, bootstrap streams).
+    seed : the first seed value.
+    **params : protocol options: ``permutations`` (200), ``resamples`` (1000),
+        ``strengths``, ``metric``, ``probe`` (``ridge``/``logistic``), ``level`` (0.95),
+        ``correction`` (``holm``/``bh``), ``subspace_rank``, ``layers``, ``components``.
+
+    Returns
+    -------
+    A :class:`DetectResult`; ``.table`` has one row per (label, layer, component, control).
+
+    Examples
+    --------
+    >>> res = detect(cube, label="subject_number", seeds=5)
+    >>> res.summary()["best"]["layer"]
+    """
+    context = RunContext(
+        cube=cube,
+        params={"label": label, "seeds": seeds, **params},
+        controls=list(controls),
+        seed=seed,
+    )
+    return cast(DetectResult, run_action("detect", context))

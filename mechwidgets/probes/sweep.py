@@ -1,0 +1,696 @@
+"""The probing protocol over every (layer, component) slice of a cube, and its statistics.
+
+``detect``, ``compare`` and ``collapse`` all ask the same first question: how well does a
+linear probe decode this label from each slice, next to its controls? This module answers
+it once, with one fixed protocol: standardise on train, choose the L2 strength on
+validation, score on test; controls drawn ``permutations`` times per seed; bootstrap
+resamples of the test items shared by every slice and control (so comparisons are
+paired). :func:`sweep` returns every number per seed; :func:`aggregate` turns them into
+seed means, intervals, p-values and selectivities; :func:`tidy_table` into one row per
+(label, layer, component, control).
+
+>>> protocol = Protocol(controls=("label_shuffle", "random_subspace"), seeds=(0, 1, 2))
+>>> raw = sweep(cube, ["subject_number"], protocol)    # xarray.Dataset, per seed
+>>> table = tidy_table(aggregate(raw, protocol))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from mechwidgets.analysis.statistics import (
+    CORRECTIONS,
+    Metric,
+    adjust_pvalues,
+    batch_score,
+    bootstrap_weights,
+    percentile_interval,
+    permutation_pvalue,
+    score,
+    simultaneous_interval,
+)
+from mechwidgets.core.errors import CubeError, SpecError
+from mechwidgets.probes.controls import (
+    WORDTYPE_PREFIX,
+    check_controls,
+    control_task_labels,
+    random_subspaces,
+    shuffled_labels,
+)
+from mechwidgets.probes.linear import (
+    DEFAULT_STRENGTHS,
+    PROBES,
+    LabelEncoding,
+    Path,
+    fit_select_predict,
+    make_path,
+)
+
+SPLITS = ("train", "val", "test")
+DEFAULT_CONTROLS = ("label_shuffle", "random_subspace")
+MIN_PER_SPLIT = 10
+MIN_PER_CLASS = 2
+#: per-sample variables that are not labels
+_NOT_LABELS = {"sample", "sample_id", "split", "text", "position", "token"}
+#: one independent random stream per purpose and seed
+_STREAMS = {"label_shuffle": 1, "random_subspace": 2, "control_task": 3, "bootstrap": 4}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every slice is probed; the parameters ``detect``/``compare``/``collapse`` share.
+
+    Parameters
+    ----------
+    controls : names from ``label_shuffle``, ``random_subspace``, ``control_task``.
+    seeds : seed values; each seed draws its own shuffles, subspaces, control tasks and
+        bootstrap stream. The ridge and logistic fits themselves are deterministic.
+    permutations : control draws per seed; p-values use all ``seeds x permutations``.
+    resamples : bootstrap resamples of the test items per seed.
+    strengths : L2 strengths, as multiples of the number of training samples.
+    metric : ``accuracy`` / ``auc`` (classes) or ``r2`` (continuous); default by label.
+    probe : ``ridge`` (fast, shared factorisation) or ``logistic`` (scikit-learn per fit).
+    level : confidence level of intervals; ``1 - level`` is the significance threshold.
+    correction : ``holm`` (family-wise) or ``bh`` (false discovery rate) across slices.
+    subspace_rank : rank of the random-subspace control (default: the probe's rank).
+    layers, components : restrict the sweep (default: all in the cube).
+    """
+
+    controls: tuple[str, ...] = DEFAULT_CONTROLS
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    permutations: int = 200
+    resamples: int = 1000
+    strengths: tuple[float, ...] = tuple(DEFAULT_STRENGTHS)
+    metric: str | None = None
+    probe: str = "ridge"
+    level: float = 0.95
+    correction: str = "holm"
+    subspace_rank: int | None = None
+    layers: tuple[int, ...] | None = None
+    components: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_controls(self.controls)
+        checks = {
+            "seeds": (len(self.seeds) >= 1, "give at least one seed"),
+            "permutations": (self.permutations >= 1, "use an integer >= 1 (200+ for p-values)"),
+            "resamples": (self.resamples >= 100, "use an integer >= 100 (1000 recommended)"),
+            "strengths": (
+                len(self.strengths) >= 1 and min(self.strengths) > 0,
+                "give one or more positive L2 strengths",
+            ),
+            "probe": (self.probe in PROBES, f"choose one of {', '.join(PROBES)}"),
+            "level": (0 < self.level < 1, "use a number between 0 and 1, e.g. 0.95"),
+            "correction": (self.correction in CORRECTIONS, f"choose {' or '.join(CORRECTIONS)}"),
+            "subspace_rank": (
+                self.subspace_rank is None or self.subspace_rank >= 1,
+                "use an integer >= 1",
+            ),
+        }
+        for name, (ok, hint) in checks.items():
+            if not ok:
+                raise SpecError(f"bad value {getattr(self, name)!r} for '{name}': {hint}")
+
+    @classmethod
+    def from_context(cls, context: Any, own: Iterable[str] = ()) -> tuple[Protocol, dict]:
+        """The protocol from a RunContext, plus the action's own parameters.
+
+        ``context.params`` may hold the protocol fields (``seeds`` as a count, seed values
+        start at ``context.seed``) and the names in ``own``; anything else is a SpecError.
+        Empty ``context.controls`` means the default controls.
+        """
+        params = dict(context.params)
+        fields = set(cls.__dataclass_fields__) - {"controls"}
+        allowed = fields | set(own)
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise SpecError(
+                f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            )
+        kwargs: dict[str, Any] = {k: params[k] for k in fields & set(params)}
+        n_seeds = kwargs.pop("seeds", 5)
+        if not isinstance(n_seeds, int) or isinstance(n_seeds, bool) or n_seeds < 1:
+            raise SpecError(f"bad value {n_seeds!r} for 'seeds': give how many seeds, e.g. 5")
+        kwargs["seeds"] = tuple(int(context.seed) + i for i in range(n_seeds))
+        for key in ("strengths", "layers", "components"):
+            if kwargs.get(key) is not None:
+                value = kwargs[key]
+                kwargs[key] = tuple([value] if isinstance(value, int | float | str) else value)
+        controls = check_controls(context.controls or DEFAULT_CONTROLS)
+        own_params = {k: params[k] for k in own if k in params}
+        return cls(controls=controls, **kwargs), own_params
+
+
+@dataclass(frozen=True)
+class LabelData:
+    """One label, checked and encoded."""
+
+    name: str
+    encoding: LabelEncoding
+    codes: np.ndarray
+    metric: Metric
+    chance: float
+    word_types: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class CubeView:
+    """A validated cube: split masks, labels and the slices to probe."""
+
+    cube: xr.Dataset
+    split: np.ndarray
+    masks: tuple[np.ndarray, np.ndarray, np.ndarray]
+    labels: dict[str, LabelData]
+    layers: tuple[int, ...]
+    components: tuple[str, ...]
+    test_ids: np.ndarray = field(repr=False)
+
+
+def label_names(cube: xr.Dataset) -> list[str]:
+    """The cube's per-sample label variables (not split, ids, text or word types)."""
+    return [
+        str(name)
+        for name, var in cube.variables.items()
+        if var.dims == ("sample",)
+        and name not in _NOT_LABELS
+        and not str(name).startswith(WORDTYPE_PREFIX)
+    ]
+
+
+def read_cube(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> CubeView:
+    """Check ``cube`` against the cube contract for these labels; one-line errors.
+
+    Raises
+    ------
+    CubeError
+        no ``act`` variable or wrong dims; missing ``split``, unknown split values, or too
+        few samples per split; a missing label, a label with one class, too few samples of
+        a class in a split; a control task without its ``wordtype_<label>`` variable.
+    SpecError
+        a metric that does not suit a label; layers or components not in the cube.
+    """
+    if not isinstance(cube, xr.Dataset):
+        raise CubeError(f"expected an xarray.Dataset cube, got {type(cube).__name__}")
+    if "act" not in cube.data_vars:
+        raise CubeError(
+            "cube has no 'act' variable; expected activations with dims "
+            "(sample, layer, component, dim)"
+        )
+    if set(cube["act"].dims) != {"sample", "layer", "component", "dim"}:
+        raise CubeError(
+            f"cube 'act' has dims {cube['act'].dims}; expected (sample, layer, component, dim)"
+        )
+    if "split" not in cube.variables or cube["split"].dims != ("sample",):
+        raise CubeError("cube has no 'split' variable along 'sample'; add train/val/test splits")
+    split = np.asarray(cube["split"].values).astype(str)
+    bad = sorted(set(np.unique(split)) - set(SPLITS))
+    if bad:
+        raise CubeError(f"cube 'split' has unknown value(s) {bad}; use train, val and test")
+    masks = tuple(split == s for s in SPLITS)
+    for name, mask in zip(SPLITS, masks, strict=True):
+        if mask.sum() < MIN_PER_SPLIT:
+            raise CubeError(
+                f"split '{name}' has {int(mask.sum())} samples; each split needs at least "
+                f"{MIN_PER_SPLIT}: use more samples"
+            )
+    label_data = {name: _read_label(cube, name, masks, protocol) for name in labels}
+    layers = _pick(protocol.layers, [int(v) for v in cube["layer"].values], "layer")
+    comps = _pick(protocol.components, [str(v) for v in cube["component"].values], "component")
+    ids = cube["sample_id"].values if "sample_id" in cube.variables else np.arange(split.size)
+    test_ids = np.asarray(ids)[masks[2]]
+    return CubeView(cube, split, masks, label_data, tuple(layers), tuple(comps), test_ids)
+
+
+def _pick(wanted: tuple | None, present: list, what: str) -> list:
+    if wanted is None:
+        return present
+    missing = [w for w in wanted if w not in present]
+    if missing:
+        raise SpecError(f"{what}(s) {missing} not in the cube; it has {present}")
+    return [p for p in present if p in wanted]
+
+
+def _read_label(
+    cube: xr.Dataset,
+    name: str,
+    masks: tuple[np.ndarray, ...],
+    protocol: Protocol,
+) -> LabelData:
+    if name not in cube.variables or cube[name].dims != ("sample",):
+        raise CubeError(
+            f"cube has no label '{name}' along 'sample'; labels here: "
+            f"{', '.join(label_names(cube)) or 'none'}"
+        )
+    values = np.asarray(cube[name].values)
+    encoding = LabelEncoding.infer(values, name)
+    metric = encoding.check_metric(protocol.metric or encoding.default_metric)
+    codes = encoding.encode(values)
+    if encoding.kind != "continuous":
+        for split, mask in zip(SPLITS, masks, strict=True):
+            counts = np.bincount(codes[mask], minlength=encoding.classes.size)
+            if counts.min() < MIN_PER_CLASS:
+                cls = encoding.classes[counts.argmin()]
+                raise CubeError(
+                    f"label '{name}': class {cls!r} has {counts.min()} sample(s) in the "
+                    f"{split} split; each class needs {MIN_PER_CLASS}+ per split"
+                )
+    word_types = None
+    if "control_task" in protocol.controls:
+        var = WORDTYPE_PREFIX + name
+        if var not in cube.variables or cube[var].dims != ("sample",):
+            raise CubeError(
+                f"control_task for '{name}' needs a '{var}' variable along 'sample' "
+                "(the word type carrying the label); add it or drop the control"
+            )
+        word_types = np.asarray(cube[var].values)
+    test = codes[masks[2]]
+    if metric == "accuracy":
+        chance = np.bincount(test).max() / test.size  # the majority-class rate
+    else:
+        chance = 0.5 if metric == "auc" else 0.0
+    return LabelData(name, encoding, codes, metric, float(chance), word_types)
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """Every seeded draw for one label; columns are seed-major (``s * B + b``)."""
+
+    shuffle: np.ndarray | None  # (n, S*B) label columns
+    control: np.ndarray | None  # (n, S*B) label columns
+    subspace: np.ndarray | None  # (d, S*B*rank) stacked bases
+
+
+def _rng(seed: int, purpose: str) -> np.random.Generator:
+    return np.random.default_rng([seed, _STREAMS[purpose]])
+
+
+def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Draws:
+    b = protocol.permutations
+    seeds = protocol.seeds
+    shuffle = control = subspace = None
+    if "label_shuffle" in protocol.controls:
+        shuffle = np.concatenate(
+            [shuffled_labels(lab.codes, view.split, b, _rng(s, "label_shuffle")) for s in seeds],
+            axis=1,
+        )
+    if "control_task" in protocol.controls:
+        types = lab.word_types
+        control = np.concatenate(
+            [control_task_labels(lab.codes, types, b, _rng(s, "control_task")) for s in seeds],
+            axis=1,
+        )
+    if "random_subspace" in protocol.controls:
+        rank = protocol.subspace_rank or max(1, lab.encoding.width - 1)
+        if rank > dim:
+            raise SpecError(f"subspace_rank {rank} exceeds the activation dim {dim}")
+        bases = np.concatenate(
+            [random_subspaces(dim, rank, b, _rng(s, "random_subspace")) for s in seeds]
+        )  # (S*B, d, rank)
+        subspace = bases.transpose(1, 0, 2).reshape(dim, -1)
+    return _Draws(shuffle, control, subspace)
+
+
+def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dataset:
+    """Probe every slice for every label with controls, bootstrap and null draws.
+
+    Each slice is loaded once (lazy cubes stay lazy elsewhere), standardised on train and
+    factorised once; all labels, strengths and control draws share that factorisation.
+
+    Returns
+    -------
+    An ``xarray.Dataset`` with dims ``label, layer, component, control, seed, resample,
+    draw, test_sample``: ``score`` (test score of the real probe and of draw 0 of each
+    control), ``val_score``, ``alpha`` (chosen strength), ``boot`` (bootstrap test scores),
+    ``null`` (test scores of all control draws), ``y_true``/``y_pred``/``y_score`` (real
+    probe on the test split) and ``probed`` (False for slices that are all NaN, e.g. an
+    attention output at the embedding layer).
+    """
+    view = read_cube(cube, list(labels), protocol)
+    names = list(view.labels)
+    controls = ("none", *protocol.controls)
+    n_seed, n_res, n_draw = len(protocol.seeds), protocol.resamples, protocol.permutations
+    n_test = int(view.masks[2].sum())
+    shape = (len(names), len(view.layers), len(view.components), len(controls), n_seed)
+    out = {
+        "score": np.full(shape, np.nan),
+        "val_score": np.full(shape, np.nan),
+        "alpha": np.full(shape, np.nan),
+        "boot": np.full((*shape, n_res), np.nan),
+        "null": np.full((*shape, n_draw), np.nan),
+        "y_pred": np.full(shape[:3] + (n_test,), np.nan, dtype=object),
+        "y_score": np.full(shape[:3] + (n_test,), np.nan),
+    }
+    probed = np.zeros(shape[1:3], bool)
+    weights = np.stack(
+        [bootstrap_weights(n_test, n_res, _rng(s, "bootstrap")) for s in protocol.seeds]
+    )
+    dim = int(cube.sizes["dim"])
+    draws = {name: _draws(view.labels[name], view, protocol, dim) for name in names}
+    for li, layer in enumerate(view.layers):
+        for ci, comp in enumerate(view.components):
+            x = _load(cube, layer, comp)
+            if x is None:
+                continue
+            probed[li, ci] = True
+            slice_out = _probe_slice(x, view, draws, weights, protocol, controls)
+            for key, per_label in slice_out.items():
+                for ni, value in enumerate(per_label):
+                    out[key][ni, li, ci] = value
+    return _assemble(out, probed, view, protocol, controls)
+
+
+def _load(cube: xr.Dataset, layer: int, comp: str) -> np.ndarray | None:
+    """One slice as float64 ``(sample, dim)``; None when it is entirely NaN (absent)."""
+    x = np.asarray(
+        cube["act"].sel(layer=layer, component=comp).transpose("sample", "dim").values,
+        np.float64,
+    )
+    finite = np.isfinite(x)
+    if finite.all():
+        return x
+    if np.isnan(x).all():
+        return None
+    raise CubeError(
+        f"activations at layer {layer}, component '{comp}' hold {int((~finite).sum())} NaN/inf "
+        "values; re-extract (e.g. in float32) or drop those samples"
+    )
+
+
+def _probe_slice(
+    x: np.ndarray,
+    view: CubeView,
+    draws: dict[str, _Draws],
+    weights: np.ndarray,
+    protocol: Protocol,
+    controls: tuple[str, ...],
+) -> dict[str, list[np.ndarray]]:
+    """All labels on one slice; per output key, one array per label."""
+    tr, va, te = view.masks
+    mean = x[tr].mean(axis=0)
+    scale = x[tr].std(axis=0)
+    xs = (x - mean) / np.where(scale > 1e-12, scale, 1.0)  # standardised on train only
+    paths: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
+    result: dict[str, list[np.ndarray]] = {}
+    for name, lab in view.labels.items():
+        kind = "ridge" if lab.encoding.kind == "continuous" else protocol.probe
+        if kind not in paths:
+            path = make_path(kind, xs[tr][None])
+            paths[kind] = (path, path.project(xs[va][None]), path.project(xs[te][None]))
+        per = _probe_label(xs, lab, draws[name], paths[kind], kind, view, weights, protocol)
+        for key, value in per.items():
+            result.setdefault(key, []).append(value)
+    return result
+
+
+def _probe_label(
+    xs: np.ndarray,
+    lab: LabelData,
+    draw: _Draws,
+    main: tuple[Path, np.ndarray, np.ndarray],
+    kind: str,
+    view: CubeView,
+    weights: np.ndarray,
+    protocol: Protocol,
+) -> dict[str, np.ndarray]:
+    """Real probe and every control draw for one label on one standardised slice."""
+    tr, va, te = view.masks
+    enc, metric = lab.encoding, lab.metric
+    alphas = np.asarray(protocol.strengths) * tr.sum()
+    n_seed, n_draw = len(protocol.seeds), protocol.permutations
+    column_controls = [c for c in ("label_shuffle", "control_task") if c in protocol.controls]
+    y = np.concatenate(
+        [lab.codes[:, None]]
+        + [draw.shuffle if c == "label_shuffle" else draw.control for c in column_controls],
+        axis=1,
+    )  # (n, M): the real labels, then each column control's draws
+    path, proj_val, proj_test = main
+    fit = fit_select_predict(
+        path, proj_val, proj_test, y[tr][None], y[va][None], enc, metric, alphas
+    )
+    # per control: test outputs (n_test, S*B), their true labels, val scores, strengths
+    groups: dict[str, tuple[np.ndarray, ...]] = {}
+    out = enc.output(fit.test_decision, metric)[0]
+    y_test = y[te]
+    start, width = 0, 1
+    for c in ["none", *column_controls]:
+        cols = slice(start, start + width)
+        groups[c] = (
+            out[:, cols],
+            y_test[:, cols],
+            fit.val_score[0, cols],
+            fit.alpha_index[0, cols],
+        )
+        start, width = cols.stop, n_seed * n_draw
+    if draw.subspace is not None:
+        rank = draw.subspace.shape[1] // (n_seed * n_draw)
+        z = np.ascontiguousarray((xs @ draw.subspace).reshape(len(xs), -1, rank).transpose(1, 0, 2))
+        sub = make_path(kind, z[:, tr])
+        real = lab.codes[:, None][None]
+        sfit = fit_select_predict(
+            sub, sub.project(z[:, va]), sub.project(z[:, te]), real[:, tr], real[:, va],
+            enc, metric, alphas,
+        )  # fmt: skip
+        sout = enc.output(sfit.test_decision, metric)[:, :, 0].T
+        groups["random_subspace"] = (
+            sout,
+            np.repeat(lab.codes[te][:, None], sout.shape[1], axis=1),
+            sfit.val_score[:, 0],
+            sfit.alpha_index[:, 0],
+        )
+    controls = ("none", *protocol.controls)
+    shape = (len(controls), n_seed)
+    res = {k: np.full(shape, np.nan) for k in ("score", "val_score", "alpha")}
+    res["null"] = np.full((*shape, n_draw), np.nan)
+    res["boot"] = np.full((*shape, protocol.resamples), np.nan)
+    for k, c in enumerate(controls):
+        outs, truth, val, idx = groups[c]
+        for s in range(n_seed):
+            col = 0 if c == "none" else s * n_draw  # draw 0 of seed s is the reported probe
+            res["score"][k, s] = score(metric, truth[:, col], outs[:, col])
+            res["val_score"][k, s] = val[col]
+            res["alpha"][k, s] = alphas[idx[col]]
+            res["boot"][k, s] = batch_score(
+                metric, truth[:, col], outs[:, col : col + 1], weights[s]
+            )[:, 0]
+            if c != "none":
+                cols = slice(s * n_draw, (s + 1) * n_draw)
+                res["null"][k, s] = batch_score(metric, truth[:, cols], outs[:, cols])[0]
+    decision = fit.test_decision[0, :, : enc.width]
+    if enc.kind == "continuous":
+        res["y_pred"] = decision[:, 0]
+    else:
+        res["y_pred"] = enc.classes[enc.output(decision, "accuracy")[:, 0]]
+    res["y_score"] = decision[:, 0] if enc.kind == "binary" else np.full(decision.shape[0], np.nan)
+    return res
+
+
+def _assemble(
+    out: dict[str, np.ndarray],
+    probed: np.ndarray,
+    view: CubeView,
+    protocol: Protocol,
+    controls: tuple[str, ...],
+) -> xr.Dataset:
+    names = list(view.labels)
+    base = ("label", "layer", "component", "control", "seed")
+    te = view.masks[2]
+    y_true = np.empty((len(names), int(te.sum())), dtype=object)
+    for ni, lab in enumerate(view.labels.values()):
+        y_true[ni] = np.asarray(view.cube[lab.name].values)[te]
+    pred_dims = ("label", "layer", "component", "test_sample")
+    ds = xr.Dataset(
+        {
+            "score": (base, out["score"]),
+            "val_score": (base, out["val_score"]),
+            "alpha": (base, out["alpha"]),
+            "boot": ((*base, "resample"), out["boot"]),
+            "null": ((*base, "draw"), out["null"]),
+            "y_true": (("label", "test_sample"), _plain(y_true)),
+            "y_pred": (pred_dims, _plain(out["y_pred"])),
+            "y_score": (pred_dims, out["y_score"]),
+            "probed": (("layer", "component"), probed),
+        },
+        coords={
+            "label": names,
+            "layer": list(view.layers),
+            "component": list(view.components),
+            "control": list(controls),
+            "seed": list(protocol.seeds),
+            "test_sample": view.test_ids,
+            "metric": ("label", [lab.metric for lab in view.labels.values()]),
+            "chance": ("label", [lab.chance for lab in view.labels.values()]),
+            "kind": ("label", [lab.encoding.kind for lab in view.labels.values()]),
+        },
+        attrs={"probe": protocol.probe, "level": protocol.level},
+    )
+    return ds
+
+
+def _plain(values: np.ndarray) -> np.ndarray:
+    """Object arrays of labels -> float when all numeric, else str."""
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError):
+        return values.astype(str)
+
+
+def aggregate(raw: xr.Dataset, protocol: Protocol) -> xr.Dataset:
+    """Seed means, intervals, p-values and selectivities per (label, layer, component, control).
+
+    - ``score``: mean over seeds; ``seed_sd``: spread over seeds.
+    - ``ci_low``/``ci_high``: percentile interval of the bootstrap draws pooled over seeds
+      (each seed its own stream), so it carries test-sampling and seed noise together.
+    - ``ci_adj_low``/``ci_adj_high``: simultaneous intervals over all probed slices of a
+      (label, control), calibrated on the joint draws (max statistic).
+    - ``p_value``: one-sided permutation p-value that the real probe beats the control,
+      against all ``seeds x permutations`` control draws; on the real-probe row (``none``)
+      against ``label_shuffle`` (else the first control). ``p_adj``: corrected across the
+      probed slices of each (label, control) with ``protocol.correction``.
+    - ``selectivity`` (control rows): real minus control score, with a paired bootstrap
+      interval (same resampled test items for both).
+    """
+    ok = raw["probed"].values
+    pooled = raw["boot"].stack(bdraw=("seed", "resample")).transpose(..., "bdraw").values
+    score = raw["score"].mean("seed").values
+    sd = raw["score"].std("seed", ddof=1).values if raw.sizes["seed"] > 1 else np.zeros_like(score)
+    lo, hi = percentile_interval(pooled, protocol.level)
+    adj_lo, adj_hi = np.full_like(lo, np.nan), np.full_like(hi, np.nan)
+    for ni in range(raw.sizes["label"]):
+        for k in range(raw.sizes["control"]):
+            fam = pooled[ni, :, :, k][ok]  # (probed slices, draws)
+            a, b, _ = simultaneous_interval(fam, protocol.level)
+            adj_lo[ni, :, :, k][ok], adj_hi[ni, :, :, k][ok] = a, b
+    controls = list(raw["control"].values)
+    real = score[..., 0]
+    null = raw["null"].stack(ndraw=("seed", "draw")).transpose(..., "ndraw").values
+    p = np.full_like(score, np.nan)
+    for k in range(1, len(controls)):
+        p[..., k] = permutation_pvalue(real, null[..., k, :])
+    ref = controls.index("label_shuffle") if "label_shuffle" in controls else 1
+    p[..., 0] = p[..., ref]
+    p[:, ~ok] = np.nan
+    p_adj = np.full_like(p, np.nan)
+    for ni in range(raw.sizes["label"]):
+        for k in range(len(controls)):
+            p_adj[ni, :, :, k] = adjust_pvalues(p[ni, :, :, k], protocol.correction)
+    diff = pooled[..., :1, :] - pooled
+    sel = real[..., None] - score
+    sel_lo, sel_hi = percentile_interval(diff, protocol.level)
+    sel[..., 0] = sel_lo[..., 0] = sel_hi[..., 0] = np.nan
+    dims = ("label", "layer", "component", "control")
+    data = {
+        "score": score,
+        "ci_low": lo,
+        "ci_high": hi,
+        "ci_adj_low": adj_lo,
+        "ci_adj_high": adj_hi,
+        "seed_sd": sd,
+        "p_value": p,
+        "p_adj": p_adj,
+        "selectivity": sel,
+        "selectivity_ci_low": sel_lo,
+        "selectivity_ci_high": sel_hi,
+    }
+    coords = {c: raw[c] for c in ("label", "layer", "component", "control")}
+    agg = xr.Dataset({k: (dims, v) for k, v in data.items()}, coords=coords)
+    agg.attrs = {"correction": protocol.correction, "level": protocol.level}
+    return agg.where(raw["probed"])
+
+
+def tidy_table(agg: xr.Dataset) -> pd.DataFrame:
+    """One row per probed (label, layer, component, control), ordered as in the cube."""
+    meta = [str(c) for c in agg.coords if agg[c].dims == ("label",) and c != "label"]
+    df = agg.drop_vars(meta).to_dataframe().reset_index().dropna(subset=["score"])
+    df = df.merge(agg[meta].to_dataframe().reset_index(), on="label", how="left")
+    df["correction"] = agg.attrs["correction"]
+    order = ["label", "layer", "component", "control", "score", "ci_low", "ci_high"]
+    rest = [c for c in df.columns if c not in order]
+    return df[order + rest].reset_index(drop=True)
+
+
+def predictions_frame(raw: xr.Dataset) -> pd.DataFrame:
+    """Per test sample, the real probe's prediction on every probed slice."""
+    df = raw[["y_pred", "y_score", "y_true"]].to_dataframe().reset_index()
+    df = df.rename(columns={"test_sample": "sample_id"})
+    probed = raw["probed"].to_dataframe().reset_index()
+    df = df.merge(probed, on=["layer", "component"])
+    df = df[df.pop("probed")]
+    cols = ["sample_id", "label", "layer", "component", "y_true", "y_pred", "y_score"]
+    return df[cols].reset_index(drop=True)
+
+
+def pooled_boot(raw: xr.Dataset, control: str = "none") -> xr.DataArray:
+    """Bootstrap draws of one control pooled over seeds: dims ``(..., bdraw)``.
+
+    Draw ``j`` is the same resample of test items (and seed) for every label, layer and
+    component, so differences between them are paired.
+    """
+    boot = raw["boot"].sel(control=control).stack(bdraw=("seed", "resample"))
+    return boot.drop_vars(["bdraw", "seed", "resample"]).transpose(..., "bdraw")
+
+
+def resolve_labels(cube: xr.Dataset, labels: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The label names asked for; None picks the cube's only label, else a SpecError."""
+    if labels is None:
+        found = label_names(cube) if isinstance(cube, xr.Dataset) else []
+        if len(found) != 1:
+            raise SpecError(
+                f"name the label to probe with label=...; this cube has "
+                f"{', '.join(found) or 'no labels'}"
+            )
+        return (found[0],)
+    return (labels,) if isinstance(labels, str) else tuple(dict.fromkeys(labels))
+
+
+@dataclass(frozen=True)
+class ProtocolRun:
+    """Everything one run of the protocol produced, ready for an action's result."""
+
+    raw: xr.Dataset
+    agg: xr.Dataset
+    table: pd.DataFrame
+    predictions: pd.DataFrame
+    timings: dict[str, float]
+
+    @property
+    def data(self) -> xr.Dataset:
+        """Aggregated and per-seed numbers in one Dataset (predictions live elsewhere)."""
+        per_seed = self.raw.drop_vars(["y_true", "y_pred", "y_score", "test_sample"])
+        per_seed = per_seed.rename(score="seed_score", val_score="seed_val_score")
+        return xr.merge([self.agg, per_seed], compat="override", combine_attrs="override")
+
+
+def run_protocol(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> ProtocolRun:
+    """:func:`sweep`, :func:`aggregate`, :func:`tidy_table` and :func:`predictions_frame`, timed."""
+    start = time.perf_counter()
+    raw = sweep(cube, labels, protocol)
+    probed = time.perf_counter()
+    agg = aggregate(raw, protocol)
+    run = ProtocolRun(raw, agg, tidy_table(agg), predictions_frame(raw), {})
+    done = time.perf_counter()
+    run.timings.update(probes=round(probed - start, 4), statistics=round(done - probed, 4))
+    return run
+
+
+def activations_info(cube: xr.Dataset) -> dict[str, Any]:
+    """Where the numbers came from: the cube's file, sizes and scalar attributes."""
+    attrs = {k: _scalar(v) for k, v in cube.attrs.items() if np.ndim(v) == 0}
+    info: dict[str, Any] = {
+        "variable": "act",
+        "sizes": {str(k): int(v) for k, v in cube.sizes.items()},
+    }
+    source = cube.encoding.get("source")
+    if source:
+        info["source"] = str(source)
+    return info | {"attrs": attrs}
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

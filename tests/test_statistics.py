@@ -1,0 +1,121 @@
+"""Scores, bootstrap intervals, permutation p-values and corrections against known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+
+from mechwidgets.analysis.statistics import (
+    adjust_pvalues,
+    batch_score,
+    bootstrap_pvalue,
+    bootstrap_weights,
+    percentile_interval,
+    permutation_pvalue,
+    score,
+    simultaneous_interval,
+)
+from mechwidgets.core.errors import SpecError
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 2, n)
+    dec = y[:, None] * 0.8 + rng.normal(size=(n, 5))
+    dec[:, 4] = np.round(dec[:, 4])  # many ties
+    dec[:40, 3] = 0.0
+    value = rng.normal(size=n)
+    pred = value[:, None] + rng.normal(size=(n, 3))
+    return rng, y, dec, value, pred
+
+
+def test_batch_score_equals_sklearn_with_unit_weights(data):
+    _, y, dec, value, pred = data
+    classes = (dec > 0.4).astype(int)
+    np.testing.assert_allclose(
+        batch_score("accuracy", y, classes)[0], [accuracy_score(y, c) for c in classes.T]
+    )
+    np.testing.assert_allclose(batch_score("auc", y, dec)[0], [roc_auc_score(y, d) for d in dec.T])
+    np.testing.assert_allclose(
+        batch_score("r2", value, pred)[0], [r2_score(value, p) for p in pred.T]
+    )
+    assert score("auc", y, dec[:, 0]) == pytest.approx(roc_auc_score(y, dec[:, 0]))
+
+
+def test_bootstrap_weights_equal_explicit_resamples(data):
+    rng, y, dec, value, pred = data
+    w = bootstrap_weights(len(y), 6, rng)
+    assert w.shape == (6, len(y)) and (w.sum(axis=1) == len(y)).all()
+    rows = [np.repeat(np.arange(len(y)), row.astype(int)) for row in w]
+    auc = batch_score("auc", y, dec, w)
+    r2 = batch_score("r2", value, pred, w)
+    for r, idx in enumerate(rows):
+        assert auc[r, 4] == pytest.approx(roc_auc_score(y[idx], dec[idx, 4]))
+        assert r2[r, 1] == pytest.approx(r2_score(value[idx], pred[idx, 1]))
+
+
+def test_batch_score_keeps_leading_dims(data):
+    _, y, dec, _, _ = data
+    stacked = np.stack([dec, -dec])  # (2, n, 5)
+    out = batch_score("auc", y, stacked)
+    assert out.shape == (1, 2, 5)
+    np.testing.assert_allclose(out[0, 0] + out[0, 1], 1.0)
+
+
+def test_percentile_interval_matches_binomial_width():
+    rng = np.random.default_rng(1)
+    n, p = 500, 0.8
+    correct = (rng.random(n) < p).astype(int)
+    boot = batch_score("accuracy", correct, np.ones((n, 1), int), bootstrap_weights(n, 2000, rng))
+    lo, hi = percentile_interval(boot[:, 0], 0.95)
+    acc = correct.mean()
+    half = 1.96 * np.sqrt(acc * (1 - acc) / n)
+    assert lo < acc < hi
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
+
+
+def test_simultaneous_interval_covers_the_family_jointly():
+    rng = np.random.default_rng(2)
+    draws = rng.normal(size=(15, 4000))  # 15 independent estimates
+    lo, hi, g = simultaneous_interval(draws, 0.95)
+    inside_all = ((draws >= lo[:, None]) & (draws <= hi[:, None])).all(axis=0).mean()
+    assert inside_all >= 0.95
+    assert inside_all < 0.97  # calibrated, not arbitrarily wide
+    assert 0.05 / 15 * 0.8 <= g <= 0.05  # about Bonferroni for independent estimates
+    mlo, mhi = percentile_interval(draws, 0.95)
+    assert (lo <= mlo).all() and (hi >= mhi).all()
+    same = np.repeat(draws[:1], 15, axis=0)  # perfectly dependent: no widening needed
+    assert simultaneous_interval(same, 0.95)[2] == pytest.approx(0.05, abs=0.002)
+
+
+def test_permutation_pvalue_floor_and_rank():
+    null = np.arange(200.0)
+    assert permutation_pvalue(np.array(1000.0), null) == pytest.approx(1 / 201)
+    assert permutation_pvalue(np.array(-1.0), null) == pytest.approx(1.0)
+    assert permutation_pvalue(np.array(149.5), null) == pytest.approx(51 / 201)
+
+
+def test_bootstrap_pvalue_counts_draws_at_or_below_zero():
+    assert bootstrap_pvalue(np.ones(999)) == pytest.approx(1 / 1000)
+    assert bootstrap_pvalue(np.r_[np.zeros(500), np.ones(499)]) == pytest.approx(501 / 1000)
+
+
+def test_holm_and_bh_on_a_worked_example():
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
+    np.testing.assert_allclose(adjust_pvalues(p, "holm")[:4], [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(adjust_pvalues(p, "bh")[:4], [0.02, 0.04, 0.04, 0.02])
+    assert np.isnan(adjust_pvalues(p, "holm")[4])
+    with pytest.raises(SpecError, match="unknown correction"):
+        adjust_pvalues(p, "bonferoni")
+
+
+def test_holm_controls_familywise_error_on_null_pvalues():
+    rng = np.random.default_rng(3)
+    families = rng.random((2000, 15))
+    raw_any = (families < 0.05).any(axis=1).mean()
+    holm_any = np.mean([(adjust_pvalues(f, "holm") < 0.05).any() for f in families])
+    assert raw_any > 0.4  # thirty-ish unadjusted tests reject somewhere most of the time
+    assert holm_any <= 0.06
