@@ -22,3 +22,6 @@ from mechwidgets.data.catalog import get_task_pairs as get_task_pairs
 from mechwidgets.data.catalog import list_tasks as list_tasks
 from mechwidgets.data.tasks import Task as Task
 from mechwidgets.models.zoo import list_models as list_models
+from mechwidgets.actions.detect import detect as detect
+from mechwidgets.actions.compare import compare as compare
+from mechwidgets.actions.collapse import collapse as collapse

@@ -1,1 +1,5 @@
 """The five research actions, registered by name on import."""
+
+from mechwidgets.actions import collapse as collapse  # noqa: F401  (registers "collapse")
+from mechwidgets.actions import compare as compare  # noqa: F401  (registers "compare")
+from mechwidgets.actions import detect as detect  # noqa: F401  (registers "detect")
