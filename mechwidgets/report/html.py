@@ -23,8 +23,9 @@ color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .verdict{font-size:1.1em;padding:.6em .9em;background:#eef4fb;border-left:4px solid #1f5fa8}
 table{border-collapse:collapse;font-size:.85em}td,th{padding:2px 8px;border-bottom:1px solid #eee;
-text-align:right}th{background:#f6f6f6}pre{background:#f6f6f6;padding:.8em;overflow:auto;
-font-size:.8em}.chart{margin:1em 0}
+text-align:right}th{background:#f6f6f6}
+.summary td,.summary th{text-align:left}pre{background:#f6f6f6;padding:.8em;overflow:auto;
+font-size:.8em}.chart{margin:1em 0}.wide{overflow-x:auto}
 """
 
 
@@ -60,8 +61,7 @@ def report_html(
         for i, spec in enumerate(charts.values())
     )
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_cell(v))}</td></tr>"
-        for k, v in summary.items()
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _flat(summary)
     )
     with pd.option_context("display.max_rows", 500):
         table_html = table.to_html(index=False, float_format="{:.3f}".format, na_rep="—")
@@ -74,11 +74,11 @@ def report_html(
 </head><body>
 <h1>{html.escape(title)}</h1>
 <p class="verdict">{html.escape(verdict)}</p>
-<h2>Summary</h2><table>{rows}</table>
+<h2>Summary</h2><table class="summary">{rows}</table>
 <h2>Charts</h2>
 {divs}
 <h2>Table</h2>
-{table_html}
+<div class="wide">{table_html}</div>
 <h2>Provenance</h2>
 <pre>{provenance}</pre>
 <script>
@@ -86,6 +86,20 @@ def report_html(
 </script>
 </body></html>
 """
+
+
+def _flat(summary: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested summary -> (dotted key, readable value) rows; floats to 4 significant digits."""
+    rows: list[tuple[str, str]] = []
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += _flat(value, f"{name}.")
+        elif isinstance(value, list):
+            rows.append((name, "[" + ", ".join(_cell(v) for v in value) + "]"))
+        else:
+            rows.append((name, _cell(value)))
+    return rows
 
 
 def _cell(value: Any) -> str:
