@@ -14,6 +14,7 @@ vectorised, weighted implementation of the same metrics.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -152,9 +153,15 @@ def bootstrap_weights(n: int, resamples: int, rng: np.random.Generator) -> np.nd
 def percentile_interval(
     draws: np.ndarray, level: float = 0.95, axis: int = -1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of bootstrap ``draws`` along ``axis`` (NaN draws ignored)."""
+    """Percentile interval of bootstrap ``draws`` along ``axis``.
+
+    NaN draws are ignored; where all draws are NaN (a slice that was not probed) the
+    interval is NaN.
+    """
     tail = 100 * (1 - level) / 2
-    lo, hi = np.nanpercentile(draws, [tail, 100 - tail], axis=axis)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        lo, hi = np.nanpercentile(draws, [tail, 100 - tail], axis=axis)
     return lo, hi
 
 
