@@ -162,12 +162,13 @@ var SVG = "http://www.w3.org/2000/svg";
 var CLASS_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#b279a2", "#9d755d"];
 var STYLE = `
 .mw-explorer { font: 12px var(--jp-ui-font-family, system-ui, sans-serif);
-  color: var(--jp-ui-font-color1, #222); position: relative; }
+  color: var(--jp-ui-font-color1, #222); position: relative; padding: 4px; }
 .mw-explorer .mw-head { display: flex; gap: 12px; align-items: center; margin: 4px 0; }
 .mw-explorer .mw-title { font-weight: 600; }
 .mw-explorer .mw-legend { display: flex; gap: 4px; align-items: center; }
 .mw-explorer .mw-legend-bar { width: 120px; height: 10px; }
-.mw-explorer svg text { fill: currentColor; font-size: 11px; }
+.mw-explorer svg { fill: currentColor; }
+.mw-explorer svg text { font-size: 11px; }
 .mw-explorer svg text.mw-in-cell { font-size: 10px; pointer-events: none; }
 .mw-explorer rect.mw-cell { stroke: var(--jp-layout-color0, #fff); stroke-width: 1; }
 .mw-explorer rect.mw-cell.mw-selected { stroke: #e4572e; stroke-width: 3; }
@@ -370,10 +371,12 @@ function render({ model, el }) {
       parts.tooltip.style.display = "none";
       return;
     }
-    parts.tooltip.textContent = tooltipText(state.grid, model.get("metric"), hit.i, hit.j);
-    parts.tooltip.style.left = `${hit.p.x + 14}px`;
-    parts.tooltip.style.top = `${hit.p.y + parts.heatmap.offsetTop + 10}px`;
-    parts.tooltip.style.display = "block";
+    const tip = parts.tooltip;
+    tip.textContent = tooltipText(state.grid, model.get("metric"), hit.i, hit.j);
+    tip.style.display = "block";
+    const box = parts.root.getBoundingClientRect();
+    tip.style.left = `${event.clientX - box.left + 16}px`;
+    tip.style.top = `${event.clientY - box.top - tip.offsetHeight / 2}px`;
   };
   const onLeave = () => {
     parts.tooltip.style.display = "none";

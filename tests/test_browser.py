@@ -1,0 +1,258 @@
+"""LayerExplorer in a real browser: JupyterLab driven by headless Debian Chromium.
+
+Starts JupyterLab on a free localhost port in a temporary folder, opens a notebook that
+builds a LayerExplorer over a synthetic result (no model needed) and a project chart, runs
+all cells, and checks that every heatmap cell is drawn, that hovering shows the CI and
+that a click changes ``selected`` in the kernel (an observer there writes it to a file)
+and brings the probe's histograms back. Screenshots go to docs/img/. Needs Debian's
+chromium (scripts/browser_setup.sh installs it; MECHWIDGETS_CHROMIUM names another
+binary) and fails, never skips, without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "docs" / "img"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+N_LAYERS, COMPONENTS = 6, ["resid", "attn", "mlp", "head.0", "head.1"]
+CLICKED = {"layer": 5, "component": "attn"}  # last column: the hover tooltip hides no cell
+
+SETUP = f"""\
+import json, types
+from pathlib import Path
+import altair as alt
+import numpy as np
+import pandas as pd
+import mechwidgets as mw
+from mechwidgets.viz.charts import layer_curve_chart
+
+alt.renderers.enable("svg")  # rendered by vl-convert in the kernel: no CDN needed
+rng = np.random.default_rng(0)
+rows, preds = [], []
+for layer in range({N_LAYERS}):
+    for j, comp in enumerate({COMPONENTS!r}):
+        real = 0.5 + 0.45 / (1 + np.exp(-(layer - 2.5 + j % 3))) - 0.08 * (j >= 3)
+        shuffled = 0.5 + 0.01 * rng.standard_normal()
+        for control, score in (("none", real), ("label_shuffle", shuffled)):
+            half = 0.02 + 0.02 * rng.random()
+            rows.append(dict(label="subject_number", layer=layer, component=comp, control=control,
+                             score=score, ci_low=score - half, ci_high=score + half))
+        y = np.arange(200) % 2
+        p = 1 / (1 + np.exp(-(2 * y - 1) * 8 * (real - 0.5) - rng.standard_normal(200)))
+        preds.append(pd.DataFrame(dict(layer=layer, component=comp, y_true=y, y_score=p)))
+res = types.SimpleNamespace(table=pd.DataFrame(rows), predictions=pd.concat(preds))
+"""
+EXPLORER = """\
+ex = mw.widgets.LayerExplorer(res)
+ex.observe(lambda change: Path("selected.json").write_text(json.dumps(change["new"])), "selected")
+ex
+"""
+CHART = """\
+streams = res.table[res.table["component"].isin(["resid", "attn", "mlp"])]
+layer_curve_chart(streams, chance=0.5, metric="accuracy")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310  (our localhost server)
+        return reply.read()
+
+
+def _pids_mentioning(marker: str) -> list[int]:
+    """Processes whose command line names ``marker`` (our temp folder): kernels we started."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _stop(server: subprocess.Popen, url: str, marker: str) -> None:
+    """Shut kernels down, stop the server's process group; kill what is left by pid."""
+    try:
+        for kernel in json.loads(_get(f"{url}/api/kernels")):
+            request = urllib.request.Request(f"{url}/api/kernels/{kernel['id']}", method="DELETE")
+            urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
+    except OSError:
+        pass  # the server is already gone; the sweep below still finds its kernels
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=5)
+    for pid in _pids_mentioning(marker):  # kernels run in their own sessions
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+
+
+@pytest.fixture
+def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab server on a free port, serving a temp folder; stopped in every case."""
+    work = tmp_path / "nb"
+    work.mkdir()
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(c) for c in (SETUP, EXPLORER, CHART)],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    nbformat.write(notebook, work / "explorer.ipynb")
+    # no "get Jupyter news?" toast over the screenshots, no "Select Kernel" dialog
+    settings = tmp_path / "config" / "lab" / "user-settings" / "@jupyterlab"
+    for plugin, value in [
+        ("apputils-extension/notification", {"fetchNews": "false"}),
+        ("notebook-extension/tracker", {"autoStartDefaultKernel": True}),
+    ]:
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+    }
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "jupyterlab.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1"]
+        + [f"--ServerApp.root_dir={work}", "--IdentityProvider.token=", "--ServerApp.password="]
+        + ["--ServerApp.disable_check_xsrf=True", "--ServerApp.allow_root=True"]
+        + ["--ServerApp.terminals_enabled=False", "--LabApp.news_url=None"]
+        + ["--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                _get(f"{url}/api/status")
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    tail = (tmp_path / "jupyterlab.log").read_text()[-1500:]
+                    pytest.fail(f"JupyterLab did not start: {tail}", pytrace=False)
+                time.sleep(0.3)
+        yield url, work
+    finally:
+        _stop(server, url, str(tmp_path))
+        log.close()
+
+
+def _chromium() -> str:
+    path = os.environ.get("MECHWIDGETS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).is_file():
+        pytest.fail(
+            "chromium is missing: run scripts/browser_setup.sh (apt-get install -y chromium)",
+            pytrace=False,
+        )
+    return path
+
+
+def _drive(page, expect, url: str, work: Path) -> None:
+    """Run the notebook, check the explorer and its round trip, take the screenshots."""
+    page.goto(f"{url}/lab/tree/explorer.ipynb")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+    # "Run All" before the kernel is connected runs nothing: wait for it to be idle
+    page.get_by_text(re.compile(r"\(ipykernel\) \| Idle$")).first.wait_for()
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+
+    cells = page.locator(".mw-explorer rect.mw-cell")
+    expect(cells).to_have_count(N_LAYERS * len(COMPONENTS), timeout=45_000)
+    layer, comp = CLICKED["layer"], CLICKED["component"]
+    target = page.locator(
+        f'.mw-explorer rect.mw-cell[data-layer="{layer}"][data-component="{comp}"]'
+    )
+    target.hover()
+    tooltip = page.locator(".mw-explorer .mw-tooltip")
+    expect(tooltip).to_be_visible()
+    expect(tooltip).to_contain_text(f"layer {layer} \u00b7 {comp}")
+    expect(tooltip).to_contain_text("label_shuffle")
+
+    target.click()
+    written = work / "selected.json"
+    deadline = time.monotonic() + 15
+    while not written.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert written.exists(), "the click never reached the kernel's `selected` trait"
+    assert json.loads(written.read_text()) == CLICKED
+
+    # the kernel answered with the probe's per-class histograms (2 classes x 20 bins)
+    expect(page.locator(".mw-explorer svg.mw-histogram rect.mw-bar")).to_have_count(40)
+    expect(page.locator(".mw-explorer rect.mw-selected")).to_have_attribute(
+        "data-layer", str(layer)
+    )
+    target.hover()
+    page.locator(".mw-explorer").screenshot(path=str(SHOTS / "layer_explorer.png"))
+
+    chart = page.locator('.jp-OutputArea-output[data-mime-type="image/svg+xml"]').first
+    expect(chart).to_be_visible()
+    chart.screenshot(path=str(SHOTS / "chart.png"))
+
+
+def test_layer_explorer_renders_and_syncs_selection_in_jupyterlab(jupyterlab, tmp_path):
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: run scripts/browser_setup.sh", pytrace=False)
+    chromium = _chromium()
+    url, work = jupyterlab
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        console: list[str] = []
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.set_default_timeout(30_000)
+            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+            page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
+            try:
+                _drive(page, expect, url, work)
+            except AssertionError as exc:
+                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+                errors = [line for line in console if line.startswith(("error", "pageerror"))]
+                raise AssertionError(
+                    f"{exc}\npage at failure: {tmp_path / 'failure.png'}\n"
+                    + "\n".join(errors[-10:])
+                ) from exc
+        finally:
+            browser.close()
