@@ -120,7 +120,12 @@ def compare_chart(
         raise ChartError("compare_chart needs rows with control == 'none' (the real probe)")
     marks = _onset_and_peak(df, threshold)
     x = _layer_axis()
-    colour = alt.Color("label:N", title="label", sort=list(pd.unique(df["label"])))
+    colour = alt.Color(
+        "label:N",
+        title="label",
+        sort=list(pd.unique(df["label"])),
+        legend=alt.Legend(symbolOpacity=1),
+    )
     base = alt.Chart().properties(width=width, height=height)
     layers = alt.layer(
         base.mark_area(opacity=0.2).encode(
