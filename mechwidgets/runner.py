@@ -122,7 +122,7 @@ def run_spec(
         spec = spec.model_copy(update={"output_dir": str(out)})
     ex = spec.extraction
     timings: dict[str, float] = {}
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(spec.seed)  # actions seed their own draws; this covers any torch RNG use
     with _timed(timings, "task"):
         task = resolve_task(spec.dataset)
     with _timed(timings, "model"):
