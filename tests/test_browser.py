@@ -65,6 +65,19 @@ ex = mw.widgets.LayerExplorer(res)
 ex.observe(lambda change: Path("selected.json").write_text(json.dumps(change["new"])), "selected")
 ex
 """
+GRID = """\
+import xarray as xr
+
+class Patched(types.SimpleNamespace):
+    def patching_grid(self, layer, component):
+        values = np.linspace(-1, 1, 12).reshape(3, 4) * (layer + 1) / 6
+        return xr.DataArray(values, dims=("head", "position"), name="logit diff recovered",
+                            coords={"head": [0, 1, 2], "position": [-4, -3, -2, -1]})
+
+grid_ex = mw.widgets.LayerExplorer(Patched(table=res.table))
+grid_ex.selected = {"layer": 4, "component": "resid"}  # selected from Python, drawn in JS
+grid_ex
+"""
 CHART = """\
 streams = res.table[res.table["component"].isin(["resid", "attn", "mlp"])]
 layer_curve_chart(streams, chance=0.5, metric="accuracy")
@@ -123,7 +136,7 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     work = tmp_path / "nb"
     work.mkdir()
     notebook = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(c) for c in (SETUP, EXPLORER, CHART)],
+        cells=[nbformat.v4.new_code_cell(c) for c in (SETUP, EXPLORER, GRID, CHART)],
         metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
         },
@@ -196,14 +209,17 @@ def _drive(page, expect, url: str, work: Path) -> None:
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
 
-    cells = page.locator(".mw-explorer rect.mw-cell")
+    explorer = page.locator(".mw-explorer").first
+    cells = explorer.locator("rect.mw-cell")
     expect(cells).to_have_count(N_LAYERS * len(COMPONENTS), timeout=45_000)
+    # the second explorer: a selection made in Python shows its patching grid (3 x 4)
+    patched = page.locator(".mw-explorer").nth(1)
+    expect(patched.locator("rect.mw-grid-cell")).to_have_count(12)
+    expect(patched.locator("rect.mw-selected")).to_have_attribute("data-layer", "4")
     layer, comp = CLICKED["layer"], CLICKED["component"]
-    target = page.locator(
-        f'.mw-explorer rect.mw-cell[data-layer="{layer}"][data-component="{comp}"]'
-    )
+    target = explorer.locator(f'rect.mw-cell[data-layer="{layer}"][data-component="{comp}"]')
     target.hover()
-    tooltip = page.locator(".mw-explorer .mw-tooltip")
+    tooltip = explorer.locator(".mw-tooltip")
     expect(tooltip).to_be_visible()
     expect(tooltip).to_contain_text(f"layer {layer} \u00b7 {comp}")
     expect(tooltip).to_contain_text("label_shuffle")
@@ -217,12 +233,10 @@ def _drive(page, expect, url: str, work: Path) -> None:
     assert json.loads(written.read_text()) == CLICKED
 
     # the kernel answered with the probe's per-class histograms (2 classes x 20 bins)
-    expect(page.locator(".mw-explorer svg.mw-histogram rect.mw-bar")).to_have_count(40)
-    expect(page.locator(".mw-explorer rect.mw-selected")).to_have_attribute(
-        "data-layer", str(layer)
-    )
+    expect(explorer.locator("svg.mw-histogram rect.mw-bar")).to_have_count(40)
+    expect(explorer.locator("rect.mw-selected")).to_have_attribute("data-layer", str(layer))
     target.hover()
-    page.locator(".mw-explorer").screenshot(path=str(SHOTS / "layer_explorer.png"))
+    explorer.screenshot(path=str(SHOTS / "layer_explorer.png"))
 
     chart = page.locator('.jp-OutputArea-output[data-mime-type="image/svg+xml"]').first
     expect(chart).to_be_visible()

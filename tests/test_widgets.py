@@ -180,6 +180,51 @@ def test_localize_results_show_their_patching_grid():
     assert ex.detail_kind == "none" and "no patching grid" in ex.detail_title
 
 
+def test_localize_results_plot_effects_and_show_each_sites_drops():
+    from mechwidgets.actions.localize import LocalizeResult as Localized
+
+    sites = [(layer, comp) for layer in (0, 1) for comp in ("attn", "mlp", "head.0")]
+    effect = {site: 0.1 * i for i, site in enumerate(sites)}
+    effect[(1, "head.0")] = np.nan  # a candidate that was not intervened on
+    ranking = pd.DataFrame(
+        {
+            "site": [f"{c}@{layer}" for layer, c in sites],
+            "layer": [layer for layer, _ in sites],
+            "component": [c for _, c in sites],
+            "tested": [not np.isnan(effect[s]) for s in sites],
+            "effect": [effect[s] for s in sites],
+            "ci_low": [effect[s] - 0.05 for s in sites],
+            "ci_high": [effect[s] + 0.05 for s in sites],
+            "ablation": "mean",
+        }
+    )
+    impact = pd.DataFrame(
+        {
+            "layer": layer,
+            "component": comp,
+            "metric": what,
+            "intervention": how,
+            "drop": effect[(layer, comp)] * (2 if how == "zero" else 1) + (what == "probe"),
+        }
+        for layer, comp in sites[:-1]
+        for what in ("behavior", "probe")
+        for how in ("mean", "zero")
+    )
+    res = Localized("localize", xr.Dataset(), ranking, params={"label": None}, impact=impact)
+    ex = LayerExplorer(res)
+    assert ex.label == "localize" and ex.metric == "drop under mean"
+    assert ex.components == ["attn", "mlp", "head.0"]
+    scores = decode(ex.scores, ex.shape)
+    assert scores[1, 1] == pytest.approx(0.4) and np.isnan(scores[1, 2])
+    ex.selected = {"layer": 1, "component": "mlp"}
+    assert ex.detail_kind == "grid"
+    assert ex.detail_rows == ["behavior", "probe"] and ex.detail_cols == ["mean", "zero"]
+    grid = decode(ex.detail_values, ex.detail_shape)
+    np.testing.assert_allclose(grid, [[0.4, 0.8], [1.4, 1.8]], rtol=1e-6)
+    ex.selected = {"layer": 1, "component": "head.0"}
+    assert ex.detail_kind == "none" and "no patching grid" in ex.detail_title
+
+
 def test_switching_label_redraws_the_grid_and_clears_the_selection():
     ex = LayerExplorer(result())
     ex.selected = {"layer": 3, "component": "mlp"}
@@ -206,6 +251,43 @@ def test_seeds_of_one_probe_are_averaged():
     ex = LayerExplorer(pd.concat([table, again]))
     want = score_of("subject_number", 1, "resid", "none") + 0.05
     assert decode(ex.scores, ex.shape)[1, 0] == pytest.approx(want, abs=1e-6)
+
+
+def test_multiclass_probes_without_a_score_say_so():
+    preds = make_predictions().assign(y_score=np.nan, y_true=lambda d: d["y_true"] + 3)
+    res = Result("detect", xr.Dataset(), make_table(), predictions=preds)
+    ex = LayerExplorer(res)
+    ex.selected = {"layer": 0, "component": "attn"}
+    assert ex.detail_kind == "none" and "no per-sample score" in ex.detail_title
+
+
+@pytest.fixture(scope="module")
+def planted_detect():
+    """The real detect action on a cube with 'number' planted at layer 2 only."""
+    from mechwidgets.actions.detect import detect
+    from mechwidgets.probes.synthetic import planted_cube
+
+    cube = planted_cube({"number": {2: 3.0}}, n_samples=200, n_layers=3, dim=16)
+    return detect(cube, "number", seeds=1, controls=("label_shuffle",))
+
+
+def test_real_detect_result_peaks_where_the_label_was_planted(planted_detect):
+    ex = LayerExplorer(planted_detect)
+    scores = decode(ex.scores, ex.shape)
+    assert ex.layers == [0, 1, 2] and ex.components == ["resid", "attn", "mlp"]
+    assert ex.metric == "accuracy" and ex.controls == ["label_shuffle"]
+    assert scores[2].min() > 0.95 > scores[:2].max()
+
+    def class_bins(layer: int) -> tuple[np.ndarray, np.ndarray]:
+        ex.selected = {"layer": layer, "component": "resid"}
+        counts = decode(ex.detail_values, ex.detail_shape)
+        return np.flatnonzero(counts[0]), np.flatnonzero(counts[1])
+
+    planted0, planted1 = class_bins(2)
+    assert ex.detail_rows == ["0", "1"]  # float labels shown as classes
+    assert planted0.max() <= planted1.min()  # the planted probe separates the classes
+    noise0, noise1 = class_bins(0)
+    assert noise0.max() > noise1.min()  # a noise layer's classes overlap
 
 
 @pytest.mark.parametrize(
@@ -289,10 +371,13 @@ def test_launcher_form_values_become_the_flat_runspec(launcher):
 
 
 def test_launcher_offers_the_registry_and_zoo(launcher):
+    from mechwidgets.data.catalog import list_tasks
     from mechwidgets.models.zoo import list_models
 
     assert "widget_probe" in launcher.action.options
     assert list(launcher.model.options) == list_models()
+    assert "subject_number" in launcher.task.options
+    assert list(launcher.task.options) == list_tasks()
     assert [name for name, box in launcher.components.items() if box.value] == [
         "resid",
         "attn",

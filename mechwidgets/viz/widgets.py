@@ -27,6 +27,7 @@ import ipywidgets
 import numpy as np
 import pandas as pd
 import traitlets
+import xarray as xr
 
 from mechwidgets.core.errors import MechError, SpecError
 
@@ -61,8 +62,9 @@ class LayerExplorer(anywidget.AnyWidget):
     ----------
     result : an action result (anything with a tidy ``.table``; its ``.predictions`` with
         ``layer, component, y_true, y_score`` give the per-class histograms; a
-        ``patching_grid(layer, component)`` method returning a 2-D ``xarray.DataArray``
-        gives the grid shown instead) or a bare table with :data:`TABLE_COLUMNS`.
+        ``patching_grid(layer, component)`` method returning a 2-D ``xarray.DataArray``,
+        or a localize result's ``impact`` drops, give the grid shown instead; a localize
+        ranking plots its ``effect``) or a bare table with :data:`TABLE_COLUMNS`.
     label : the label to show first; default the table's first.
     bins : histogram bins for the score distributions.
 
@@ -106,7 +108,7 @@ class LayerExplorer(anywidget.AnyWidget):
         if isinstance(result, pd.DataFrame):
             table, self._result = result, None
         elif isinstance(getattr(result, "table", None), pd.DataFrame):
-            table, self._result = result.table, result
+            table, self._result = _as_score_table(result), result
         else:
             raise WidgetError(
                 f"LayerExplorer needs an action result or its .table, got {type(result).__name__}"
@@ -183,7 +185,9 @@ class LayerExplorer(anywidget.AnyWidget):
         with self.hold_sync():
             if not cell:
                 self._show_nothing("click a cell to see that probe")
-            elif callable(getattr(self._result, "patching_grid", None)):
+            elif callable(getattr(self._result, "patching_grid", None)) or _has_impact(
+                self._result
+            ):
                 self._show_grid(cell["layer"], cell["component"])
             else:
                 self._show_histogram(cell["layer"], cell["component"])
@@ -206,6 +210,9 @@ class LayerExplorer(anywidget.AnyWidget):
         rows = preds[keep]
         if rows.empty:
             return self._show_nothing(f"{where}: no predictions for this probe")
+        rows = rows[rows["y_score"].notna()]
+        if rows.empty:  # multi-class probes predict a class, not one score per sample
+            return self._show_nothing(f"{where}: this probe has no per-sample score to plot")
         y_score = rows["y_score"].to_numpy(dtype=float)
         classes = sorted(pd.unique(rows["y_true"]))
         # probabilities get the fixed [0, 1] axis so that histograms of probes compare
@@ -214,12 +221,13 @@ class LayerExplorer(anywidget.AnyWidget):
         counts = [np.histogram(y_score[rows["y_true"] == c], bins=edges)[0] for c in classes]
         self.detail_kind = "histogram"
         self.detail_title = f"{where}: {self.label} probe scores per class ({len(rows)} samples)"
-        self.detail_rows, self.detail_cols = [str(c) for c in classes], []
+        self.detail_rows, self.detail_cols = [_class_name(c) for c in classes], []
         self.detail_shape = [len(classes), self._bins]
         self.detail_values, self.detail_edges = _f32(counts), _f32(edges)
 
     def _show_grid(self, layer: int, comp: str) -> None:
-        grid = self._result.patching_grid(layer, comp)
+        hook = getattr(self._result, "patching_grid", None)
+        grid = hook(layer, comp) if callable(hook) else _impact_grid(self._result, layer, comp)
         where = f"layer {layer} \u00b7 {comp}"
         if grid is None:
             return self._show_nothing(f"{where}: no patching grid for this component")
@@ -236,11 +244,44 @@ class LayerExplorer(anywidget.AnyWidget):
         self.detail_values, self.detail_edges = _f32(grid.values), b""
 
 
-def _task_names() -> list[str]:
-    from mechwidgets.data import tasks
+def _as_score_table(result: Any) -> pd.DataFrame:
+    """A result's table in the score contract; a localize ranking plots its ``effect``."""
+    table = result.table
+    if "score" in table or "effect" not in table:
+        return table
+    ablation = table["ablation"].iloc[0] if "ablation" in table and len(table) else "ablation"
+    label = (getattr(result, "params", None) or {}).get("label") or result.action
+    return table.assign(
+        label=label, control="none", score=table["effect"], metric=f"drop under {ablation}"
+    )
 
-    list_tasks = getattr(tasks, "list_tasks", None)
-    return list(list_tasks()) if callable(list_tasks) else []
+
+_IMPACT_COLUMNS = {"layer", "component", "metric", "intervention", "drop"}
+
+
+def _has_impact(result: Any) -> bool:
+    impact = getattr(result, "impact", None)
+    return isinstance(impact, pd.DataFrame) and set(impact) >= _IMPACT_COLUMNS
+
+
+def _impact_grid(result: Any, layer: int, comp: str) -> xr.DataArray | None:
+    """One site's drops as a metric x intervention grid, from a localize result's ``impact``."""
+    impact = result.impact
+    rows = impact[(impact["layer"] == layer) & (impact["component"] == comp)]
+    if rows.empty:
+        return None
+    wide = rows.pivot_table(index="metric", columns="intervention", values="drop", sort=False)
+    return xr.DataArray(
+        wide.to_numpy(dtype=float),
+        dims=("metric", "intervention"),
+        coords={"metric": list(wide.index), "intervention": list(wide.columns)},
+        name="drop",
+    )
+
+
+def _class_name(value: Any) -> str:
+    """A class label for display: ``1.0`` (labels stored as floats) reads as ``1``."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -267,6 +308,7 @@ class Launcher(ipywidgets.VBox):
 
     def __init__(self, **kwargs: Any) -> None:
         from mechwidgets.core.registry import list_actions
+        from mechwidgets.data.catalog import list_tasks
         from mechwidgets.models.zoo import list_models
 
         models = list_models()
@@ -276,7 +318,7 @@ class Launcher(ipywidgets.VBox):
             options=models, value=models[0] if models else "", description="model"
         )
         self.task = ipywidgets.Combobox(
-            options=_task_names(), value="subject_number", description="task"
+            options=list_tasks(), value="subject_number", description="task"
         )
         self.action = ipywidgets.Dropdown(
             options=actions, value=actions[0] if actions else None, description="action"

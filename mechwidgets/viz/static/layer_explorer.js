@@ -310,9 +310,14 @@ function drawPatchingGrid(model, box) {
     for (let c = 0; c < shape[1]; c++) {
       const rect = cellRect(lay, r, c);
       const v = values[index2(shape, r, c)];
-      const node = svgEl("rect", { class: "mw-grid-cell", x: rect.x, y: rect.y, width: rect.w, height: rect.h, fill: divergingColor(v, absMax) });
+      const fill = divergingColor(v, absMax);
+      const node = svgEl("rect", { class: "mw-grid-cell", x: rect.x, y: rect.y, width: rect.w, height: rect.h, fill });
       node.append(svgEl("title", {}, `${rows[r]} \xB7 ${cols[c]}: ${formatNumber(v)}`));
       svg.append(node);
+      if (lay.cellW >= 30) {
+        const at = { x: rect.x + rect.w / 2, y: rect.y + rect.h / 2, class: "mw-in-cell", fill: textColorOn(fill) };
+        svg.append(svgEl("text", { ...at, "text-anchor": "middle", "dominant-baseline": "middle" }, formatNumber(v, 2)));
+      }
     }
   }
   const every = Math.ceil(24 / lay.cellW);
