@@ -1,0 +1,91 @@
+"""Zero, mean and resample ablation: what replaces a component when it is knocked out.
+
+Each ablation is a source of replacement activations for the edit engine
+(:mod:`~mechwidgets.actions.interventions.edits`): ``zero`` writes zeros (off the
+model's distribution, so effects can be exaggerated); ``mean`` writes the mean over the
+prompts at the same token position; ``resample`` writes the activation another prompt
+produced at the same position (in distribution; Heimersheim & Nanda 2024). Rankings can
+flip between them, so every number the toolkit reports names its ablation.
+
+>>> cells = [Cell(LayerComponent("attention_head", 1, head=2))]
+>>> values, _ = ablate(model, prompts, cells, "mean", bind(task.behavior, model, prompts))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mechwidgets.actions.interventions.edits import Cell, SiteKey, capture, run_cells
+from mechwidgets.core.errors import SpecError, TaskError
+from mechwidgets.metrics import Prompts, Scorer
+
+ABLATIONS = ("zero", "mean", "resample")
+
+
+def ablation_sources(
+    how: str, acts: dict[SiteKey, torch.Tensor], prompts: Prompts, seed: int = 0
+) -> dict[SiteKey, torch.Tensor]:
+    """Replacement activations per site for ablation ``how``, from the prompts' own run.
+
+    Parameters
+    ----------
+    how : ``zero``, ``mean`` (per token position, over the prompts that have a real token
+        there) or ``resample`` (another prompt's activation at the same position; each
+        prompt's donor is drawn once, with ``seed``, and serves every site).
+    acts : site -> (n, seq, width) activations of the prompts (from ``capture``).
+    """
+    if how == "zero":
+        return {key: torch.zeros_like(a) for key, a in acts.items()}
+    if how == "mean":
+        real = prompts.inputs["attention_mask"].to(torch.float32)[..., None]
+        count = real.sum(0).clamp(min=1)
+        return {
+            key: ((a.float() * real).sum(0) / count).to(a.dtype).expand_as(a)
+            for key, a in acts.items()
+        }
+    if how == "resample":
+        index = torch.as_tensor(donors(prompts, seed), device=prompts.read.device)
+        return {key: a[index] for key, a in acts.items()}
+    raise SpecError(f"unknown ablation '{how}': choose one of {', '.join(ABLATIONS)}")
+
+
+def donors(prompts: Prompts, seed: int = 0) -> np.ndarray:
+    """For each prompt, another prompt at least as long (so every position it reads is real)."""
+    ends = (prompts.start + prompts.length).cpu().numpy()
+    rng = np.random.default_rng([seed, 7])
+    out = np.empty(len(ends), dtype=np.int64)
+    for i, end in enumerate(ends):
+        pool = np.flatnonzero((ends >= end) & (np.arange(len(ends)) != i))
+        if pool.size == 0:
+            raise TaskError(
+                f"resample ablation needs a second prompt at least as long as prompt {i} "
+                f"({ends[i]} tokens); add prompts or use mean ablation"
+            )
+        out[i] = rng.choice(pool)
+    return out
+
+
+def ablate(
+    model: Any,
+    prompts: Prompts,
+    cells: Sequence[Cell],
+    how: str,
+    scorer: Scorer,
+    readout: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ablate each cell in turn (``how`` = zero, mean or resample) and score every prompt.
+
+    Returns
+    -------
+    ``(values, readouts)`` as :func:`~mechwidgets.actions.interventions.edits.run_cells`:
+    (cells, n) metric values, and the residual stream after block ``readout`` at the read
+    token (cells, n, d_model) when asked for.
+    """
+    acts, _ = capture(model, prompts, [c.site for c in cells])
+    sources = ablation_sources(how, acts, prompts, seed)
+    return run_cells(model, prompts, cells, sources, scorer, readout)

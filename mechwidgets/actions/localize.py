@@ -1,0 +1,507 @@
+"""``localize``: which layers, components and heads carry a feature and matter causally.
+
+Probing says where a feature can be read; only an intervention says where the model uses
+it. ``localize`` does both: it probes every candidate (residual stream, attention and MLP
+writes, per-head writes) at the task's read token, keeps the ``top_k`` best decoded, and
+knocks each out (zero, mean or resample ablation, or noising with corrupt prompts). For
+each it measures two drops, each with a simultaneous bootstrap interval over the samples:
+the behaviour metric (e.g. the is/are logit difference, or the log-prob of the repeated
+tokens) and the accuracy of a probe read after the last block. Without a label (e.g. the
+induction task) every candidate is intervened on and ranked by causal effect alone.
+Residual streams are ablated at the read token only (ablating a whole stream at every
+position removes the input itself); attention, MLP and head writes at every position.
+
+>>> res = mw.localize(model, mw.get_task("subject_number"), label="subject_number")
+>>> res.ranking.head(), res.impact_matrix
+>>> mw.localize(model, mw.get_task("induction"), components=["head"])  # task's own metric
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from mechwidgets.actions.base import ActionResult
+from mechwidgets.actions.interventions.ablation import ABLATIONS, ablation_sources
+from mechwidgets.actions.interventions.edits import READ, Cell, capture, run_cells
+from mechwidgets.actions.interventions.grid import check_lengths, components_of
+from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
+from mechwidgets.core.components import LayerComponent
+from mechwidgets.core.errors import SpecError, TaskError
+from mechwidgets.core.registry import register_action
+from mechwidgets.data.catalog import PromptPairs
+from mechwidgets.data.tasks import Task
+from mechwidgets.extract.extractor import extract
+from mechwidgets.metrics import Prompts, bind, describe, logit_diff, orientation
+from mechwidgets.probes.linear import LinearProbe, fit_probe
+from mechwidgets.viz.charts import heatmap
+
+INTERVENTIONS = (*ABLATIONS, "patch")
+#: what each intervention is called next to its numbers
+NAMES = {"zero": "zero", "mean": "mean", "resample": "resample", "patch": "patch(noising)"}
+PARAMS = (
+    "label",
+    "behavior",
+    "components",
+    "top_k",
+    "interventions",
+    "corrupt",
+    "n",
+    "rank_by",
+    "resamples",
+    "level",
+)
+
+
+def localize(
+    model: Any,
+    task: Task | PromptPairs,
+    label: str | None = None,
+    *,
+    behavior: Any = None,
+    components: str | Sequence[str] = ("resid", "attn", "mlp", "head"),
+    top_k: int = 8,
+    interventions: Sequence[str] | None = None,
+    corrupt: Sequence[str] | None = None,
+    n: int = 200,
+    rank_by: str | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> LocalizeResult:
+    """Rank components by probe score and causal effect on a behaviour.
+
+    Parameters
+    ----------
+    model : from :func:`mechwidgets.load_model`.
+    task : a Task, or PromptPairs (clean prompts as samples, their corrupt prompts for
+        ``patch``, the clean-minus-corrupt answer logit difference as behaviour).
+    label : the feature to probe; None skips probing and intervenes on every candidate.
+    behavior : the metric (:mod:`mechwidgets.metrics`); default the task's own.
+    components : kinds ``resid``, ``attn``, ``mlp``, ``head``, ``neuron`` or selectors
+        such as ``"head:1.*"``.
+    top_k : with a label, how many of the best-decoded candidates to intervene on
+        (neurons, which are not probed, are always intervened on).
+    interventions : among ``zero``, ``mean``, ``resample`` and ``patch`` (noising: the
+        corrupt prompt's activation); default the three ablations, plus ``patch`` when
+        corrupt prompts are known.
+    corrupt : one corrupt prompt per task sample (same token counts), for ``patch``.
+    n : most samples to intervene on (the test split when probing).
+    rank_by : the intervention that orders the ranking; default ``mean`` or the first.
+    resamples, level, seed : bootstrap over samples for simultaneous intervals.
+
+    Returns
+    -------
+    LocalizeResult with ``ranking``, ``impact`` and charts.
+
+    Examples
+    --------
+    >>> res = mw.localize(model, task, label="subject_number", top_k=8,
+    ...                   interventions=["zero", "mean", "resample"])
+    """
+    task, corrupt = _as_task(task, corrupt)
+    metric = behavior if behavior is not None else task.behavior
+    if metric is None:
+        raise SpecError(
+            f"task '{task.name}' has no behaviour metric; pass behavior=mw.metrics.logit_diff(...)"
+        )
+    kinds = _interventions(interventions, corrupt is not None)
+    rank_by = rank_by or ("mean" if "mean" in kinds else kinds[0])
+    if rank_by not in kinds:
+        raise SpecError(f"rank_by '{rank_by}' is not among the interventions {list(kinds)}")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise SpecError(f"top_k must be a positive integer, got {top_k!r}")
+    candidates = components_of(model, components)
+    if label is not None:
+        task.classes(label)  # raises a one-line TaskError for an unknown label
+        samples = task.indices("test")[:n]
+        scores, readout = _probe(model, task, label, candidates)
+        tested = _top(candidates, scores, top_k)
+    else:
+        samples = np.arange(min(n, len(task)))
+        scores, readout, tested = {}, None, list(candidates)
+    if len(samples) < 2:
+        raise TaskError(f"localize needs at least 2 samples to intervene on, got {len(samples)}")
+    effects = _intervene(model, task, metric, samples, tested, kinds, corrupt, label, readout, seed)
+    return _result(
+        model, task, metric, label, candidates, tested, scores, effects, kinds, rank_by,
+        samples, resamples, level, seed,
+    )  # fmt: skip
+
+
+def _as_task(task: Task | PromptPairs, corrupt: Sequence[str] | None) -> tuple[Task, Any]:
+    """A Task and its corrupt prompts (from PromptPairs, or as given)."""
+    if isinstance(task, Task):
+        if corrupt is not None and len(corrupt) != len(task):
+            raise TaskError(
+                f"{len(corrupt)} corrupt prompts for {len(task)} samples; give one per sample"
+            )
+        return task, corrupt
+    if not isinstance(task, PromptPairs):
+        raise TaskError(f"localize takes a Task or PromptPairs, got {type(task).__name__}")
+    factors = task.metadata.get("factors", {})
+    labels = {
+        k: np.asarray(v)
+        for k, v in factors.items()
+        if k in task.metadata.get("classes", {}) and np.unique(v).size > 1 and min(v) >= 0
+    }
+    as_task = Task(
+        name=task.name,
+        texts=list(task.clean),
+        labels=labels,
+        split=task.split,
+        positions=np.full(len(task), task.position),
+        behavior=logit_diff(correct=task.clean_answer, wrong=task.corrupt_answer),
+        metadata={"classes": {k: task.metadata["classes"][k] for k in labels}},
+    )
+    return as_task, list(task.corrupt) if corrupt is None else corrupt
+
+
+def _interventions(asked: Sequence[str] | None, has_corrupt: bool) -> tuple[str, ...]:
+    if asked is None:
+        return ("mean", "resample", "zero") + (("patch",) if has_corrupt else ())
+    kinds = tuple([asked] if isinstance(asked, str) else asked)
+    unknown = [k for k in kinds if k not in INTERVENTIONS]
+    if unknown or not kinds:
+        raise SpecError(
+            f"unknown intervention(s) {unknown}: choose from {', '.join(INTERVENTIONS)}"
+        )
+    if "patch" in kinds and not has_corrupt:
+        raise SpecError(
+            "the 'patch' intervention needs corrupt prompts: pass corrupt=[...] or PromptPairs"
+        )
+    return kinds
+
+
+def _probe(
+    model: Any, task: Task, label: str, candidates: list[LayerComponent]
+) -> tuple[dict[LayerComponent, float], LinearProbe]:
+    """Test score of a probe on every candidate's activations, and the readout probe.
+
+    The readout probe reads the residual stream after the last block; interventions are
+    scored by how much its test accuracy drops.
+    """
+    last = model.shape.n_layers - 1
+    streams = {c.name for c in candidates if c.kind in ("residual", "attention", "mlp")}
+    wanted = ["resid", *sorted(streams - {"resid"})]
+    if any(c.kind == "attention_head" for c in candidates):
+        wanted.append("head")
+    cube = extract(model, task, layers="all", components=wanted, progress=False)
+    y, split = task.labels[label], task.split
+    scores = {}
+    for comp in candidates:
+        if comp.kind != "mlp_neuron":
+            x = cube["act"].sel(layer=comp.layer, component=comp.name).values
+            scores[comp] = fit_probe(x, y, split, metric="accuracy").test_score
+    readout = fit_probe(
+        cube["act"].sel(layer=last, component="resid").values, y, split, metric="accuracy"
+    )
+    return scores, readout
+
+
+def _top(
+    candidates: list[LayerComponent], scores: dict[LayerComponent, float], k: int
+) -> list[LayerComponent]:
+    """The ``k`` best-decoded candidates (earlier layers first on ties), plus all neurons."""
+    probed = sorted(scores, key=lambda c: (-scores[c], c.layer))
+    keep = set(probed[:k]) | {c for c in candidates if c not in scores}
+    return [c for c in candidates if c in keep]
+
+
+@dataclass(frozen=True)
+class _Effects:
+    """Per-sample drops, oriented so that positive means the behaviour was lost."""
+
+    behavior: dict[str, np.ndarray]  # intervention -> (tested, n)
+    probe: dict[str, np.ndarray]  # intervention -> (tested, n), empty without a label
+    clean_behavior: float
+    clean_probe: float
+
+
+def _intervene(
+    model: Any,
+    task: Task,
+    metric: Any,
+    samples: np.ndarray,
+    tested: list[LayerComponent],
+    kinds: tuple[str, ...],
+    corrupt: Sequence[str] | None,
+    label: str | None,
+    readout: LinearProbe | None,
+    seed: int,
+) -> _Effects:
+    """Run every intervention on every tested candidate; per-sample behaviour/probe drops."""
+    positions = None if task.positions is None else np.asarray(task.positions)[samples]
+    texts = [task.texts[i] for i in samples]
+    prompts = Prompts.build(model, texts, positions, samples, len(task))
+    scorer = bind(metric, model, prompts)
+    cells = [Cell(c, READ if c.kind == "residual" else None) for c in tested]
+    last = model.shape.n_layers - 1
+    read_key = (last, 4, "block")
+    acts, logits = capture(model, prompts, [c.site for c in cells] + [read_key])
+    sign = orientation(metric)
+    with torch.no_grad():
+        base = scorer(logits).cpu().numpy()
+    rows = torch.arange(len(prompts))
+    truth = None if label is None else task.labels[label][samples]
+    base_ok = None
+    if readout is not None:
+        base_ok = readout.predict(acts[read_key][rows, prompts.read].float().cpu().numpy()) == truth
+    behavior, probe = {}, {}
+    for how in kinds:
+        if how == "patch":
+            assert corrupt is not None
+            bad = Prompts.build(model, [corrupt[i] for i in samples], positions, samples, len(task))
+            check_lengths(prompts, bad)
+            sources, _ = capture(model, bad, [c.site for c in cells])
+        else:
+            sources = ablation_sources(how, acts, prompts, seed)
+        values, reads = run_cells(
+            model, prompts, cells, sources, scorer, readout=last if readout else None
+        )
+        behavior[how] = sign * (base[None] - values.cpu().numpy())
+        if readout is not None and reads is not None:
+            ok = readout.predict(reads.reshape(-1, reads.shape[-1]).cpu().numpy())
+            probe[how] = base_ok[None].astype(float) - (ok.reshape(len(cells), -1) == truth)
+    return _Effects(
+        behavior=behavior,
+        probe=probe,
+        clean_behavior=float(base.mean()),
+        clean_probe=float("nan") if base_ok is None else float(base_ok.mean()),
+    )
+
+
+def _result(
+    model: Any,
+    task: Task,
+    metric: Any,
+    label: str | None,
+    candidates: list[LayerComponent],
+    tested: list[LayerComponent],
+    scores: dict[LayerComponent, float],
+    effects: _Effects,
+    kinds: tuple[str, ...],
+    rank_by: str,
+    samples: np.ndarray,
+    resamples: int,
+    level: float,
+    seed: int,
+) -> LocalizeResult:
+    """Intervals, the tidy impact table, the ranking and the dataset."""
+    weights = bootstrap_weights(len(samples), resamples, np.random.default_rng([seed, 13]))
+    rows = []
+    for what, per in (("behavior", effects.behavior), ("probe", effects.probe)):
+        for how, drops in per.items():
+            draws = drops @ weights.T / weights.sum(1)  # (tested, resamples)
+            low, high, _ = simultaneous_interval(draws, level)
+            for i, comp in enumerate(tested):
+                rows.append(
+                    {
+                        "site": str(comp),
+                        "layer": comp.layer,
+                        "component": comp.name,
+                        "metric": what,
+                        "intervention": NAMES[how],
+                        "drop": float(drops[i].mean()),
+                        "ci_low": float(low[i]),
+                        "ci_high": float(high[i]),
+                        "n": len(samples),
+                    }
+                )
+    impact = pd.DataFrame(rows)
+    ranking = _ranking(candidates, tested, scores, impact, kinds, rank_by, label is not None)
+    data = xr.Dataset.from_dataframe(
+        impact.set_index(["site", "metric", "intervention"])[["drop", "ci_low", "ci_high"]]
+    )
+    data["probe_score"] = xr.DataArray(
+        [scores.get(c, np.nan) for c in candidates],
+        dims="candidate",
+        coords={"candidate": [str(c) for c in candidates]},
+    )
+    data.attrs.update(
+        metric=describe(metric),
+        label=label or "",
+        rank_by=NAMES[rank_by],
+        level=level,
+        interval="simultaneous over candidates (max statistic)",
+    )
+    return LocalizeResult(
+        action="localize",
+        data=data,
+        table=ranking,
+        params={
+            "label": label,
+            "metric": describe(metric),
+            "interventions": [NAMES[k] for k in kinds],
+            "rank_by": NAMES[rank_by],
+            "n": len(samples),
+            "top_k": len(tested) if label is None else None,
+            "task": task.name,
+            "model": model.name,
+        },
+        impact=impact,
+        clean_behavior=effects.clean_behavior,
+        clean_probe=effects.clean_probe,
+        rank_by=NAMES[rank_by],
+        metric=describe(metric),
+        readout_layer=model.shape.n_layers - 1,
+    )
+
+
+def _ranking(
+    candidates: list[LayerComponent],
+    tested: list[LayerComponent],
+    scores: dict[LayerComponent, float],
+    impact: pd.DataFrame,
+    kinds: tuple[str, ...],
+    rank_by: str,
+    probed: bool,
+) -> pd.DataFrame:
+    """One row per candidate, sorted by causal effect under ``rank_by`` (untested last)."""
+    table = pd.DataFrame(
+        {
+            "site": [str(c) for c in candidates],
+            "layer": [c.layer for c in candidates],
+            "component": [c.name for c in candidates],
+            "probe_score": [scores.get(c, np.nan) for c in candidates],
+            "tested": [c in tested for c in candidates],
+        }
+    )
+    main = impact[(impact["metric"] == "behavior") & (impact["intervention"] == NAMES[rank_by])]
+    main = main.set_index("site")
+    table["effect"] = table["site"].map(main["drop"])
+    table["ci_low"] = table["site"].map(main["ci_low"])
+    table["ci_high"] = table["site"].map(main["ci_high"])
+    table["ablation"] = NAMES[rank_by]
+    for how in kinds:
+        for what in ("behavior", "probe") if probed else ("behavior",):
+            part = impact[(impact["metric"] == what) & (impact["intervention"] == NAMES[how])]
+            table[f"{what}_drop[{NAMES[how]}]"] = table["site"].map(part.set_index("site")["drop"])
+    order = table.sort_values(
+        ["tested", "effect", "probe_score"], ascending=[False, False, False], na_position="last"
+    )
+    return order.reset_index(drop=True)
+
+
+@dataclass(repr=False)
+class LocalizeResult(ActionResult):
+    """Candidates ranked by causal effect, and the drop of each metric under each intervention.
+
+    ``ranking`` (also ``table``): one row per candidate with ``site``, ``layer``,
+    ``component`` (``resid``/``attn``/``mlp``/``head.H``/``neuron.N``), ``probe_score``
+    (test accuracy of a probe on it; NaN unprobed), ``tested``, ``effect`` (behaviour drop
+    under the ``ablation`` named beside it) with ``ci_low``/``ci_high``, and one
+    ``behavior_drop[...]``/``probe_drop[...]`` column per intervention. ``impact``: the
+    tidy site x metric x intervention drops with intervals.
+    """
+
+    impact: pd.DataFrame = field(default_factory=pd.DataFrame)
+    clean_behavior: float = float("nan")
+    clean_probe: float = float("nan")
+    rank_by: str = "mean"
+    metric: str = ""
+    readout_layer: int = 0
+
+    @property
+    def ranking(self) -> pd.DataFrame:
+        """Candidates sorted by causal effect (the result's table)."""
+        return self.table
+
+    @property
+    def impact_matrix(self) -> pd.DataFrame:
+        """Site x ``metric[intervention]`` matrix of drops (intervals in ``impact``)."""
+        wide = self.impact.assign(
+            column=self.impact["metric"] + "[" + self.impact["intervention"] + "]"
+        )
+        order = list(dict.fromkeys(self.table.loc[self.table["tested"], "site"]))
+        return wide.pivot(index="site", columns="column", values="drop").reindex(order)
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers: the top candidate and its drop, clean metric values."""
+        top = self.table.iloc[0]
+        return {
+            "top": top["site"],
+            "effect": float(top["effect"]),
+            "ci": [float(top["ci_low"]), float(top["ci_high"])],
+            "ablation": self.rank_by,
+            "metric": self.metric,
+            "clean_behavior": self.clean_behavior,
+            "clean_probe_accuracy": self.clean_probe,
+            "readout_layer": self.readout_layer,
+            "tested": int(self.table["tested"].sum()),
+            "candidates": len(self.table),
+            "n": self.params.get("n"),
+        }
+
+    def verdict(self) -> str:
+        """One line: which candidate matters most, by how much, under which ablation."""
+        s = self.summary()
+        line = (
+            f"{s['top']} matters most: {s['ablation']} ablation lowers {s['metric']} by "
+            f"{s['effect']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] (clean "
+            f"{s['clean_behavior']:.2f}, n={s['n']})"
+        )
+        if len(self.table) > 1 and bool(self.table["tested"].iloc[1]):
+            nxt = self.table.iloc[1]
+            line += f"; next {nxt['site']} {nxt['effect']:.2f}"
+        return line
+
+    def chart(self) -> Any:
+        """Behaviour drop per layer x component (streams), or per layer x head."""
+        charts = self.charts()
+        return charts.get("main", charts.get("heads"))
+
+    def charts(self) -> dict[str, Any]:
+        """Heatmaps of the ranking's effect: streams, heads, and probe scores when probed."""
+        df = self.table
+        title = f"drop of {self.metric} ({self.rank_by})"
+        out = {}
+        streams = df[df["component"].isin(("resid", "attn", "mlp"))]
+        heads = df[df["component"].str.startswith("head.")].assign(
+            head=lambda d: d["component"].str.removeprefix("head.").astype(int)
+        )
+        if len(streams):
+            out["main"] = heatmap(streams, x="component", y="layer", value="effect", title=title)
+        if len(heads):
+            out["heads"] = heatmap(heads, x="head", y="layer", value="effect", title=title)
+        probed = df[df["probe_score"].notna()]
+        if len(probed):
+            out["probe"] = heatmap(
+                probed, x="component", y="layer", value="probe_score", title="probe accuracy"
+            )
+        return out
+
+
+@register_action("localize")
+class Localize:
+    """The registered action: a RunContext with a model and a task -> :func:`localize`."""
+
+    def prepare(self, context: Any) -> dict[str, Any]:
+        """Check that a model and task are present and the parameters are known."""
+        if context.model is None or context.task is None:
+            raise SpecError("localize needs a model and a task; give both in the config")
+        unknown = sorted(set(context.params) - set(PARAMS))
+        if unknown:
+            raise SpecError(
+                f"unknown parameter(s) {', '.join(unknown)} for localize; "
+                f"allowed: {', '.join(PARAMS)}"
+            )
+        params = dict(context.params)
+        selectors = ((context.spec or {}).get("extraction") or {}).get("selectors")
+        if "components" not in params and selectors:
+            params["components"] = list(selectors)
+        return {"model": context.model, "task": context.task, "seed": context.seed, **params}
+
+    def run(self, prepared: dict[str, Any]) -> LocalizeResult:
+        """Run :func:`localize`."""
+        return localize(**prepared)
+
+    def summarize(self, result: LocalizeResult) -> dict[str, Any]:
+        """The result's headline numbers."""
+        return result.summary()

@@ -1,0 +1,197 @@
+"""Interventions are exact: ablations equal hand-written torch hooks, patching every position
+reproduces the other run, attribution equals patching to first order; bad input fails in
+one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny
+
+import mechwidgets as mw
+from mechwidgets.actions.interventions.ablation import ablate, donors
+from mechwidgets.actions.interventions.edits import READ, Cell
+from mechwidgets.core.components import LayerComponent
+from mechwidgets.core.errors import SelectorError, SpecError, TaskError
+from mechwidgets.metrics import Prompts, bind
+from mechwidgets.models.loading import load_model
+
+CLEAN = ["the cat sat on the mat", "a dog runs on the rug", "the big dog sits near the tree"]
+CORRUPT = ["the cats sat on the mat", "a dogs runs on the rug", "the big dogs sits near the tree"]
+METRIC = mw.metrics.logit_diff("is", "are")
+
+
+@pytest.fixture(scope="module")
+def neox(tiny_models):
+    return tiny_models["gpt_neox"]
+
+
+def hooked_logits(model, prompts, site, layer, replace):
+    """Logits with ``replace(x)`` applied to the input of a projection by a torch pre-hook."""
+    handle = model.module(site, layer).register_forward_pre_hook(
+        lambda module, args: (replace(args[0].clone()),)
+    )
+    try:
+        with torch.no_grad():
+            return model.hf(**prompts.inputs).logits
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gpt2"])
+def test_zero_ablating_a_head_equals_zeroing_its_slice_by_hook(tiny_models, family):
+    model = tiny_models[family]
+    prompts = Prompts.build(model, CLEAN)
+    scorer = bind(METRIC, model, prompts)
+    head = LayerComponent("attention_head", 1, head=2)
+    values, _ = ablate(model, prompts, [Cell(head)], "zero", scorer)
+
+    def zero(z):
+        z[..., 2 * model.d_head : 3 * model.d_head] = 0
+        return z
+
+    expected = scorer(hooked_logits(model, prompts, "attn_out_proj", 1, zero))
+    torch.testing.assert_close(values[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_ablating_a_neuron_equals_its_per_position_mean_by_hook(neox):
+    prompts = Prompts.build(neox, CLEAN)
+    scorer = bind(METRIC, neox, prompts)
+    neuron = LayerComponent("mlp_neuron", 0, neuron=7)
+    values, _ = ablate(neox, prompts, [Cell(neuron)], "mean", scorer)
+    with torch.no_grad(), neox.nn.trace(**prompts.inputs):
+        acts = neox.mlp_out_proj(0).input.save()
+    mask = prompts.inputs["attention_mask"].float()
+    mean = (acts[..., 7] * mask).sum(0) / mask.sum(0)
+
+    def replace(x):
+        x[..., 7] = mean
+        return x
+
+    expected = scorer(hooked_logits(neox, prompts, "mlp_out_proj", 0, replace))
+    torch.testing.assert_close(values[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_resample_donors_are_other_prompts_long_enough(neox):
+    prompts = Prompts.build(neox, CLEAN + ["a cat", "the dog ran", "a big cat sat near the mat"])
+    picks = donors(prompts, seed=3)
+    ends = (prompts.start + prompts.length).numpy()
+    assert (picks != np.arange(len(picks))).all()
+    assert (ends[picks] >= ends).all()
+    with pytest.raises(TaskError) as info:  # the one longest prompt has no donor
+        donors(Prompts.build(neox, CLEAN))
+    assert "prompt 2 (7 tokens)" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_patching_every_position_of_a_layer_reproduces_the_clean_run(neox):
+    res = mw.patch(
+        neox, CLEAN, CORRUPT, behavior=METRIC, grid=("layer", "component"),
+        components=["resid:0-1"], resamples=200,
+    )  # fmt: skip
+    assert res.direction == "denoise" and res.method == "activation"
+    assert np.allclose(res.table["effect"], 1.0, atol=1e-4)
+    assert res.table["delta"].to_numpy() == pytest.approx(res.clean_value - res.corrupt_value)
+    # and the logits themselves: every position of block 0 from the clean run
+    pairs = [Prompts.build(neox, texts) for texts in (CLEAN, CORRUPT)]
+    with torch.no_grad(), neox.nn.trace(**pairs[0].inputs):
+        clean_resid = neox.block(0).output.save()
+        clean_logits = neox.nn.output.logits.save()
+    with torch.no_grad(), neox.nn.trace(**pairs[1].inputs):
+        neox.block(0).output[:] = clean_resid
+        patched_logits = neox.nn.output.logits.save()
+    torch.testing.assert_close(patched_logits, clean_logits)
+
+
+def test_noising_every_position_destroys_the_whole_gap(neox):
+    res = mw.patch(
+        neox, CLEAN, CORRUPT, behavior=METRIC, grid=("layer", "component"),
+        components=["resid"], direction="noise", attribution=False, resamples=200,
+    )  # fmt: skip
+    assert res.direction == "noise" and "attribution" not in res.table
+    assert res.table["layer"].tolist() == [-1, 0, 1]  # -1: the embeddings
+    assert np.allclose(res.table["effect"], 1.0, atol=1e-4)
+    assert "destroyed" in res.verdict() and "noise" in res.table["intervention"].iloc[0]
+
+
+def test_position_grid_sums_to_the_whole_layer_at_the_last_block(neox):
+    res = mw.patch(neox, CLEAN, CORRUPT, behavior=METRIC, components=["resid:1"], resamples=200)
+    # after the last block a position only changes its own prediction: the read tokens' cells
+    # add up to the full effect
+    assert res.table["effect"].sum() == pytest.approx(1.0, abs=1e-4)
+    assert set(res.table["position"]) == set(range(Prompts.build(neox, CLEAN).width))
+
+
+@pytest.fixture(scope="module")
+def nudged():
+    """A tiny float64 model in which 'cats' embeds as 'cat' nudged by 1e-3 of its norm."""
+    hf, tok = build_tiny("gpt_neox", seed=1)
+    hf = hf.double()
+    cat, cats = tok.convert_tokens_to_ids(["cat", "cats"])
+    with torch.no_grad():
+        emb = hf.gpt_neox.embed_in.weight
+        noise = torch.randn(emb.shape[1], generator=torch.Generator().manual_seed(0))
+        emb[cats] = emb[cat] + 1e-3 * emb[cat].norm() * noise.double() / noise.norm()
+    return load_model(hf, tokenizer=tok)
+
+
+def test_attribution_equals_activation_patching_for_a_tiny_perturbation(nudged):
+    clean = ["the cat sat on the mat", "a cat runs on the rug", "the big cat sits near"]
+    corrupt = [t.replace("cat", "cats") for t in clean]
+    res = mw.patch(nudged, clean, corrupt, behavior=mw.metrics.logprob("the"), resamples=200)
+    act, atp = res.table["delta"].to_numpy(), res.table["attribution_delta"].to_numpy()
+    scale = np.abs(act).max()
+    assert scale > 0
+    assert np.abs(act - atp).max() < 0.01 * scale  # second-order terms only
+    assert res.agreement["pearson"] > 0.999
+    alone = mw.attribution_patch(nudged, clean, corrupt, behavior=mw.metrics.logprob("the"))
+    assert alone.method == "attribution"
+    assert alone.table["delta"].to_numpy() == pytest.approx(atp, rel=1e-4, abs=1e-9)
+
+
+def test_patch_result_tables_charts_and_summary(neox):
+    res = mw.patch(neox, CLEAN, CORRUPT, behavior=METRIC, resamples=200)
+    cols = {"layer", "component", "position", "token", "intervention", "effect", "ci_low"}
+    assert cols <= set(res.table.columns)
+    assert (res.table["ci_low"] <= res.table["effect"] + 1e-9).all()
+    assert {"resid", "attn", "mlp", "head.0", "head.3"} <= set(res.table["component"])
+    charts = res.charts()
+    assert set(charts) == {"main", "heads"}
+    assert charts["main"].to_dict()["layer"][0]["mark"]["type"] == "rect"
+    json.dumps(res.summary())
+    assert repr(res) == repr(res)  # deterministic text
+    assert {"pearson", "spearman"} <= set(res.agreement)
+
+
+def test_read_position_cells_edit_only_the_read_token(neox):
+    prompts = Prompts.build(neox, CLEAN, positions=[1, 1, 1])
+    scorer = bind(mw.metrics.logprob("the"), neox, prompts)
+    late = Cell(LayerComponent("residual", 1), READ)  # after the last block, at the read token
+    values, _ = ablate(
+        neox, prompts, [late, Cell(LayerComponent("residual", 1), 4)], "zero", scorer
+    )
+    with torch.no_grad():
+        base = scorer(neox.hf(**prompts.inputs).logits)
+    assert not torch.allclose(values[0], base)
+    torch.testing.assert_close(values[1], base)  # position 4 comes after the read token
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"corrupt": CORRUPT[:2]}, TaskError, "3 clean prompts but 2 corrupt"),
+        ({"corrupt": ["the cats sat", *CORRUPT[1:]]}, TaskError, "pair 0 has 6 clean and 3"),
+        ({"behavior": mw.metrics.logit_diff("is are", "are")}, TaskError, "2 tokens"),
+        ({"components": ["head:1.9"]}, SelectorError, "head 9"),
+        ({"grid": ("layer", "token")}, SpecError, "bad grid"),
+        ({"direction": "sideways"}, SpecError, "unknown direction"),
+        ({"behavior": None}, SpecError, "no behaviour metric"),
+    ],
+)
+def test_bad_patching_input_fails_in_one_line(neox, kwargs, error, words):
+    args = {"corrupt": CORRUPT, "behavior": METRIC, **kwargs}
+    with pytest.raises(error) as info:
+        mw.patch(neox, CLEAN, **args)
+    assert words in str(info.value) and "\n" not in str(info.value)
