@@ -222,6 +222,8 @@ def test_plan_grid_and_neuron_subsets(tiny_models):
         ({"token": "first"}, SpecError, "'last', 'mean'"),
         ({"token": 40}, TaskError, "outside text"),
         ({"batch_size": 0}, SpecError, "positive integer"),
+        ({"token": "last", "positions": [0] * 5}, SpecError, "not both"),
+        ({"positions": [0, 1]}, TaskError, "one per text"),
     ],
 )
 def test_bad_requests_fail_in_one_line(tiny_models, count_calls, kwargs, error, phrase):

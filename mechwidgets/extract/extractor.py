@@ -13,7 +13,6 @@ second call with the same inputs opens the cached cube and runs no forward pass.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -150,23 +149,13 @@ def extract(
         )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if token is not None and positions is not None:
+        raise SpecError("pass either token= or positions=, not both")
     texts, per_sample, task_positions = _samples(data)
     plan = plan_extraction(model, layers, components, selectors, neurons)
     policy, rel = _positions(token, task_positions if positions is None else positions, len(texts))
     layout = plan.layout(len(texts), model.d_model)
-    key_parts = {
-        "model": model.identity,
-        "tokenizer": model.tokenizer_hash,
-        "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
-        "positions": None if rel is None or policy != "positions" else rel.tolist(),
-        "token": policy,
-        "layers": list(plan.layers),
-        "components": list(plan.components),
-        "neurons": None if plan.neurons is None else list(plan.neurons),
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "format": FORMAT_VERSION,
-    }
-    key = cache_store.cache_key(key_parts)
+    key = _cache_key(model, texts, plan, policy, rel)
     cube = cache_store.load(key, layout) if cache else None
     if cube is None:
         path = cache_store.cache_path(key) if cache else cache_store.scratch_dir() / f"{key}.nc"
@@ -191,6 +180,35 @@ def extract(
     )
     result.set_close(cube.close)
     return result
+
+
+def _cache_key(
+    model: Model, texts: list[str], plan: Plan, policy: str, rel: np.ndarray | None
+) -> str:
+    """Everything that shapes the activations (labels and splits do not)."""
+    return cache_store.cache_key(
+        {
+            "model": model.identity,
+            "tokenizer": model.tokenizer_hash,
+            "texts": texts_hash(texts),
+            "positions": rel.tolist() if policy == "positions" and rel is not None else None,
+            "token": policy,
+            "layers": list(plan.layers),
+            "components": list(plan.components),
+            "neurons": None if plan.neurons is None else list(plan.neurons),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "format": FORMAT_VERSION,
+        }
+    )
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    """A hash of the texts in order, computed one text at a time (no joined copy)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode()
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
 
 
 @torch.no_grad()

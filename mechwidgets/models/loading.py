@@ -170,9 +170,17 @@ class Model:
         }
         return {k: v.to(self.device) for k, v in inputs.items()}
 
-    def token_lengths(self, texts: list[str]) -> list[int]:
-        """Tokens per text, special tokens included; texts over the context raise TaskError."""
-        lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+    def token_lengths(self, texts: list[str], chunk: int = 512) -> list[int]:
+        """Tokens per text, special tokens included; texts over the context raise TaskError.
+
+        Tokenizes ``chunk`` texts at a time: a fast tokenizer's encodings of a whole data
+        set take far more memory than the batches an extraction streams.
+        """
+        lengths = [
+            len(ids)
+            for start in range(0, len(texts), chunk)
+            for ids in self.tokenizer(list(texts[start : start + chunk]))["input_ids"]
+        ]
         self._check_context(lengths)
         return lengths
 
@@ -244,8 +252,10 @@ def load_model(
             )
         hf, name, source = name_or_module, _module_name(name_or_module), None
     elif isinstance(name_or_module, str):
-        hf, tok, name, source, revision = _load_named(name_or_module, revision, dtype or "float32")
-        tokenizer = tokenizer or tok
+        hf, tokenizer, source, revision = _load_named(
+            name_or_module, tokenizer, revision, dtype or "float32"
+        )
+        name = name_or_module
         device = device or "cpu"
     else:
         raise ModelError(
@@ -262,24 +272,31 @@ def load_model(
 
 
 def _load_named(
-    name: str, revision: str | None, dtype: str
-) -> tuple[torch.nn.Module, Any, str, str, str | None]:
-    """Load weights and tokenizer: the zoo folder offline, else the HF cache or hub."""
+    name: str, tokenizer: Any, revision: str | None, dtype: str
+) -> tuple[torch.nn.Module, Any, str, str]:
+    """Weights, tokenizer, identity and revision: from the zoo folder offline, else the HF
+    cache or hub."""
     folder = zoo.model_dir(name)
     where: str | Path = folder if folder is not None else name
+    local = folder is not None
     try:
         config = transformers.AutoConfig.from_pretrained(
-            where, revision=revision, local_files_only=folder is not None
+            where, revision=revision, local_files_only=local
         )
-        adapter = adapter_for(config)
-        auto = getattr(transformers, adapter.auto_class)
+        auto = getattr(transformers, adapter_for(config).auto_class)
         hf = auto.from_pretrained(
-            where, revision=revision, dtype=DTYPES[dtype], local_files_only=folder is not None
+            where, revision=revision, dtype=DTYPES[dtype], local_files_only=local
         )
-        tok = transformers.AutoTokenizer.from_pretrained(
-            where, revision=revision, local_files_only=folder is not None
-        )
+        if tokenizer is None:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                where, revision=revision, local_files_only=local
+            )
     except (OSError, ValueError, KeyError) as exc:
+        if folder is not None:
+            raise ModelError(
+                f"zoo model '{name}' in {folder} cannot be loaded ({_first_line(exc)}); "
+                "reinstall mechwidgets or retrain it with mechwidgets.models.zoo.train"
+            ) from None
         zoo_names = ", ".join(zoo.list_models()) or "none installed"
         raise ModelError(
             f"cannot load model '{name}' ({_first_line(exc)}); it is not a zoo model "
@@ -289,9 +306,9 @@ def _load_named(
     if folder is not None:
         weights = folder / "model.safetensors"
         revision = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-        return hf, tok, name, f"zoo:{name}@{revision}", revision
+        return hf, tokenizer, f"zoo:{name}@{revision}", revision
     revision = getattr(config, "_commit_hash", None) or revision or "main"
-    return hf, tok, name, f"hf:{name}@{revision}", revision
+    return hf, tokenizer, f"hf:{name}@{revision}", revision
 
 
 def _wrap(
