@@ -5,7 +5,7 @@
 # `playwright` package from the dev extras. Idempotent: does nothing when both are present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PY:-.venv/bin/python}"
+PYTHON="${MECHWIDGETS_PYTHON:-.venv/bin/python}"
 
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -17,8 +17,8 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
-if ! "$PY" -c "import playwright" >/dev/null 2>&1; then
-  "$PY" -m pip install -q "playwright>=1.45"
+if ! "$PYTHON" -c "import playwright" >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q "playwright>=1.45"
 fi
 
 chromium --version

@@ -130,9 +130,9 @@ class LayerExplorer(anywidget.AnyWidget):
         self._bins = bins
         predictions = getattr(result, "predictions", None)
         self._predictions = predictions if isinstance(predictions, pd.DataFrame) else None
-        metric = self._table["metric"].iloc[0] if "metric" in self._table else "score"
+        self._has_grid = callable(getattr(result, "patching_grid", None)) or _has_impact(result)
         # label last: its observer fills the grid before the widget's state is first sent
-        super().__init__(labels=labels, metric=str(metric), label=label or labels[0], **kwargs)
+        super().__init__(labels=labels, label=label or labels[0], **kwargs)
 
     @traitlets.validate("label")
     def _check_label(self, proposal: dict[str, Any]) -> str:
@@ -160,6 +160,7 @@ class LayerExplorer(anywidget.AnyWidget):
         controls = sorted(str(c) for c in pd.unique(rows["control"]) if c != "none")
         ctrl = [grid(rows[rows["control"] == c])[..., 0] for c in controls]
         with self.hold_sync():
+            self.metric = str(rows["metric"].iloc[0]) if "metric" in rows else "score"
             self.layers, self.components, self.shape = layers, comps, shape
             self.scores, self.ci_low, self.ci_high = (_f32(values[..., k]) for k in range(3))
             self.controls = controls
@@ -185,9 +186,7 @@ class LayerExplorer(anywidget.AnyWidget):
         with self.hold_sync():
             if not cell:
                 self._show_nothing("click a cell to see that probe")
-            elif callable(getattr(self._result, "patching_grid", None)) or _has_impact(
-                self._result
-            ):
+            elif self._has_grid:
                 self._show_grid(cell["layer"], cell["component"])
             else:
                 self._show_histogram(cell["layer"], cell["component"])
