@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import vl_convert
 import xarray as xr
 
 from mechwidgets.core.registry import get_action
@@ -97,7 +98,9 @@ class ActionResult:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         plain = repr(self)
         try:
-            chart_html = self.chart().to_html(fullhtml=False)
+            # SVG rendered here by vl-convert: altair's own HTML output loads vega from a
+            # CDN (blank offline) and its Vega-Lite 6 mimetype is newer than JupyterLab's.
+            chart_html = vl_convert.vegalite_to_svg(self.chart().to_dict())
             table_html = self.table.head(20).to_html(index=False, float_format="{:.3f}".format)
             body = (
                 f"<div class='mechwidgets-result'><p><b>{html.escape(self.verdict())}</b></p>"
