@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import yaml
 from test_runner import spec_for, tiny_dir  # noqa: F401  (session fixture)
 
 from mechwidgets.cli import main
+from mechwidgets.report.bundle import read_artifacts
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -90,3 +92,22 @@ def test_console_error_has_no_traceback(tmp_path):
         f"mechinterp: error: no such config: {tmp_path / 'nope.yaml'}; "
         "give a YAML config or a bundle's artifacts.json"
     ]
+
+
+def test_demo_finds_subject_number_in_the_embedded_model(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
+    assert code == 0, err
+    verdict = next(line for line in out.splitlines() if line.startswith("verdict: "))
+    assert "'subject_number' is decodable" in verdict
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    summary = metrics["summary"]
+    # ground truth: toy-grammar was trained to pick the verb form from subject number, so
+    # the residual stream before the verb carries it, and shuffled labels carry nothing
+    assert summary["best_per_component"]["resid"]["score"] >= 0.8
+    assert abs(summary["controls"]["label_shuffle"]["score"] - summary["chance"]) < 0.1
+    rows = [r for r in metrics["table"] if r["control"] == "none"]
+    assert {(r["layer"], r["component"]) for r in rows} == {
+        (layer, comp) for layer in range(4) for comp in ("resid", "attn", "mlp")
+    }
+    assert read_artifacts(tmp_path / "demo")["spec"]["extraction"]["model_name"] == "toy-grammar"
+    assert f"bundle: {tmp_path / 'demo'}" in out
