@@ -284,11 +284,16 @@ def _read_label(
 
 @dataclass(frozen=True)
 class _Draws:
-    """Every seeded draw for one label; columns are seed-major (``s * B + b``)."""
+    """Every seeded draw for one label, made once and shared by all slices.
 
-    shuffle: np.ndarray | None  # (n, S*B) label columns
-    control: np.ndarray | None  # (n, S*B) label columns
-    subspace: np.ndarray | None  # (d, S*B*rank) stacked bases
+    ``columns`` holds the label columns the main path fits, split into (train, val,
+    test) rows: the real labels, then ``S*B`` label-shuffle columns, then ``S*B``
+    control-task columns (each seed-major, ``s * B + b``), as present.
+    """
+
+    columns: tuple[np.ndarray, np.ndarray, np.ndarray]
+    column_controls: tuple[str, ...]
+    subspace: np.ndarray | None  # (S*B*rank, d) stacked bases, transposed
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -298,18 +303,15 @@ def _rng(seed: int, purpose: str) -> np.random.Generator:
 def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Draws:
     b = protocol.permutations
     seeds = protocol.seeds
-    shuffle = control = subspace = None
+    cols, names, subspace = [lab.codes[:, None]], [], None
     if "label_shuffle" in protocol.controls:
-        shuffle = np.concatenate(
-            [shuffled_labels(lab.codes, view.split, b, _rng(s, "label_shuffle")) for s in seeds],
-            axis=1,
-        )
+        names.append("label_shuffle")
+        cols += [shuffled_labels(lab.codes, view.split, b, _rng(s, "label_shuffle")) for s in seeds]
     if "control_task" in protocol.controls:
+        names.append("control_task")
         types = lab.word_types
-        control = np.concatenate(
-            [control_task_labels(lab.codes, types, b, _rng(s, "control_task")) for s in seeds],
-            axis=1,
-        )
+        cols += [control_task_labels(lab.codes, types, b, _rng(s, "control_task")) for s in seeds]
+    y = np.concatenate(cols, axis=1)
     if "random_subspace" in protocol.controls:
         rank = protocol.subspace_rank or max(1, lab.encoding.width - 1)
         if rank > dim:
@@ -317,8 +319,9 @@ def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Dra
         bases = np.concatenate(
             [random_subspaces(dim, rank, b, _rng(s, "random_subspace")) for s in seeds]
         )  # (S*B, d, rank)
-        subspace = bases.transpose(1, 0, 2).reshape(dim, -1)
-    return _Draws(shuffle, control, subspace)
+        subspace = bases.transpose(0, 2, 1).reshape(-1, dim).astype(np.float32)
+    parts = tuple(y[mask] for mask in view.masks)
+    return _Draws(parts, tuple(names), subspace)  # type: ignore[arg-type]
 
 
 def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dataset:
@@ -410,7 +413,7 @@ def _probe_slice(
     for name, lab in view.labels.items():
         kind = "ridge" if lab.encoding.kind == "continuous" else protocol.probe
         if kind not in paths:
-            path = make_path(kind, xs[tr][None])
+            path = make_path(kind, xs[tr][None], np.float32)
             paths[kind] = (path, path.project(xs[va][None]), path.project(xs[te][None]))
         per = _probe_label(xs, lab, draws[name], paths[kind], kind, view, weights, protocol)
         for key, value in per.items():
@@ -433,22 +436,16 @@ def _probe_label(
     enc, metric = lab.encoding, lab.metric
     alphas = np.asarray(protocol.strengths) * tr.sum()
     n_seed, n_draw = len(protocol.seeds), protocol.permutations
-    column_controls = [c for c in ("label_shuffle", "control_task") if c in protocol.controls]
-    y = np.concatenate(
-        [lab.codes[:, None]]
-        + [draw.shuffle if c == "label_shuffle" else draw.control for c in column_controls],
-        axis=1,
-    )  # (n, M): the real labels, then each column control's draws
+    y_train, y_val, y_test = draw.columns
     path, proj_val, proj_test = main
     fit = fit_select_predict(
-        path, proj_val, proj_test, y[tr][None], y[va][None], enc, metric, alphas
+        path, proj_val, proj_test, y_train[None], y_val[None], enc, metric, alphas
     )
     # per control: test outputs (n_test, S*B), their true labels, val scores, strengths
     groups: dict[str, tuple[np.ndarray, ...]] = {}
     out = enc.output(fit.test_decision, metric)[0]
-    y_test = y[te]
     start, width = 0, 1
-    for c in ["none", *column_controls]:
+    for c in ["none", *draw.column_controls]:
         cols = slice(start, start + width)
         groups[c] = (
             out[:, cols],
@@ -458,9 +455,10 @@ def _probe_label(
         )
         start, width = cols.stop, n_seed * n_draw
     if draw.subspace is not None:
-        rank = draw.subspace.shape[1] // (n_seed * n_draw)
-        z = np.ascontiguousarray((xs @ draw.subspace).reshape(len(xs), -1, rank).transpose(1, 0, 2))
-        sub = make_path(kind, z[:, tr])
+        rank = draw.subspace.shape[0] // (n_seed * n_draw)
+        # (g * rank, n) -> (g, n, rank): for rank 1 a view, not a copy
+        z = (draw.subspace @ xs.T.astype(np.float32)).reshape(-1, rank, len(xs)).swapaxes(1, 2)
+        sub = make_path(kind, z[:, tr], np.float32)
         real = lab.codes[:, None][None]
         sfit = fit_select_predict(
             sub, sub.project(z[:, va]), sub.project(z[:, te]), real[:, tr], real[:, va],
