@@ -13,7 +13,7 @@ and ``ci_high``; ``control`` is ``"none"`` for the real probe.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import altair as alt
 import numpy as np
@@ -226,8 +226,10 @@ def heatmap(
                 tooltip=tooltip,
             )
         )
-    note = {} if finite.all() else {"subtitle": f"grey cells: {UNDEFINED}"}
-    return alt.layer(*layers, data=df).properties(title=alt.Title(title or value, **note))
+    heading = alt.Title(title or value)
+    if not finite.all():
+        heading = alt.Title(title or value, subtitle=f"grey cells: {UNDEFINED}")
+    return cast(alt.LayerChart, alt.layer(*layers, data=df)).properties(title=heading)
 
 
 def cka_heatmap(da: xr.DataArray, title: str = "CKA") -> alt.LayerChart:
@@ -276,11 +278,11 @@ def _onset_and_peak(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*df.columns, "marker"])
 
 
-def _facet(layers: alt.LayerChart, df: pd.DataFrame, by_label: bool = True) -> alt.FacetChart:
-    comps = _ordered(df["component"])
-    column = alt.Facet("component:N", sort=comps, title=None)
+def _facet(layers: Any, df: pd.DataFrame, by_label: bool = True) -> alt.FacetChart:
+    """One panel per component (columns) and, with several labels, per label (rows)."""
+    column = alt.Column("component:N", sort=_ordered(df["component"]), title=None)
     if by_label and df["label"].nunique() > 1:
-        row = alt.Facet("label:N", sort=list(pd.unique(df["label"])), title=None)
+        row = alt.Row("label:N", sort=list(pd.unique(df["label"])), title=None)
         return layers.facet(column=column, row=row)
     return layers.facet(column=column)
 
