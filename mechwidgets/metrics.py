@@ -37,6 +37,7 @@ __all__ = [
     "Prob",
     "Prompts",
     "RepeatLogProb",
+    "Scorer",
     "SpanLoss",
     "bind",
     "describe",
@@ -48,9 +49,6 @@ __all__ = [
     "repeat_logprob",
     "span_loss",
 ]
-
-#: a scorer maps logits (rows, seq, vocab), rows a multiple of the prompts, to (rows,)
-Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -277,8 +275,8 @@ def _offset(full: list[int], own: list[int], text: str) -> int:
 
 
 def bind(metric: Any, model: Any, prompts: Prompts) -> Scorer:
-    """A scorer: logits ``(k * n, seq, vocab)`` of ``k`` stacked copies of the prompts ->
-    one value per row, differentiable (attribution patching backpropagates through it).
+    """A :class:`Scorer`: logits of ``k`` stacked copies of the prompts -> one value per row,
+    differentiable (attribution patching backpropagates through it).
 
     Parameters
     ----------
@@ -337,11 +335,31 @@ def _rows(logits: torch.Tensor, n: int) -> int:
     return logits.shape[0] // n
 
 
-def _at_read(logits: torch.Tensor, prompts: Prompts) -> torch.Tensor:
-    """Logits (rows, vocab) at each row's read token."""
-    k = _rows(logits, len(prompts))
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return widen(logits[rows, prompts.read.repeat(k)])
+@dataclass(frozen=True)
+class Scorer:
+    """A bound metric: which next-token logits it reads, and the value it makes of them.
+
+    ``positions`` (n, m) are the padded token positions whose next-token logits the metric
+    reads for each prompt (the read token, or the tokens before a span's marked tokens);
+    ``score_at`` maps logits gathered there, (k * n, m, vocab) for ``k`` stacked copies of
+    the prompts, to one value per row. Reading only those positions lets the edit engine
+    skip the output layer everywhere else (the largest single cost of a small model's
+    forward pass, RECIPES.md "Extraction costs").
+    """
+
+    positions: torch.Tensor
+    score_at: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """Score full logits (k * n, seq, vocab): one value per row, differentiable."""
+        k = _rows(logits, self.positions.shape[0])
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        return self.score_at(logits[rows, self.positions.repeat(k, 1)])
+
+
+def _copies(at: torch.Tensor, n: int) -> tuple[int, torch.Tensor]:
+    """Number of stacked copies and a row index for gathered logits (rows, m, vocab)."""
+    return at.shape[0] // n, torch.arange(at.shape[0], device=at.device)
 
 
 @_bind.register
@@ -349,27 +367,25 @@ def _(metric: LogitDiff, model: Any, prompts: Prompts) -> Scorer:
     right = _ids(_per_prompt(metric.correct, prompts, "correct"), model, prompts)
     wrong = _ids(_per_prompt(metric.wrong, prompts, "wrong"), model, prompts)
 
-    def score(logits: torch.Tensor) -> torch.Tensor:
-        at = _at_read(logits, prompts)
-        k = at.shape[0] // len(prompts)
-        rows = torch.arange(at.shape[0], device=at.device)
+    def score(at: torch.Tensor) -> torch.Tensor:
+        k, rows = _copies(at, len(prompts))
+        at = widen(at[:, 0])
         return at[rows, right.repeat(k)] - at[rows, wrong.repeat(k)]
 
-    return score
+    return Scorer(prompts.read[:, None], score)
 
 
 def _target_scorer(metric: LogProb | Prob, model: Any, prompts: Prompts) -> Scorer:
     target = _ids(_per_prompt(metric.target, prompts, "target"), model, prompts)
     as_prob = isinstance(metric, Prob)
 
-    def score(logits: torch.Tensor) -> torch.Tensor:
-        at = _at_read(logits, prompts)
-        k = at.shape[0] // len(prompts)
-        rows = torch.arange(at.shape[0], device=at.device)
+    def score(at: torch.Tensor) -> torch.Tensor:
+        k, rows = _copies(at, len(prompts))
+        at = widen(at[:, 0])
         value = at[rows, target.repeat(k)] - at.logsumexp(-1)
         return value.exp() if as_prob else value
 
-    return score
+    return Scorer(prompts.read[:, None], score)
 
 
 _bind.register(LogProb, _target_scorer)
@@ -403,7 +419,7 @@ def _span_scorer(mask: np.ndarray, prompts: Prompts, sign: float) -> Scorer:
             raise TaskError(f"prompt {i} has no marked token to score; every prompt needs one")
         marks.append(start[i] + t)
     width = max(len(m) for m in marks)
-    where = np.zeros((len(marks), width), dtype=np.int64)
+    where = np.ones((len(marks), width), dtype=np.int64)  # padding: a valid, zero-weight slot
     weight = np.zeros((len(marks), width), dtype=np.float32)
     for i, m in enumerate(marks):
         where[i, : len(m)], weight[i, : len(m)] = m, 1.0 / len(m)
@@ -412,11 +428,10 @@ def _span_scorer(mask: np.ndarray, prompts: Prompts, sign: float) -> Scorer:
     wts = torch.as_tensor(weight, device=device)
     target = prompts.inputs["input_ids"].gather(1, pos)
 
-    def score(logits: torch.Tensor) -> torch.Tensor:
-        k = _rows(logits, len(prompts))
-        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-        at = widen(logits[rows, pos.repeat(k, 1) - 1])  # (rows, marks, vocab)
+    def score(at: torch.Tensor) -> torch.Tensor:
+        k, _ = _copies(at, len(prompts))
+        at = widen(at)  # (rows, marks, vocab): the logits that predict each marked token
         logp = at.gather(-1, target.repeat(k, 1)[..., None])[..., 0] - at.logsumexp(-1)
         return sign * (logp * wts.repeat(k, 1)).sum(-1)
 
-    return score
+    return Scorer(pos - 1, score)

@@ -84,6 +84,9 @@ def test_resample_donors_are_other_prompts_long_enough(neox):
     with pytest.raises(TaskError) as info:  # the one longest prompt has no donor
         donors(Prompts.build(neox, CLEAN))
     assert "prompt 2 (7 tokens)" in str(info.value) and "\n" not in str(info.value)
+    classes = np.array([0, 1, 0, 1, 0, 1])
+    picks = donors(prompts, seed=3, classes=classes)
+    assert (classes[picks] != classes).all() and (ends[picks] >= ends).all()
 
 
 def test_patching_every_position_of_a_layer_reproduces_the_clean_run(neox):

@@ -3,7 +3,8 @@
 Probing says where a feature can be read; only an intervention says where the model uses
 it. ``localize`` does both: it probes every candidate (residual stream, attention and MLP
 writes, per-head writes) at the task's read token, keeps the ``top_k`` best decoded, and
-knocks each out (zero, mean or resample ablation, or noising with corrupt prompts). For
+knocks each out (zero, mean or resample ablation, or noising: patching in the activation
+of a corrupt prompt, or without one of a sample of the label's other class). For
 each it measures two drops, each with a simultaneous bootstrap interval over the samples:
 the behaviour metric (e.g. the is/are logit difference, or the log-prob of the repeated
 tokens) and the accuracy of a probe read after the last block. Without a label (e.g. the
@@ -38,13 +39,11 @@ from mechwidgets.core.registry import register_action
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract.extractor import extract
-from mechwidgets.metrics import Prompts, bind, describe, logit_diff, orientation
+from mechwidgets.metrics import LogitDiff, Prompts, bind, describe, logit_diff, orientation
 from mechwidgets.probes.linear import LinearProbe, fit_probe
 from mechwidgets.viz.charts import heatmap
 
 INTERVENTIONS = (*ABLATIONS, "patch")
-#: what each intervention is called next to its numbers
-NAMES = {"zero": "zero", "mean": "mean", "resample": "resample", "patch": "patch(noising)"}
 PARAMS = (
     "label",
     "behavior",
@@ -83,14 +82,19 @@ def localize(
     task : a Task, or PromptPairs (clean prompts as samples, their corrupt prompts for
         ``patch``, the clean-minus-corrupt answer logit difference as behaviour).
     label : the feature to probe; None skips probing and intervenes on every candidate.
-    behavior : the metric (:mod:`mechwidgets.metrics`); default the task's own.
+    behavior : the metric (:mod:`mechwidgets.metrics`); default the task's own. A logit
+        difference of two fixed words with a label (``logit_diff("is", "are")`` on subject
+        number) is signed per class, by the sign of its clean mean in that class, so the
+        drop measures lost preference for the right word in both classes.
     components : kinds ``resid``, ``attn``, ``mlp``, ``head``, ``neuron`` or selectors
         such as ``"head:1.*"``.
     top_k : with a label, how many of the best-decoded candidates to intervene on
         (neurons, which are not probed, are always intervened on).
     interventions : among ``zero``, ``mean``, ``resample`` and ``patch`` (noising: the
-        corrupt prompt's activation); default the three ablations, plus ``patch`` when
-        corrupt prompts are known.
+        activation of the sample's corrupt prompt, ``patch:noise(corrupt)``, or without
+        corrupt prompts of a sample of another class of ``label`` with at least as many
+        tokens, ``patch:noise(other-class)``); default the three ablations, plus
+        ``patch`` when corrupt prompts or a label are given.
     corrupt : one corrupt prompt per task sample (same token counts), for ``patch``.
     n : most samples to intervene on (the test split when probing).
     rank_by : the intervention that orders the ranking; default ``mean`` or the first.
@@ -111,7 +115,8 @@ def localize(
         raise SpecError(
             f"task '{task.name}' has no behaviour metric; pass behavior=mw.metrics.logit_diff(...)"
         )
-    kinds = _interventions(interventions, corrupt is not None)
+    kinds = _interventions(interventions, corrupt is not None, label is not None)
+    names = {k: k if k != "patch" else _patch_name(corrupt is not None) for k in kinds}
     rank_by = rank_by or ("mean" if "mean" in kinds else kinds[0])
     if rank_by not in kinds:
         raise SpecError(f"rank_by '{rank_by}' is not among the interventions {list(kinds)}")
@@ -130,8 +135,8 @@ def localize(
         raise TaskError(f"localize needs at least 2 samples to intervene on, got {len(samples)}")
     effects = _intervene(model, task, metric, samples, tested, kinds, corrupt, label, readout, seed)
     return _result(
-        model, task, metric, label, candidates, tested, scores, effects, kinds, rank_by,
-        samples, resamples, level, seed,
+        model, task, label, candidates, tested, scores, effects, names, rank_by, samples,
+        resamples, level, seed,
     )  # fmt: skip
 
 
@@ -163,18 +168,25 @@ def _as_task(task: Task | PromptPairs, corrupt: Sequence[str] | None) -> tuple[T
     return as_task, list(task.corrupt) if corrupt is None else corrupt
 
 
-def _interventions(asked: Sequence[str] | None, has_corrupt: bool) -> tuple[str, ...]:
+def _patch_name(has_corrupt: bool) -> str:
+    return f"patch:noise({'corrupt' if has_corrupt else 'other-class'})"
+
+
+def _interventions(
+    asked: Sequence[str] | None, has_corrupt: bool, has_label: bool
+) -> tuple[str, ...]:
     if asked is None:
-        return ("mean", "resample", "zero") + (("patch",) if has_corrupt else ())
+        return ("mean", "resample", "zero") + (("patch",) if has_corrupt or has_label else ())
     kinds = tuple([asked] if isinstance(asked, str) else asked)
     unknown = [k for k in kinds if k not in INTERVENTIONS]
     if unknown or not kinds:
         raise SpecError(
             f"unknown intervention(s) {unknown}: choose from {', '.join(INTERVENTIONS)}"
         )
-    if "patch" in kinds and not has_corrupt:
+    if "patch" in kinds and not (has_corrupt or has_label):
         raise SpecError(
-            "the 'patch' intervention needs corrupt prompts: pass corrupt=[...] or PromptPairs"
+            "the 'patch' intervention needs corrupt prompts or a label: pass corrupt=[...], "
+            "PromptPairs, or label=..."
         )
     return kinds
 
@@ -222,6 +234,7 @@ class _Effects:
     probe: dict[str, np.ndarray]  # intervention -> (tested, n), empty without a label
     clean_behavior: float
     clean_probe: float
+    metric: str  # the behaviour's name, and how it was signed
 
 
 def _intervene(
@@ -244,22 +257,22 @@ def _intervene(
     cells = [Cell(c, READ if c.kind == "residual" else None) for c in tested]
     last = model.shape.n_layers - 1
     read_key = (last, 4, "block")
-    acts, logits = capture(model, prompts, [c.site for c in cells] + [read_key])
-    sign = orientation(metric)
-    with torch.no_grad():
-        base = scorer(logits).cpu().numpy()
-    rows = torch.arange(len(prompts))
+    acts, values = capture(model, prompts, [c.site for c in cells] + [read_key], scorer)
+    base = values.cpu().numpy()
     truth = None if label is None else task.labels[label][samples]
+    sign, name = _signs(metric, base, truth, label)
+    rows = torch.arange(len(prompts))
     base_ok = None
     if readout is not None:
         base_ok = readout.predict(acts[read_key][rows, prompts.read].float().cpu().numpy()) == truth
     behavior, probe = {}, {}
     for how in kinds:
-        if how == "patch":
-            assert corrupt is not None
+        if how == "patch" and corrupt is not None:
             bad = Prompts.build(model, [corrupt[i] for i in samples], positions, samples, len(task))
             check_lengths(prompts, bad)
             sources, _ = capture(model, bad, [c.site for c in cells])
+        elif how == "patch":
+            sources = ablation_sources("resample", acts, prompts, seed, classes=truth)
         else:
             sources = ablation_sources(how, acts, prompts, seed)
         values, reads = run_cells(
@@ -272,21 +285,42 @@ def _intervene(
     return _Effects(
         behavior=behavior,
         probe=probe,
-        clean_behavior=float(base.mean()),
+        clean_behavior=float((sign * base).mean()),
         clean_probe=float("nan") if base_ok is None else float(base_ok.mean()),
+        metric=name,
     )
+
+
+def _signs(
+    metric: Any, base: np.ndarray, truth: np.ndarray | None, label: str | None
+) -> tuple[np.ndarray, str]:
+    """Per-sample orientation of the metric (+1: larger is more behaviour) and its name.
+
+    A fixed-word logit difference on a labelled task flips sign between classes (is-are
+    for singular, are-is for plural subjects); each class gets the sign of its clean mean
+    so the drops of both classes add up instead of cancelling.
+    """
+    name = describe(metric)
+    sign = np.full(len(base), float(orientation(metric)))
+    fixed = isinstance(metric, LogitDiff) and len(metric.correct) == len(metric.wrong) == 1
+    if truth is not None and fixed:
+        for value in np.unique(truth):
+            members = truth == value
+            sign[members] = 1.0 if base[members].mean() >= 0 else -1.0
+        if (sign < 0).any():
+            name += f", signed by {label} class"
+    return sign, name
 
 
 def _result(
     model: Any,
     task: Task,
-    metric: Any,
     label: str | None,
     candidates: list[LayerComponent],
     tested: list[LayerComponent],
     scores: dict[LayerComponent, float],
     effects: _Effects,
-    kinds: tuple[str, ...],
+    names: dict[str, str],
     rank_by: str,
     samples: np.ndarray,
     resamples: int,
@@ -307,7 +341,7 @@ def _result(
                         "layer": comp.layer,
                         "component": comp.name,
                         "metric": what,
-                        "intervention": NAMES[how],
+                        "intervention": names[how],
                         "drop": float(drops[i].mean()),
                         "ci_low": float(low[i]),
                         "ci_high": float(high[i]),
@@ -315,7 +349,7 @@ def _result(
                     }
                 )
     impact = pd.DataFrame(rows)
-    ranking = _ranking(candidates, tested, scores, impact, kinds, rank_by, label is not None)
+    ranking = _ranking(candidates, tested, scores, impact, names, rank_by, label is not None)
     data = xr.Dataset.from_dataframe(
         impact.set_index(["site", "metric", "intervention"])[["drop", "ci_low", "ci_high"]]
     )
@@ -325,9 +359,9 @@ def _result(
         coords={"candidate": [str(c) for c in candidates]},
     )
     data.attrs.update(
-        metric=describe(metric),
+        metric=effects.metric,
         label=label or "",
-        rank_by=NAMES[rank_by],
+        rank_by=names[rank_by],
         level=level,
         interval="simultaneous over candidates (max statistic)",
     )
@@ -337,9 +371,9 @@ def _result(
         table=ranking,
         params={
             "label": label,
-            "metric": describe(metric),
-            "interventions": [NAMES[k] for k in kinds],
-            "rank_by": NAMES[rank_by],
+            "metric": effects.metric,
+            "interventions": list(names.values()),
+            "rank_by": names[rank_by],
             "n": len(samples),
             "top_k": len(tested) if label is None else None,
             "task": task.name,
@@ -348,8 +382,8 @@ def _result(
         impact=impact,
         clean_behavior=effects.clean_behavior,
         clean_probe=effects.clean_probe,
-        rank_by=NAMES[rank_by],
-        metric=describe(metric),
+        rank_by=names[rank_by],
+        metric=effects.metric,
         readout_layer=model.shape.n_layers - 1,
     )
 
@@ -359,7 +393,7 @@ def _ranking(
     tested: list[LayerComponent],
     scores: dict[LayerComponent, float],
     impact: pd.DataFrame,
-    kinds: tuple[str, ...],
+    names: dict[str, str],
     rank_by: str,
     probed: bool,
 ) -> pd.DataFrame:
@@ -373,16 +407,16 @@ def _ranking(
             "tested": [c in tested for c in candidates],
         }
     )
-    main = impact[(impact["metric"] == "behavior") & (impact["intervention"] == NAMES[rank_by])]
+    main = impact[(impact["metric"] == "behavior") & (impact["intervention"] == names[rank_by])]
     main = main.set_index("site")
     table["effect"] = table["site"].map(main["drop"])
     table["ci_low"] = table["site"].map(main["ci_low"])
     table["ci_high"] = table["site"].map(main["ci_high"])
-    table["ablation"] = NAMES[rank_by]
-    for how in kinds:
+    table["ablation"] = names[rank_by]
+    for name in names.values():
         for what in ("behavior", "probe") if probed else ("behavior",):
-            part = impact[(impact["metric"] == what) & (impact["intervention"] == NAMES[how])]
-            table[f"{what}_drop[{NAMES[how]}]"] = table["site"].map(part.set_index("site")["drop"])
+            part = impact[(impact["metric"] == what) & (impact["intervention"] == name)]
+            table[f"{what}_drop[{name}]"] = table["site"].map(part.set_index("site")["drop"])
     order = table.sort_values(
         ["tested", "effect", "probe_score"], ascending=[False, False, False], na_position="last"
     )

@@ -27,7 +27,11 @@ ABLATIONS = ("zero", "mean", "resample")
 
 
 def ablation_sources(
-    how: str, acts: dict[SiteKey, torch.Tensor], prompts: Prompts, seed: int = 0
+    how: str,
+    acts: dict[SiteKey, torch.Tensor],
+    prompts: Prompts,
+    seed: int = 0,
+    classes: np.ndarray | None = None,
 ) -> dict[SiteKey, torch.Tensor]:
     """Replacement activations per site for ablation ``how``, from the prompts' own run.
 
@@ -37,6 +41,8 @@ def ablation_sources(
         there) or ``resample`` (another prompt's activation at the same position; each
         prompt's donor is drawn once, with ``seed``, and serves every site).
     acts : site -> (n, seq, width) activations of the prompts (from ``capture``).
+    classes : for ``resample``, draw each donor from another class (an interchange
+        intervention: the activation of a prompt whose feature differs).
     """
     if how == "zero":
         return {key: torch.zeros_like(a) for key, a in acts.items()}
@@ -48,21 +54,26 @@ def ablation_sources(
             for key, a in acts.items()
         }
     if how == "resample":
-        index = torch.as_tensor(donors(prompts, seed), device=prompts.read.device)
+        index = torch.as_tensor(donors(prompts, seed, classes), device=prompts.read.device)
         return {key: a[index] for key, a in acts.items()}
     raise SpecError(f"unknown ablation '{how}': choose one of {', '.join(ABLATIONS)}")
 
 
-def donors(prompts: Prompts, seed: int = 0) -> np.ndarray:
-    """For each prompt, another prompt at least as long (so every position it reads is real)."""
+def donors(prompts: Prompts, seed: int = 0, classes: np.ndarray | None = None) -> np.ndarray:
+    """For each prompt, another prompt at least as long (so every position it reads is real),
+    of another class when ``classes`` are given."""
     ends = (prompts.start + prompts.length).cpu().numpy()
     rng = np.random.default_rng([seed, 7])
     out = np.empty(len(ends), dtype=np.int64)
+    other = np.arange(len(ends))[None] != np.arange(len(ends))[:, None]
+    if classes is not None:
+        other &= np.asarray(classes)[None] != np.asarray(classes)[:, None]
     for i, end in enumerate(ends):
-        pool = np.flatnonzero((ends >= end) & (np.arange(len(ends)) != i))
+        pool = np.flatnonzero((ends >= end) & other[i])
         if pool.size == 0:
+            kind = "of another class " if classes is not None else ""
             raise TaskError(
-                f"resample ablation needs a second prompt at least as long as prompt {i} "
+                f"resampling needs a second prompt {kind}at least as long as prompt {i} "
                 f"({ends[i]} tokens); add prompts or use mean ablation"
             )
         out[i] = rng.choice(pool)

@@ -47,9 +47,9 @@ def attribution_moves(
     backward pass of the summed metric gives each prompt's gradient (prompts do not
     interact, so the sum's gradient in row ``i`` is prompt ``i``'s own).
     """
-    acts, logits = capture(model, base, [c.site for c in cells], grad=True)
+    acts, values = capture(model, base, [c.site for c in cells], scorer, grad=True)
     keys = sorted(acts)
-    grads = torch.autograd.grad(scorer(logits).sum(), [acts[k] for k in keys], allow_unused=True)
+    grads = torch.autograd.grad(values.sum(), [acts[k] for k in keys], allow_unused=True)
     with torch.no_grad():
         products = {
             k: widen(source_acts[k] - acts[k])

@@ -11,7 +11,7 @@ and edit ``k`` touches only its own block of rows, so a grid of hundreds of cell
 few batched passes instead of hundreds of small ones. Components are reached only through
 the model's adapter accessors, in forward order, as nnsight requires.
 
->>> acts, logits = capture(model, prompts, [site_of(c.component) for c in cells])
+>>> acts, base = capture(model, prompts, [c.site for c in cells], scorer)
 >>> values, _ = run_cells(model, prompts, cells, acts, scorer)   # (cells, prompts)
 """
 
@@ -41,6 +41,8 @@ SITES: dict[str, tuple[str, int]] = {
 }
 #: largest logits tensor (elements) one stacked pass may produce
 MAX_LOGITS = 1 << 25
+#: most stacked prompts in one pass (bounds the activations held by a pass)
+MAX_ROWS = 4096
 
 #: (layer, order within the block, site): sorts in forward order
 SiteKey = tuple[int, int, str]
@@ -102,7 +104,7 @@ def check_components(model: Any, components: Iterable[LayerComponent]) -> None:
 
 
 def _check_logits(model: Any) -> None:
-    if model.adapter.unembed is None:
+    if model.adapter.unembed is None or model.adapter.final_norm is None:
         raise ModelError(
             f"{model.name} has no output layer, so behaviour metrics cannot be read; "
             "load it with its language-model head"
@@ -112,9 +114,7 @@ def _check_logits(model: Any) -> None:
 def _tensor(model: Any, site: str, layer: int) -> torch.Tensor:
     """The activation at a site inside a trace: a projection's input or a module's output."""
     if site == "embed":
-        # Model.envoy reaches block components only; the embedding sits on the base model.
-        prefix = model.hf.base_model_prefix if model.hf.base_model is not model.hf else ""
-        return walk(walk(model.nn, prefix), model.adapter.embed).output
+        return walk(_base(model), model.adapter.embed).output
     envoy = model.envoy(site, layer)
     if site.endswith("out_proj"):
         return envoy.input
@@ -122,22 +122,50 @@ def _tensor(model: Any, site: str, layer: int) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def capture(
-    model: Any, prompts: Prompts, sites: Iterable[SiteKey], grad: bool = False
-) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor]:
-    """One plain forward pass: the full activations (n, seq, width) at ``sites``, and the logits.
+def _base(model: Any) -> Any:
+    """The base model's envoy (Model.envoy reaches block components only; the embedding
+    and the final norm sit on the base model)."""
+    prefix = model.hf.base_model_prefix if model.hf.base_model is not model.hf else ""
+    return walk(model.nn, prefix)
 
-    With ``grad`` the activations stay in the autograd graph, so a metric of the logits can
-    be differentiated with respect to them (attribution patching).
+
+def _score(model: Any, scorer: Scorer, copies: int) -> torch.Tensor:
+    """Inside a trace: the metric per row, unembedding only the positions the scorer reads."""
+    hidden = walk(_base(model), model.adapter.final_norm).output
+    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    picked = hidden[rows, scorer.positions.repeat(copies, 1)]
+    unembed = model.hf.get_output_embeddings()
+    # the output layer's own forward would run on every position; a linear map on the few
+    # positions read gives the same logits
+    return scorer.score_at(torch.nn.functional.linear(picked, unembed.weight, unembed.bias))
+
+
+def capture(
+    model: Any,
+    prompts: Prompts,
+    sites: Iterable[SiteKey],
+    scorer: Scorer | None = None,
+    grad: bool = False,
+) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor | None]:
+    """One plain forward pass: the activations (n, seq, width) at ``sites`` and the metric.
+
+    The pass stops after the final norm (with a scorer) or after the deepest site (without
+    one), so the output layer never runs on positions nobody reads. With ``grad`` the
+    activations stay in the autograd graph, so the metric (n,) can be differentiated with
+    respect to them (attribution patching).
     """
     _check_logits(model)
     wanted = sorted(set(sites))
-    with torch.set_grad_enabled(grad), model.nn.trace(**prompts.inputs):
+    with torch.set_grad_enabled(grad), model.nn.trace(**prompts.inputs) as tracer:
         acts = nnsight.save({})
         for key in wanted:
             acts[key] = _tensor(model, key[2], key[0])
-        logits = model.nn.output.logits.save()
-    return acts, logits
+        metric = nnsight.save({})
+        if scorer is not None:
+            metric["values"] = _score(model, scorer, 1)
+        tracer.stop()
+    return acts, metric.get("values")
 
 
 def run_cells(
@@ -164,9 +192,9 @@ def run_cells(
     None).
     """
     _check_logits(model)
-    n, width = len(prompts), prompts.width
+    n, read = len(prompts), scorer.positions.shape[1]
     vocab = model.hf.get_output_embeddings().weight.shape[0]
-    per_pass = max(1, MAX_LOGITS // (n * width * vocab))
+    per_pass = max(1, min(MAX_ROWS // n, MAX_LOGITS // (n * read * vocab)))
     values, reads = [], []
     for first in range(0, len(cells), per_pass):
         chunk = list(cells[first : first + per_pass])
@@ -197,7 +225,7 @@ def _run_chunk(
         by_site.setdefault(cell.site, []).append((index, cell))
     read_key = None if readout is None else (readout, SITES["residual"][1], "block")
     visits = sorted(set(by_site) | ({read_key} if read_key else set()))
-    with torch.no_grad(), model.nn.trace(**inputs):
+    with torch.no_grad(), model.nn.trace(**inputs) as tracer:
         out = nnsight.save({})
         for key in visits:
             x = _tensor(model, key[2], key[0])
@@ -205,7 +233,8 @@ def _run_chunk(
                 _edit(x, index * n, cell, sources[key], prompts, columns(model, cell.component))
             if key == read_key:
                 out["read"] = x[torch.arange(k * n), prompts.read.repeat(k)].float()
-        out["values"] = scorer(model.nn.output.logits)
+        out["values"] = _score(model, scorer, k)
+        tracer.stop()
     return out["values"], out.get("read")
 
 

@@ -169,12 +169,12 @@ def plan_patching(
     pairs = prepare_pairs(model, clean, corrupt, behavior, n)
     base, source = pairs.base_and_source(direction)
     cells = grid_cells(model, components, pairs.clean.width, by_position)
-    source_acts, source_logits = capture(model, source, [c.site for c in cells])
-    _, base_logits = capture(model, base, [])
-    with torch.no_grad():
-        base_values = pairs.scorer(base_logits).cpu().numpy()
-        source_values = pairs.scorer(source_logits).cpu().numpy()
-    return PatchPlan(pairs, direction, base, cells, source_acts, base_values, source_values)
+    source_acts, source_values = capture(model, source, [c.site for c in cells], pairs.scorer)
+    _, base_values = capture(model, base, [], pairs.scorer)
+    return PatchPlan(
+        pairs, direction, base, cells, source_acts,
+        base_values.cpu().numpy(), source_values.cpu().numpy(),
+    )  # fmt: skip
 
 
 def components_of(
