@@ -164,8 +164,8 @@ def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:
     layers = agg["layer"].values
     alpha = 1 - protocol.level
     test = agg["score"].sel(control="none").isel(label=0).transpose("component", "layer").values
-    val = raw["val_score"].sel(control="none").isel(label=0).mean("seed")
-    val = val.transpose("component", "layer").values
+    val_curve = raw["val_score"].sel(control="none").isel(label=0).mean("seed")
+    val = val_curve.transpose("component", "layer").values
     boot = pooled_boot(raw).isel(label=0).transpose("component", "layer", "bdraw").values
     probed = raw["probed"].transpose("component", "layer").values
     n_comp, n_layer = probed.shape

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 import xarray as xr
+from scipy.integrate import trapezoid
 
 from mechwidgets.actions.base import RunContext, run_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult
@@ -46,7 +47,7 @@ def curve_points(
     ``onset``: first layer with score >= threshold (``layers[-1] + 1`` when never, so
     differences stay defined); ``peak``: layer of the maximum (first one on ties);
     ``area``: trapezoid area under the curve divided by the layer span (the layer-averaged
-    score).
+    score; a layer that was not probed counts at the curve's mean).
     """
     above = np.nan_to_num(scores, nan=-np.inf) >= np.asarray(threshold)[..., None]
     onset = np.where(above.any(axis=-1), layers[above.argmax(axis=-1)], layers[-1] + 1)
@@ -57,7 +58,7 @@ def curve_points(
         area = scores[..., 0]
     else:
         filled = np.where(ok, scores, np.nanmean(scores, axis=-1, keepdims=True))
-        area = np.trapezoid(filled, layers, axis=-1) / span
+        area = trapezoid(filled, layers, axis=-1) / span
     return {"onset": onset.astype(float), "peak": peak.astype(float), "area": area}
 
 
@@ -73,9 +74,9 @@ class CompareResult(ProbeResult):
         for label in d["label"].values:
             at = {"label": label, "component": comp}
             point = {k: _num(d[k].sel(at)) for k in ("onset", "peak", "area", "peak_score")}
-            point["onset"] = None if point["onset"] > d["layer"].values[-1] else point["onset"]
+            never = point["onset"] > d["layer"].values[-1]
             curves[str(label)] = {
-                "onset_layer": point["onset"],
+                "onset_layer": None if never else point["onset"],
                 "onset_ci": _pair(d["onset_ci"].sel(at)),
                 "peak_layer": point["peak"],
                 "peak_ci": _pair(d["peak_ci"].sel(at)),
@@ -84,7 +85,7 @@ class CompareResult(ProbeResult):
                 "area_ci": _pair(d["area_ci"].sel(at)),
                 "threshold": _num(d["threshold"].sel(label=label)),
             }
-        tests = []
+        tests: list[dict[str, Any]] = []
         for other in d["other"].values:
             at = {"other": other, "component": comp}
             tests.append(
@@ -205,9 +206,8 @@ def _compare(agg: xr.Dataset, raw: xr.Dataset, plan: ProbePlan, comp: str) -> xr
     boot = pooled_boot(raw).transpose("label", "component", "bdraw", "layer")
     chance = agg["chance"].values
     given = plan.options.get("threshold")
+    # default: halfway from chance to a perfect score of 1 (0.75 for balanced accuracy, 0.5 for r2)
     threshold = np.full(chance.shape, float(given)) if given is not None else (1 + chance) / 2
-    if given is None:  # r2 has chance 0 and ceiling 1; (1 + 0) / 2 = 0.5 holds for it too
-        threshold = np.where(agg["metric"].values == "r2", 0.5, threshold)
     point = curve_points(real.values, layers, threshold[:, None])
     draws = curve_points(boot.values, layers, threshold[:, None, None])
     point["peak_score"] = np.nanmax(real.values, axis=-1)

@@ -17,7 +17,7 @@ from typing import Any, cast
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, RunContext, run_action
-from mechwidgets.core.errors import SpecError
+from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
@@ -45,6 +45,8 @@ class ProbePlan:
 
         ``single`` actions (detect, collapse) take one label; compare takes several.
         """
+        if context.cube is None:
+            raise CubeError("this action needs an activation cube; extract one first")
         protocol, options = Protocol.from_context(context, own={"label", "labels", *own})
         wanted = options.pop("labels", None) or options.pop("label", None)
         labels = resolve_labels(context.cube, wanted)
@@ -141,11 +143,13 @@ class DetectResult(ProbeResult):
         where = f"best {b['component']} layer {b['layer']}, {s['metric']} {b['score']:.3f}"
         ci = f"[{b['ci'][0]:.3f}, {b['ci'][1]:.3f}] vs chance {s['chance']:.3f}"
         test = f"{s['correction']}-adjusted p < {1 - s['level']:.2g}"
+        controls = [str(c) for c in self.data["control"].values[1:]]
+        ref = "label_shuffle" if "label_shuffle" in controls else controls[0]
         if s["n_significant"]:
             head = f"'{s['label']}' is decodable: {where} {ci}"
-            tail = f"{s['n_significant']}/{s['n_slices']} slices beat the control ({test})"
+            tail = f"{s['n_significant']}/{s['n_slices']} slices beat {ref} ({test})"
         else:
-            head = f"'{s['label']}' is not decodable above control: {where} {ci}"
+            head = f"'{s['label']}' is not decodable above {ref}: {where} {ci}"
             tail = f"0/{s['n_slices']} slices significant ({test})"
         return f"{head}; {tail}"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable, Mapping
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -42,7 +43,7 @@ def cka(x: np.ndarray, y: np.ndarray, debiased: bool = True) -> float:
 
 
 def cka_matrix(
-    reps: Mapping[Hashable, np.ndarray],
+    reps: Mapping[Any, np.ndarray],
     debiased: bool = True,
     dims: tuple[str, str] = ("layer_a", "layer_b"),
 ) -> xr.DataArray:

@@ -163,7 +163,7 @@ class RidgePath:
             vecs = xt @ (u * inv[:, None, :])
         self.dtype = dtype
         self.evals = np.clip(evals, 0.0, None)
-        self.vecs = vecs.astype(dtype)
+        self.vecs: np.ndarray = vecs.astype(dtype)
         self._xv = (x @ vecs).astype(dtype)
         self.alphas = np.empty(0)
 

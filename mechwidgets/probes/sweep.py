@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,7 @@ from mechwidgets.probes.linear import (
     PROBES,
     LabelEncoding,
     Path,
+    Standardizer,
     fit_select_predict,
     make_path,
 )
@@ -309,7 +310,7 @@ def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Dra
         cols += [shuffled_labels(lab.codes, view.split, b, _rng(s, "label_shuffle")) for s in seeds]
     if "control_task" in protocol.controls:
         names.append("control_task")
-        types = lab.word_types
+        types = cast(np.ndarray, lab.word_types)  # read_cube checked it exists
         cols += [control_task_labels(lab.codes, types, b, _rng(s, "control_task")) for s in seeds]
     y = np.concatenate(cols, axis=1)
     if "random_subspace" in protocol.controls:
@@ -320,8 +321,8 @@ def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Dra
             [random_subspaces(dim, rank, b, _rng(s, "random_subspace")) for s in seeds]
         )  # (S*B, d, rank)
         subspace = bases.transpose(0, 2, 1).reshape(-1, dim).astype(np.float32)
-    parts = tuple(y[mask] for mask in view.masks)
-    return _Draws(parts, tuple(names), subspace)  # type: ignore[arg-type]
+    parts = [y[mask] for mask in view.masks]
+    return _Draws((parts[0], parts[1], parts[2]), tuple(names), subspace)
 
 
 def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dataset:
@@ -371,7 +372,7 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
                 if x is None:
                     continue
                 probed[li, ci] = True
-                slice_out = _probe_slice(x, view, draws, weights, protocol, controls)
+                slice_out = _probe_slice(x, view, draws, weights, protocol)
                 for key, per_label in slice_out.items():
                     for ni, value in enumerate(per_label):
                         out[key][ni, li, ci] = value
@@ -401,13 +402,10 @@ def _probe_slice(
     draws: dict[str, _Draws],
     weights: np.ndarray,
     protocol: Protocol,
-    controls: tuple[str, ...],
 ) -> dict[str, list[np.ndarray]]:
     """All labels on one slice; per output key, one array per label."""
     tr, va, te = view.masks
-    mean = x[tr].mean(axis=0)
-    scale = x[tr].std(axis=0)
-    xs = (x - mean) / np.where(scale > 1e-12, scale, 1.0)  # standardised on train only
+    xs = Standardizer.fit(x[tr]).transform(x)  # on train only
     paths: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
     result: dict[str, list[np.ndarray]] = {}
     for name, lab in view.labels.items():
