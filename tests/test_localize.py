@@ -169,6 +169,15 @@ def test_localize_runs_as_the_registered_action(toy_induction):
     assert res.ranking["ablation"].eq("zero").all()
 
 
+def test_localize_ablates_single_neurons(toy_induction):
+    res = mw.localize(toy_induction, mw.get_task("induction", n=40), label="in_repeat",
+                      components=["neuron:1.3", "head:1.3"], top_k=1, interventions=["zero"],
+                      resamples=200)  # fmt: skip
+    table = res.ranking.set_index("site")
+    assert table.loc["neuron:1.3", "tested"] and np.isnan(table.loc["neuron:1.3", "probe_score"])
+    assert table.loc["head:1.3", "tested"]  # the one probed candidate kept by top_k=1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "words"),
     [

@@ -30,7 +30,7 @@ import xarray as xr
 
 from mechwidgets.actions.base import ActionResult
 from mechwidgets.actions.interventions.ablation import ABLATIONS, ablation_sources
-from mechwidgets.actions.interventions.edits import READ, Cell, capture, run_cells
+from mechwidgets.actions.interventions.edits import READ, Cell, capture, run_cells, site_of
 from mechwidgets.actions.interventions.grid import check_lengths, components_of
 from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
 from mechwidgets.core.components import LayerComponent
@@ -256,7 +256,7 @@ def _intervene(
     scorer = bind(metric, model, prompts)
     cells = [Cell(c, READ if c.kind == "residual" else None) for c in tested]
     last = model.shape.n_layers - 1
-    read_key = (last, 4, "block")
+    read_key = site_of(LayerComponent("residual", last))
     acts, values = capture(model, prompts, [c.site for c in cells] + [read_key], scorer)
     base = values.cpu().numpy()
     truth = None if label is None else task.labels[label][samples]
