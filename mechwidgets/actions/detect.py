@@ -17,12 +17,14 @@ from typing import Any, cast
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, RunContext, run_action
+from mechwidgets.analysis.statistics import bootstrap_pvalue, percentile_interval
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
     Protocol,
     activations_info,
+    pooled_boot,
     resolve_labels,
     run_protocol,
 )
@@ -96,6 +98,25 @@ class ProbeResult(ActionResult):
 class DetectResult(ProbeResult):
     """Probe scores per slice with intervals, controls, selectivity and corrected p-values."""
 
+    def _best_vs_next(self, real: Any) -> dict[str, Any] | None:
+        """Is the best slice better than the runner-up? Paired bootstrap on the same items."""
+        if len(real) < 2:
+            return None
+        top = real.nlargest(2, "score")
+        boot = pooled_boot(self.data).isel(label=0)
+        a, b = (
+            boot.sel(layer=r["layer"], component=r["component"]).values for _, r in top.iterrows()
+        )
+        lo, hi = percentile_interval(a - b, float(self.data.attrs["level"]))
+        second = top.iloc[1]
+        return {
+            "layer": int(second["layer"]),
+            "component": str(second["component"]),
+            "diff": float(top["score"].iloc[0] - second["score"]),
+            "diff_ci": [float(lo), float(hi)],
+            "p_value": float(bootstrap_pvalue(a - b)),
+        }
+
     def summary(self) -> dict[str, Any]:
         """Best slice, best layer per component, controls at the best slice, counts."""
         real = self.real
@@ -131,6 +152,7 @@ class DetectResult(ProbeResult):
             "selectivity": controls.get("control_task", {}).get("gap"),
             "n_slices": len(real),
             "n_significant": int((real["p_adj"] < alpha).sum()),
+            "best_vs_next": self._best_vs_next(real),
             "seeds": len(self.data["seed"]),
             "permutations": int(self.data.sizes["draw"]),
             "resamples": int(self.data.sizes["resample"]),
