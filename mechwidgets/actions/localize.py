@@ -261,16 +261,13 @@ def _intervene(
     base = values.cpu().numpy()
     truth = None if label is None else task.labels[label][samples]
     sign, name = _signs(metric, base, truth, label)
-    rows = torch.arange(len(prompts))
-    base_ok = None
-    if readout is not None:
-        base_ok = readout.predict(acts[read_key][rows, prompts.read].float().cpu().numpy()) == truth
+    base_ok = _correct(readout, acts[read_key][torch.arange(len(prompts)), prompts.read], truth)
     behavior, probe = {}, {}
     for how in kinds:
         if how == "patch" and corrupt is not None:
             bad = Prompts.build(model, [corrupt[i] for i in samples], positions, samples, len(task))
             check_lengths(prompts, bad)
-            sources, _ = capture(model, bad, [c.site for c in cells])
+            sources, _ = capture(model, bad, [c.site for c in cells], scorer)
         elif how == "patch":
             sources = ablation_sources("resample", acts, prompts, seed, classes=truth)
         else:
@@ -279,9 +276,9 @@ def _intervene(
             model, prompts, cells, sources, scorer, readout=last if readout else None
         )
         behavior[how] = sign * (base[None] - values.cpu().numpy())
-        if readout is not None and reads is not None:
-            ok = readout.predict(reads.reshape(-1, reads.shape[-1]).cpu().numpy())
-            probe[how] = base_ok[None].astype(float) - (ok.reshape(len(cells), -1) == truth)
+        if base_ok is not None and reads is not None and truth is not None:
+            ok = _correct(readout, reads.reshape(-1, reads.shape[-1]), np.tile(truth, len(cells)))
+            probe[how] = base_ok[None] - ok.reshape(len(cells), -1)
     return _Effects(
         behavior=behavior,
         probe=probe,
@@ -289,6 +286,13 @@ def _intervene(
         clean_probe=float("nan") if base_ok is None else float(base_ok.mean()),
         metric=name,
     )
+
+
+def _correct(readout: LinearProbe | None, x: torch.Tensor, truth: np.ndarray | None) -> Any:
+    """1.0 where the readout probe decodes the label from a row of ``x``; None without one."""
+    if readout is None or truth is None:
+        return None
+    return (readout.predict(x.float().cpu().numpy()) == truth).astype(float)
 
 
 def _signs(

@@ -97,6 +97,6 @@ def ablate(
     (cells, n) metric values, and the residual stream after block ``readout`` at the read
     token (cells, n, d_model) when asked for.
     """
-    acts, _ = capture(model, prompts, [c.site for c in cells])
+    acts, _ = capture(model, prompts, [c.site for c in cells], scorer)
     sources = ablation_sources(how, acts, prompts, seed)
     return run_cells(model, prompts, cells, sources, scorer, readout)

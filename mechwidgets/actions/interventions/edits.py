@@ -145,15 +145,14 @@ def capture(
     model: Any,
     prompts: Prompts,
     sites: Iterable[SiteKey],
-    scorer: Scorer | None = None,
+    scorer: Scorer,
     grad: bool = False,
-) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor | None]:
-    """One plain forward pass: the activations (n, seq, width) at ``sites`` and the metric.
+) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor]:
+    """One plain forward pass: the activations (n, seq, width) at ``sites`` and the metric (n,).
 
-    The pass stops after the final norm (with a scorer) or after the deepest site (without
-    one), so the output layer never runs on positions nobody reads. With ``grad`` the
-    activations stay in the autograd graph, so the metric (n,) can be differentiated with
-    respect to them (attribution patching).
+    The pass stops after the final norm, so the output layer never runs on positions the
+    metric does not read. With ``grad`` the activations stay in the autograd graph, so the
+    metric can be differentiated with respect to them (attribution patching).
     """
     _check_logits(model)
     wanted = sorted(set(sites))
@@ -161,11 +160,9 @@ def capture(
         acts = nnsight.save({})
         for key in wanted:
             acts[key] = _tensor(model, key[2], key[0])
-        metric = nnsight.save({})
-        if scorer is not None:
-            metric["values"] = _score(model, scorer, 1)
+        values = nnsight.save(_score(model, scorer, 1))
         tracer.stop()
-    return acts, metric.get("values")
+    return acts, values
 
 
 def run_cells(
