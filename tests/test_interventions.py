@@ -127,6 +127,16 @@ def test_position_grid_sums_to_the_whole_layer_at_the_last_block(neox):
     assert set(res.table["position"]) == set(range(Prompts.build(neox, CLEAN).width))
 
 
+def test_patch_takes_tasks_and_their_behaviour(neox):
+    def task(texts):
+        return mw.Task(name="t", texts=texts, labels={}, split=["test"] * 3, behavior=METRIC)
+
+    res = mw.patch(neox, clean=task(CLEAN), corrupt=task(CORRUPT), resamples=200)
+    same = mw.patch(neox, CLEAN, CORRUPT, behavior=METRIC, resamples=200)
+    assert res.metric == "logit_diff(is-are)"
+    np.testing.assert_allclose(res.table["effect"], same.table["effect"])
+
+
 @pytest.fixture(scope="module")
 def nudged():
     """A tiny float64 model in which 'cats' embeds as 'cat' nudged by 1e-3 of its norm."""

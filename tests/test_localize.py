@@ -19,6 +19,7 @@ import mechwidgets as mw
 from mechwidgets.actions.base import RunContext, run_action
 from mechwidgets.core.errors import SelectorError, SpecError, TaskError
 from mechwidgets.models.zoo import model_dir
+from mechwidgets.runner import run_spec
 
 THRESHOLD = 0.5
 
@@ -178,6 +179,15 @@ def test_localize_ablates_single_neurons(toy_induction):
     table = res.ranking.set_index("site")
     assert table.loc["neuron:1.3", "tested"] and np.isnan(table.loc["neuron:1.3", "probe_score"])
     assert table.loc["head:1.3", "tested"]  # the one probed candidate kept by top_k=1
+
+
+def test_localize_runs_from_a_config_into_a_bundle(tmp_path):
+    spec = {"action": "localize", "model": "toy-induction", "task": "induction", "n": 40,
+            "components": "head", "interventions": ["zero"], "resamples": 200}  # fmt: skip
+    res = run_spec(spec, output_dir=tmp_path / "run")
+    assert res.ranking["site"].iloc[0] in circuit_heads()
+    assert (tmp_path / "run" / "report.html").is_file()
+    assert any((tmp_path / "run" / "charts").iterdir())
 
 
 @pytest.mark.parametrize(
