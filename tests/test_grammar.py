@@ -82,5 +82,7 @@ def test_training_corpus_never_contains_an_evaluation_prefix() -> None:
     assert len(evaluation) > 5000
     assert {s.prefix for s in evaluation}.isdisjoint({s.prefix for s in corpus})
     assert all(s.attractor_plural != s.subject_plural and s.verb == 0 for s in evaluation)
+    held = grammar.heldout_sentences(200, seed=1)
+    assert len(held) == 200 and all(grammar.is_heldout_prefix(s.prefix) for s in held)
     subset = grammar.agreement_eval_set(n=100, seed=1)
     assert len(subset) == 100 and subset == grammar.agreement_eval_set(n=100, seed=1)

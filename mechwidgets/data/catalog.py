@@ -39,10 +39,10 @@ from mechwidgets.data.grammar import Sentence
 from mechwidgets.data.splits import SPLIT_FRACTIONS, SPLITS, stratified_split
 from mechwidgets.data.tasks import LogitDiff, RepeatLogProb, Task
 
-#: label name -> (value of a sentence, id of the lexical item carrying it, names of those ids)
-GRAMMAR_LABELS: dict[
-    str, tuple[Callable[[Sentence], int], Callable[[Sentence], int], tuple[str, ...]]
-] = {
+#: label name -> (value of a sentence, id of the lexical item carrying it, names of those
+#: ids); both are None for the attractor of a sentence without one
+Getter = Callable[[Sentence], "int | None"]
+GRAMMAR_LABELS: dict[str, tuple[Getter, Getter, tuple[str, ...]]] = {
     "subject_number": (lambda s: s.subject_plural, lambda s: s.subject, grammar.NOUN_NAMES),
     "attractor_number": (lambda s: s.attractor_plural, lambda s: s.attractor, grammar.NOUN_NAMES),
     "animacy": (lambda s: s.animate, lambda s: s.subject, grammar.NOUN_NAMES),
@@ -269,7 +269,10 @@ def _grammar_sample(
             for s in grammar.sample_sentences(
                 rng, 2 * int(wanted.sum()), pools[name], attractor_rate
             ):
-                stratum = sum(GRAMMAR_LABELS[k][0](s) << i for i, k in enumerate(labels))
+                values = [GRAMMAR_LABELS[k][0](s) for k in labels]
+                if None in values:  # a label the sentence lacks (no attractor)
+                    continue
+                stratum = sum((v or 0) << i for i, v in enumerate(values))
                 if wanted[stratum] and key(s) not in seen:
                     seen.add(key(s))
                     wanted[stratum] -= 1

@@ -27,6 +27,7 @@ evaluation uses only those (:func:`is_heldout_prefix`).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -296,14 +297,33 @@ def sample_sentences(
     return out
 
 
-def training_corpus(n: int, seed: int) -> list[Sentence]:
-    """``n`` sentences for training toy-grammar: all lexical items, no held-out prefix."""
-    rng = np.random.default_rng([seed, 1])
+def _draw(
+    rng: np.random.Generator, n: int, keep: Callable[[Sentence], bool], attractor_rate: float
+) -> list[Sentence]:
+    """``n`` sentences from the full lexicon that pass ``keep``."""
     out: list[Sentence] = []
     while len(out) < n:
-        batch = sample_sentences(rng, n - len(out), Lexicon.full())
-        out += [s for s in batch if s.attractor is None or not is_heldout_prefix(s.prefix)]
-    return out
+        batch = sample_sentences(rng, max(n - len(out), 1000), Lexicon.full(), attractor_rate)
+        out += [s for s in batch if keep(s)]
+    return out[:n]
+
+
+def training_corpus(n: int, seed: int) -> list[Sentence]:
+    """``n`` sentences for training toy-grammar: all lexical items, no held-out prefix."""
+
+    def trainable(s: Sentence) -> bool:
+        return s.attractor is None or not is_heldout_prefix(s.prefix)
+
+    return _draw(np.random.default_rng([seed, 1]), n, trainable, attractor_rate=0.75)
+
+
+def heldout_sentences(n: int, seed: int = 0) -> list[Sentence]:
+    """``n`` sentences whose attractor prefix toy-grammar never saw, for evaluation."""
+
+    def heldout(s: Sentence) -> bool:
+        return s.attractor is not None and is_heldout_prefix(s.prefix)
+
+    return _draw(np.random.default_rng([seed, 3]), n, heldout, attractor_rate=1.0)
 
 
 def agreement_eval_set(n: int | None = None, seed: int = 0) -> list[Sentence]:

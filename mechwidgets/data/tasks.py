@@ -200,7 +200,8 @@ class Task:
             names, codes = np.unique(df[col].to_numpy(), return_inverse=True)
             if len(names) < 2:
                 raise TaskError(
-                    f"label '{col}' has a single class ({str(names[0])!r}); a probe needs two or more"
+                    f"label '{col}' has a single class ({str(names[0])!r}); "
+                    "a probe needs two or more"
                 )
             label_arrays[col], classes[col] = codes.astype(int), tuple(str(c) for c in names)
         if split is not None:
