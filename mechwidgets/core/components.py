@@ -88,12 +88,13 @@ class Selector:
     def expand(self, shape: ModelShape) -> list[LayerComponent]:
         """Check against ``shape`` and list the components this selector names."""
         layers = range(shape.n_layers) if self.layers is None else self.layers
-        for layer in layers:
-            if not 0 <= layer < shape.n_layers:
-                raise SelectorError(
-                    f"selector '{self.text}': layer {layer} is out of range; "
-                    f"this model has layers 0-{shape.n_layers - 1}"
-                )
+        bad = [layer for layer in layers if not 0 <= layer < shape.n_layers]
+        if bad:
+            which = f"layer {bad[0]} is" if len(bad) == 1 else f"layers {bad[0]}-{bad[-1]} are"
+            raise SelectorError(
+                f"selector '{self.text}': {which} out of range; "
+                f"this model has layers 0-{shape.n_layers - 1}"
+            )
         if self.kind == "attention_head":
             return [
                 LayerComponent(self.kind, layer, head=h)

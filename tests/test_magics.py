@@ -1,0 +1,89 @@
+"""%mechinterp through a real IPython shell: results come back, bad input is one UsageError."""
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+
+from mechwidgets.actions.base import ActionResult
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "mechwidgets")
+    shell.run_line_magic("load_ext", "mechwidgets")  # twice is harmless
+    return shell
+
+
+FAST = "--layers 0-1 --components resid,mlp --n 300 --seeds 1"
+
+
+def test_line_magic_returns_and_stores_the_result(ip):
+    res = ip.run_line_magic(
+        "mechinterp", f"detect --model toy-grammar --task subject_number {FAST} -o res"
+    )
+    assert isinstance(res, ActionResult)
+    assert ip.user_ns["res"] is res
+    assert set(res.table["layer"]) == {0, 1}
+    assert set(res.table["component"]) == {"resid", "mlp"}
+    assert res.spec["extraction"]["model_name"] == "toy-grammar"
+
+
+def test_seed_design_action_names_work_in_the_magic(ip):
+    res = ip.run_line_magic("mechinterp", f"feature_detection {FAST}")
+    assert res.action == "detect"
+
+
+def test_cell_magic_runs_a_yaml_body(ip):
+    body = "action: collapse\nmodel: toy-grammar\ntask: subject_number\nn: 300\nseeds: 1\n"
+    res = ip.run_cell_magic("mechinterp", "out", body)
+    assert res.action == "collapse"
+    assert ip.user_ns["out"] is res
+    assert "collapse_index" in res.summary()
+
+
+def test_run_a_config_file(ip, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "action: detect\nmodel: toy-grammar\ntask: subject_number\nn: 300\n"
+        "layers: '1'\ncomponents: resid\nseeds: 1\n"
+    )
+    res = ip.run_line_magic("mechinterp", f"run {config}")
+    assert list(res.table["layer"].unique()) == [1]
+
+
+def test_help_prints_options_and_runs_nothing(ip, capsys):
+    assert ip.run_line_magic("mechinterp", "--help") is None
+    assert ip.run_line_magic("mechinterp", "detect --help") is None
+    out = capsys.readouterr().out
+    assert "ACTION" in out and "--layers" in out
+
+
+@pytest.mark.parametrize(
+    ("line", "phrase"),
+    [
+        ("", "needs an action"),
+        ("frobnicate", "invalid choice: 'frobnicate'"),
+        ("detect --layers 3-x", "bad layer range '3-x'"),
+        (
+            "detect --layers 0-40 --n 300 --seeds 1",
+            "layers 4-40 are out of range; this model has layers 0-3",
+        ),
+        ("detect --model no-such/model-xyz --n 300", "no-such/model-xyz"),
+        ("detect --task no_such_task", "no_such_task"),
+        ("detect --seeds many", "invalid int value: 'many'"),
+        ("run /nonexistent/config.yaml", "/nonexistent/config.yaml"),
+    ],
+)
+def test_bad_arguments_are_one_line_usage_errors(ip, line, phrase):
+    with pytest.raises(UsageError) as err:
+        ip.run_line_magic("mechinterp", line)
+    assert phrase in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_yaml_in_a_cell_names_line_and_column(ip):
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("mechinterp", "", "action: detect\nmodel: [toy\ntask: x\n")
+    assert "bad YAML at line 3, column" in str(err.value)
+    assert "\n" not in str(err.value)
