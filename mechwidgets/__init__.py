@@ -25,6 +25,7 @@ from mechwidgets.models.zoo import list_models as list_models
 from mechwidgets.actions.detect import detect as detect
 from mechwidgets.actions.compare import compare as compare
 from mechwidgets.actions.collapse import collapse as collapse
+from mechwidgets.actions.polysemantic import polysemantic as polysemantic
 from mechwidgets import metrics as metrics
 from mechwidgets.actions.localize import localize as localize
 from mechwidgets.actions.interventions.patching import patch as patch

@@ -4,3 +4,4 @@ from mechwidgets.actions import collapse as collapse  # noqa: F401  (registers "
 from mechwidgets.actions import compare as compare  # noqa: F401  (registers "compare")
 from mechwidgets.actions import detect as detect  # noqa: F401  (registers "detect")
 from mechwidgets.actions import localize as localize  # noqa: F401  (registers "localize")
+from mechwidgets.actions import polysemantic as polysemantic  # noqa: F401  (registers it)
