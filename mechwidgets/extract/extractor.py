@@ -29,6 +29,7 @@ from mechwidgets.data.tasks import Task
 from mechwidgets.extract import cache as cache_store
 from mechwidgets.extract.cube import FORMAT_VERSION, RESERVED, CubeLayout, CubeWriter, open_cube
 from mechwidgets.models.loading import Model
+from mechwidgets.probes.controls import WORDTYPE_PREFIX
 
 #: residual-stream components in the order the cube stores them
 STREAMS = ("resid", "attn", "mlp")
@@ -306,7 +307,8 @@ def _samples(
     clash = sorted(RESERVED & set(data.labels))
     if clash:
         raise TaskError(f"label names {clash} are taken by the cube; rename those labels")
-    columns = {"split": data.split, **data.labels}
+    types = {f"{WORDTYPE_PREFIX}{k}": v for k, v in data.word_types.items()}  # control_task
+    columns = {"split": data.split, **data.labels, **types}
     for name, values in columns.items():
         if len(values) != n:
             raise TaskError(f"task '{data.name}': '{name}' has {len(values)} values for {n} texts")
