@@ -10,23 +10,41 @@ Load a model, turn texts into a labelled activation cube, and ask five questions
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from mechwidgets import metrics
+from mechwidgets.actions.collapse import collapse
+from mechwidgets.actions.compare import compare
+from mechwidgets.actions.detect import detect
+from mechwidgets.actions.interventions.attribution import attribution_patch
+from mechwidgets.actions.interventions.patching import patch
+from mechwidgets.actions.localize import localize
+from mechwidgets.actions.polysemantic import polysemantic
+from mechwidgets.data.catalog import get_task, get_task_pairs, list_tasks
+from mechwidgets.data.tasks import Task
+from mechwidgets.extract import extract
 from mechwidgets.jupyter.magics import load_ipython_extension, unload_ipython_extension
-from mechwidgets.viz import widgets as widgets  # mw.widgets.LayerExplorer(res)
-from mechwidgets.extract import extract as extract
-from mechwidgets.models.loading import Model as Model
-from mechwidgets.models.loading import load_model as load_model
-from mechwidgets.data.catalog import get_task as get_task
-from mechwidgets.data.catalog import get_task_pairs as get_task_pairs
-from mechwidgets.data.catalog import list_tasks as list_tasks
-from mechwidgets.data.tasks import Task as Task
-from mechwidgets.models.zoo import list_models as list_models
-from mechwidgets.actions.detect import detect as detect
-from mechwidgets.actions.compare import compare as compare
-from mechwidgets.actions.collapse import collapse as collapse
-from mechwidgets.actions.polysemantic import polysemantic as polysemantic
-from mechwidgets import metrics as metrics
-from mechwidgets.actions.localize import localize as localize
-from mechwidgets.actions.interventions.patching import patch as patch
-from mechwidgets.actions.interventions.attribution import attribution_patch as attribution_patch
+from mechwidgets.models.loading import Model, load_model
+from mechwidgets.models.zoo import list_models
+from mechwidgets.viz import widgets
+
+__version__ = "0.1.0"
+__all__ = [
+    "Model",
+    "Task",
+    "attribution_patch",
+    "collapse",
+    "compare",
+    "detect",
+    "extract",
+    "get_task",
+    "get_task_pairs",
+    "list_models",
+    "list_tasks",
+    "load_ipython_extension",
+    "load_model",
+    "localize",
+    "metrics",
+    "patch",
+    "polysemantic",
+    "unload_ipython_extension",
+    "widgets",
+]
