@@ -8,12 +8,13 @@ layer x layer CKA heatmap (debiased by default) shows where the representation c
 
 >>> res = mw.collapse(cube, label="token_id", seeds=5)
 >>> res.summary()["collapse_index"], res.summary()["collapse_ci"]
+>>> mw.collapse(cube, label="x", recovery=dict(model=model, task=task)).recovery.table
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -21,6 +22,7 @@ import xarray as xr
 
 from mechwidgets.actions.base import RunContext, run_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult
+from mechwidgets.actions.interventions.recovery import RecoveryResult, RecoverySpec
 from mechwidgets.analysis.geometry import cka_matrix
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.core.errors import SpecError
@@ -37,6 +39,9 @@ CKA_ESTIMATORS = ("debiased", "linear")
 
 class CollapseResult(ProbeResult):
     """Decodability curve, collapse index with CI, drop points and a layer CKA heatmap."""
+
+    #: the recovery-by-patching test, when asked for with ``recovery=``
+    recovery: RecoveryResult | None = None
 
     def summary(self) -> dict[str, Any]:
         """``collapse_index`` and ``collapse_ci`` (low, high) for the headline component."""
@@ -68,7 +73,7 @@ class CollapseResult(ProbeResult):
             "cka_undefined": {
                 str(c): json.loads(d["cka"].attrs[f"undefined_{c}"]) for c in d["component"].values
             },
-        }
+        } | ({"recovery": self.recovery.summary()} if self.recovery is not None else {})
 
     def _component(self, comp: str) -> dict[str, Any]:
         d = self.data.sel(component=comp)
@@ -92,9 +97,12 @@ class CollapseResult(ProbeResult):
             f"{s['final_layer']} {s['final_score']:.3f}; collapse index "
             f"{s['collapse_index']:.3f} [{s['collapse_ci'][0]:.3f}, {s['collapse_ci'][1]:.3f}]"
         )
+        recovery = "" if self.recovery is None else f"; {self.recovery.verdict()}"
         if s["collapsed"]:
-            return f"'{s['label']}' collapses in {s['component']}: {curve}"
-        return f"no collapse of '{s['label']}' in {s['component']} (CI includes 0): {curve}"
+            return f"'{s['label']}' collapses in {s['component']}: {curve}{recovery}"
+        return (
+            f"no collapse of '{s['label']}' in {s['component']} (CI includes 0): {curve}{recovery}"
+        )
 
     def chart(self) -> Any:
         """The decodability curve with CI band and controls, one panel per component."""
@@ -111,7 +119,8 @@ class CollapseResult(ProbeResult):
             f"cka_{c}": cka_heatmap(self.data["cka"].sel(component=c, drop=True), title=title)
             for c in self.data["component"].values
         }
-        return {"main": self.chart(), **heatmaps}
+        recovery = {} if self.recovery is None else {"recovery": self.recovery.chart()}
+        return {"main": self.chart(), **heatmaps, **recovery}
 
 
 @register_action("collapse")
@@ -122,10 +131,14 @@ class Collapse:
 
     def prepare(self, context: RunContext) -> ProbePlan:
         """Check the label, the protocol and the CKA estimator."""
-        plan = ProbePlan.from_context(context, own={"cka", "component"}, single=True)
+        plan = ProbePlan.from_context(context, own={"cka", "component", "recovery"}, single=True)
         estimator = plan.options.get("cka") or "debiased"
         if estimator not in CKA_ESTIMATORS:
             raise SpecError(f"unknown cka '{estimator}': choose {' or '.join(CKA_ESTIMATORS)}")
+        if plan.options.get("recovery") not in (None, False):
+            plan.options["recovery"] = RecoverySpec.parse(
+                plan.options["recovery"], context.model, context.task
+            )
         return plan
 
     def run(self, prepared: ProbePlan) -> CollapseResult:
@@ -143,15 +156,21 @@ class Collapse:
         data["cka"].attrs = cka["cka"].attrs
         drops = stats[["drop", "drop_p", "drop_p_adj", "drop_point"]].to_dataframe().reset_index()
         table = run.table.merge(drops.assign(control="none"), how="left")
-        return CollapseResult(
+        recovery = prepared.options.get("recovery")
+        result = CollapseResult(
             action="collapse",
             data=data,
             table=table,
-            params=prepared.params(),
+            params=prepared.params()
+            | ({"recovery": recovery.params()} if isinstance(recovery, RecoverySpec) else {}),
             predictions=run.predictions,
             timings=run.timings,
             activations=activations_info(prepared.cube),
         )
+        if isinstance(recovery, RecoverySpec):
+            head = result.summary()
+            result.recovery = recovery.run(head["label"], head["peak_layer"], head["final_layer"])
+        return result
 
     def summarize(self, result: CollapseResult) -> dict[str, Any]:
         """The result's headline numbers."""
@@ -236,6 +255,7 @@ def collapse(
     seed: int = 0,
     cka: str = "debiased",
     component: str | None = None,
+    recovery: Mapping[str, Any] | None = None,
     **params: Any,
 ) -> CollapseResult:
     """Is ``label`` decodable at some layer and lost by the final one?
@@ -247,12 +267,20 @@ def collapse(
     controls, seeds, seed, **params : as in :func:`mechwidgets.detect`.
     cka : ``debiased`` (default; unbiased HSIC) or ``linear`` CKA for the heatmap.
     component : the component of the headline numbers; default ``resid``.
+    recovery : also patch the peak layer's residual stream into later layers of the model
+        and probe the final layer again (:mod:`mechwidgets.actions.interventions.recovery`):
+        ``dict(model=..., task=...)`` with the model and Task the cube came from, and
+        optionally ``source_layer`` (default the peak), ``target_layer`` (one or several;
+        default every layer in between), ``readout_layer`` (default the final layer),
+        ``batch_size``, ``resamples``, ``level``, ``seed``. A dict, like a config's
+        ``recovery:`` block, keeps collapse's own signature about the curve.
 
     Returns
     -------
     A :class:`CollapseResult`; ``summary()["collapse_index"]`` is the test score at the
     validation-chosen peak layer minus the final layer's, ``summary()["collapse_ci"]`` its
-    paired-bootstrap interval, ``summary()["drop_points"]`` the significant drops.
+    paired-bootstrap interval, ``summary()["drop_points"]`` the significant drops;
+    ``.recovery`` the recovery test, when asked for.
 
     Examples
     --------
@@ -261,7 +289,14 @@ def collapse(
     """
     context = RunContext(
         cube=cube,
-        params={"label": label, "seeds": seeds, "cka": cka, "component": component, **params},
+        params={
+            "label": label,
+            "seeds": seeds,
+            "cka": cka,
+            "component": component,
+            **({} if recovery is None else {"recovery": recovery}),
+            **params,
+        },
         controls=list(controls),
         seed=seed,
     )
