@@ -154,11 +154,15 @@ def test_correlated_features_are_not_double_counted():
     assert abs(float(res.data["loading"].sel(layer=0, feature="b", neuron=0))) < 0.1
 
 
-def test_chart_and_registry(synthetic, synthetic_result):
+def test_chart_bundle_and_registry(synthetic, synthetic_result, tmp_path):
     spec = synthetic_result.chart().to_dict()
     units = {row["unit"] for row in spec["datasets"][spec["data"]["name"]]}
     assert units == {f"L0.N{j}" for j in POLY}
     assert set(synthetic_result.charts()) == {"main", "auroc"}
+    folder = synthetic_result.to_bundle(tmp_path / "bundle")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["summary"]["n_polysemantic"] == len(POLY)
+    assert (folder / "charts" / "auroc.vl.json").is_file()
     ctx = RunContext(cube=synthetic, params={"labels": FEATURES, "seeds": 1, "permutations": 50})
     again = run_action("polysemantic", ctx)
     assert set(again.shortlist["neuron"]) == POLY

@@ -99,7 +99,7 @@ def test_nothing_erased_means_no_change(intact, task):
     assert list(res.table["target_layer"]) == [2]
     assert row["before"] > 0.9 and abs(row["change"]) < 0.05
     assert row["ci_low"] <= 0 <= row["ci_high"] and not row["returns"]
-    assert "does not bring 'plural' back" in res.verdict()
+    assert "does not raise 'plural' at layer 3" in res.verdict()
 
 
 def test_collapse_with_recovery(erased, task, erased_cube):

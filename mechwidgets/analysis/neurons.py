@@ -140,7 +140,7 @@ def shuffled_loading_z(
     z, ok = _standardise(acts)
     n = len(y)
     scale = gram_inv / np.sqrt(np.diag(gram_inv) / (n - 1))[:, None]  # rows: loading -> z
-    out = np.empty((orders.shape[1], y.shape[1], z.shape[1]))
+    out = np.empty((orders.shape[1], y.shape[1], z.shape[1]), np.float32)
     for start in range(0, orders.shape[1], block):
         shuffled = y[orders[:, start : start + block].T]  # (b, n, features)
         out[start : start + block] = scale @ (np.swapaxes(shuffled, 1, 2) @ z) / n

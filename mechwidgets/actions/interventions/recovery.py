@@ -96,15 +96,20 @@ class RecoveryResult(ActionResult):
         """E.g. "recovery: layer 1 patched into layer 2 brings 'x' back at layer 3: ..."."""
         s = self.summary()
         head = f"layer {s['source_layer']} patched into layer"
-        where = f"at layer {s['readout_layer']} ({s['metric']} unpatched {s['before']:.3f})"
         back = [t for t in s["targets"] if t["returns"]]
         if not back:
             layers = ", ".join(str(t["target_layer"]) for t in s["targets"])
-            return f"recovery: {head} {layers} does not bring '{s['label']}' back {where}"
+            best = max(t["after"] for t in s["targets"])
+            return (
+                f"recovery: {head} {layers} does not raise '{s['label']}' at layer "
+                f"{s['readout_layer']} ({s['metric']} unpatched {s['before']:.3f}, patched at "
+                f"most {best:.3f}; no change interval above 0)"
+            )
         t = back[0]
         return (
-            f"recovery: {head} {t['target_layer']} brings '{s['label']}' back {where}: "
-            f"{t['after']:.3f}, change {t['change']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
+            f"recovery: {head} {t['target_layer']} brings '{s['label']}' back at layer "
+            f"{s['readout_layer']}: {s['metric']} {s['before']:.3f} -> {t['after']:.3f}, change "
+            f"{t['change']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
             f"{t['recovered_share']:.0%} of the gap to layer {s['source_layer']}"
         )
 
