@@ -11,10 +11,10 @@ the numbers behind that call, neuron by neuron, for all neurons of a layer at on
   standardised partial regression coefficients, in correlation units (for uncorrelated
   features, the neuron's correlation with each label), so a neuron driven by one of two
   correlated features is not credited with both. Decoder weights answer a different
-  question (does the probe *need* this neuron beyond the others?): on toy-grammar a
-  neuron planted to fire for plural subjects and negative sentiment had a decoder weight
-  for sentiment of 0.3 null standard deviations (other neurons carry sentiment too)
-  while its pattern loading was -0.53.
+  question (does the probe *need* this neuron beyond the others?): in one planting on
+  toy-grammar, a neuron made to fire for plural subjects and negative sentiment had a
+  sentiment decoder weight 0.3 null standard deviations from zero (other neurons carry
+  sentiment too) while its sentiment loading was -0.53.
 - :func:`loading_z`, :func:`shuffled_loading_z`: the loading's permutation null. Every
   shuffled labelling shares the labels' Gram matrix (a row permutation leaves
   ``Y^T Y`` unchanged), so all shuffled refits reuse one factorisation; the null's exact
@@ -27,9 +27,9 @@ the numbers behind that call, neuron by neuron, for all neurons of a layer at on
   neuron's basis vector, and per-feature selectivity as a cross-check.
 
 >>> load = feature_loadings(acts, labels)            # (features, neurons)
->>> z = loading_z(load, len(acts))
+>>> p = two_sided_p(loading_z(load, len(acts)))
 >>> index = loading_index(load.beta)                 # second-largest |loading|
->>> count = count_features(p, beta, threshold=0.2, level=0.95, correction="holm")
+>>> count = count_features(p.T, load.beta.T, threshold=0.2, level=0.95, correction="holm")
 """
 
 from __future__ import annotations
