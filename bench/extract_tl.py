@@ -2,7 +2,8 @@
 
 Loads the HF folder that bench/extract.py saved, wraps it in a ``TransformerBridge`` and
 times ``run_with_cache`` on one 32 x 128 batch: with every hook cached (its default), and
-with only the 18 hooks our extraction reads plus ``stop_at_layer`` (the same work).
+with only the 18 hooks our extraction reads. ``stop_at_layer`` stops *before* a block, so
+it cannot skip the unembedding while keeping the last block; both variants run it.
 Prints one JSON line of median seconds per batch and the full cache size.
 
     /tmp/tlvenv/bin/python bench/extract_tl.py FOLDER --threads 1 --repeats 7
@@ -50,9 +51,7 @@ def main() -> None:
 
     @torch.no_grad()
     def cache_ours() -> None:
-        _, cache = bridge.run_with_cache(
-            ids, names_filter=lambda n: n in wanted, stop_at_layer=n_layers
-        )
+        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n in wanted)
         assert len(cache) == len(wanted), sorted(cache.keys())[:5]
 
     variants = {"forward": forward, "run_with_cache": cache_all, "run_with_cache_18": cache_ours}

@@ -7,10 +7,10 @@ temporary name in the same folder and renamed into place, and a file that fails 
 checks is reported in one line, deleted and rebuilt, never trusted.
 ``MECHWIDGETS_CACHE`` overrides the folder (default ``~/.cache/mechwidgets``).
 
->>> key = cache_key({"model": "zoo:toy-grammar@ab12", "layers": [0, 1]})
->>> with writing(cache_path(key)) as tmp:
-...     write_cube(tmp)
->>> [e.key for e in list_cache()]
+>>> path = cache_path(cache_key({"model": "zoo:toy-grammar@ab12", "layers": [0, 1]}))
+>>> with writing(path) as tmp:  # a CubeWriter fills tmp; it becomes path on success
+...     tmp.write_bytes(b"...")
+>>> [(e.key, e.model, e.shape) for e in list_cache()]
 """
 
 from __future__ import annotations
