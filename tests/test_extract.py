@@ -240,3 +240,12 @@ def test_text_longer_than_context_fails_before_running(tiny_models):
     model = tiny_models["gpt2"]
     with pytest.raises(TaskError, match="reads at most 64; shorten it"):
         mw.extract(model, ["the cat"] + ["the " * 70], cache=False)
+
+
+def test_neurons_alone_make_a_cube_without_act(tiny_models, references):
+    cube = mw.extract(tiny_models["gpt2"], TEXTS, selectors=["neuron:1.5"], cache=False)
+    check_cube(cube)
+    assert "act" not in cube and "component" not in cube.dims
+    assert cube["neurons"].dims == ("sample", "layer", "neuron")
+    got = cube["neurons"].sel(layer=1, neuron=5).values
+    assert rel_err(got, references["gpt2"]["last"]["neurons", 1][:, 5]) <= 1e-4

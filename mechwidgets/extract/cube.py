@@ -74,10 +74,6 @@ class CubeLayout:
             out[NEURONS] = (self.n_samples, len(self.layers), len(self.neurons))
         return out
 
-    def bytes_per_sample(self) -> int:
-        """float32 bytes one sample takes across all variables."""
-        return 4 * sum(int(np.prod(s[1:])) for s in self.shapes().values())
-
 
 def encode_attr(value: Any) -> str | int | float:
     """A netCDF-safe attribute: numbers and strings pass, the rest becomes JSON."""
@@ -114,19 +110,20 @@ class CubeWriter:
         self._file = f = netCDF4.Dataset(path, "w")
         header = {**{k: encode_attr(v) for k, v in attrs.items()}, "complete": 0}
         f.setncatts({**header, "format_version": FORMAT_VERSION})
-        sizes = {
-            "sample": layout.n_samples,
-            "layer": len(layout.layers),
-            "component": len(layout.components),
-            "dim": layout.d_model,
-            "neuron": len(layout.neurons or ()),
-        }
+        sizes = {"sample": layout.n_samples, "layer": len(layout.layers)}
+        index: dict[str, tuple[Any, ...]] = {"layer": layout.layers}
+        if layout.components:
+            sizes |= {"component": len(layout.components), "dim": layout.d_model}
+            index["component"] = layout.components
+        if layout.neurons is not None:
+            sizes["neuron"] = len(layout.neurons)
+            index["neuron"] = layout.neurons
         for dim, size in sizes.items():
             f.createDimension(dim, size)
-        index = {"layer": layout.layers, "component": layout.components, "neuron": layout.neurons}
-        for name, values in {**index, **per_sample}.items():
-            if values is not None:
-                _write_column(f, name, "sample" if name in per_sample else name, values)
+        for name, coordinate in index.items():
+            _write_column(f, name, name, coordinate)
+        for name, column in per_sample.items():
+            _write_column(f, name, "sample", column)
         dims = {
             ACT: ("sample", "layer", "component", "dim"),
             NEURONS: ("sample", "layer", "neuron"),

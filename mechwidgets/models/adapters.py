@@ -136,11 +136,6 @@ ADAPTERS: tuple[Adapter, ...] = (
 )
 
 
-def supported_model_types() -> list[str]:
-    """Every config ``model_type`` an adapter serves."""
-    return [t for a in ADAPTERS for t in a.model_types]
-
-
 def adapter_for(config: Any) -> Adapter:
     """The adapter for an HF config, by its ``model_type``; unknown types raise ModelError."""
     model_type = getattr(config, "model_type", None)
