@@ -82,13 +82,13 @@ def plan_extraction(
     parsed = expand_selectors(
         selectors if isinstance(selectors, str) else list(selectors), model.shape
     )
-    kinds = {c.name if c.kind not in ("attention_head", "mlp_neuron") else c.kind for c in parsed}
+    streams = {c.name for c in parsed if c.head is None and c.neuron is None}
     neuron_ids = sorted({c.neuron for c in parsed if c.neuron is not None})
     if neurons and not neuron_ids:
         neuron_ids = list(range(model.shape.d_mlp))
     return Plan(
         layers=tuple(sorted({c.layer for c in parsed})),
-        streams=tuple(s for s in STREAMS if s in kinds),
+        streams=tuple(s for s in STREAMS if s in streams),
         heads=tuple(sorted({c.head for c in parsed if c.head is not None})),
         neurons=tuple(neuron_ids) if neuron_ids else None,
     )
