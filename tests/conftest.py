@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 
+# Tests never reach a model hub: an unknown id fails at once instead of after retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import pytest
 import torch
 import transformers

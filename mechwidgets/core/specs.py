@@ -64,9 +64,10 @@ class ExtractionSpec(_Spec):
     model_name: str
     revision: str | None = None
     selectors: list[str] = Field(default_factory=lambda: ["resid:all", "attn:all", "mlp:all"])
-    token: Literal["last", "mean"] | int = Field(
-        "last",
-        description="token policy; the seed design's `token_index` is accepted as an alias",
+    token: Literal["last", "mean"] | int | None = Field(
+        None,
+        description="token policy: last, mean or an index; None reads the task's positions, "
+        "else the last token; the seed design's `token_index` is an alias",
         validation_alias=AliasChoices("token", "token_index"),
     )
     batch_size: int = Field(32, gt=0)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -280,17 +282,18 @@ def _load_named(
     where: str | Path = folder if folder is not None else name
     local = folder is not None
     try:
-        config = transformers.AutoConfig.from_pretrained(
-            where, revision=revision, local_files_only=local
-        )
-        auto = getattr(transformers, adapter_for(config).auto_class)
-        hf = auto.from_pretrained(
-            where, revision=revision, dtype=DTYPES[dtype], local_files_only=local
-        )
-        if tokenizer is None:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
+        with _without_progress_bar():
+            config = transformers.AutoConfig.from_pretrained(
                 where, revision=revision, local_files_only=local
             )
+            auto = getattr(transformers, adapter_for(config).auto_class)
+            hf = auto.from_pretrained(
+                where, revision=revision, dtype=DTYPES[dtype], local_files_only=local
+            )
+            if tokenizer is None:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(
+                    where, revision=revision, local_files_only=local
+                )
     except (OSError, ValueError, KeyError) as exc:
         if folder is not None:
             raise ModelError(
@@ -309,6 +312,18 @@ def _load_named(
         return hf, tokenizer, f"zoo:{name}@{revision}", revision
     revision = getattr(config, "_commit_hash", None) or revision or "main"
     return hf, tokenizer, f"hf:{name}@{revision}", revision
+
+
+@contextmanager
+def _without_progress_bar() -> Iterator[None]:
+    """Silence transformers' per-load "Loading weights" bar, restoring the user's setting."""
+    was_enabled = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def _wrap(
