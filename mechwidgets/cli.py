@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MechError as exc:
         print(f"mechinterp: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
 
 
 def _configure_cache(parser: argparse.ArgumentParser) -> None:
