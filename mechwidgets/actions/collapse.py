@@ -144,10 +144,7 @@ class Collapse:
     def run(self, prepared: ProbePlan) -> CollapseResult:
         """Probe every slice, read the curve for collapse, compute layer CKA."""
         run = run_protocol(prepared.cube, prepared.labels, prepared.protocol)
-        comps = [str(c) for c in run.agg["component"].values]
-        comp = prepared.options.get("component") or ("resid" if "resid" in comps else comps[0])
-        if comp not in comps:
-            raise SpecError(f"component '{comp}' is not in the result; it has {comps}")
+        comp = prepared.component(run.agg)
         stats = _collapse(run.raw, run.agg, prepared)
         debiased = (prepared.options.get("cka") or "debiased") == "debiased"
         cka = _layer_cka(prepared.cube, run.raw, debiased)

@@ -176,10 +176,7 @@ class Compare:
     def run(self, prepared: ProbePlan) -> CompareResult:
         """Probe all labels on every slice, then compare their curves."""
         run = run_protocol(prepared.cube, prepared.labels, prepared.protocol)
-        comps = [str(c) for c in run.agg["component"].values]
-        comp = prepared.options.get("component") or ("resid" if "resid" in comps else comps[0])
-        if comp not in comps:
-            raise SpecError(f"component '{comp}' is not in the result; it has {comps}")
+        comp = prepared.component(run.agg)
         stats = _compare(run.agg, run.raw, prepared, str(comp))
         data = xr.merge([run.data, stats], compat="override", combine_attrs="override")
         data.attrs |= stats.attrs

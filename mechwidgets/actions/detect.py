@@ -58,6 +58,14 @@ class ProbePlan:
             )
         return cls(context.cube, labels, protocol, options)
 
+    def component(self, agg: xr.Dataset) -> str:
+        """The ``component`` option, else ``resid`` when probed, else the first probed one."""
+        comps = [str(c) for c in agg["component"].values]
+        comp = self.options.get("component") or ("resid" if "resid" in comps else comps[0])
+        if comp not in comps:
+            raise SpecError(f"component '{comp}' is not in the result; it has {comps}")
+        return str(comp)
+
     def params(self) -> dict[str, Any]:
         """The run's parameters, for the bundle."""
         p = self.protocol
