@@ -61,23 +61,17 @@ def test_induction_ranks_a_circuit_head_first(induction_heads):
     assert induction_heads.verdict().startswith(f"{ranking['site'].iloc[0]} matters most: mean")
 
 
-def test_induction_circuit_heads_separate_from_the_rest_of_their_layer(induction_heads):
-    """Every circuit head's interval lies above every other head's of its layer.
+def test_induction_circuit_heads_separate_from_every_other_head(induction_heads):
+    """Every circuit head's interval lies above every non-circuit head's, in any layer.
 
-    Measured on the shipped model: no layer-0 head reaches a previous-token score of 0.5;
-    three of them share the role (scores 0.21-0.26, each a mean-ablation drop of 0.5-0.7
-    nats), so an induction head that matters less than they do (redundancy) is compared
-    within its layer, where the roles are clear.
+    Which circuit head matters most is left open: redundant induction heads can each
+    matter less than the previous-token head they all depend on.
     """
     circuit = circuit_heads()
     table = induction_heads.ranking.set_index("site")
-    for site in circuit:
-        layer = table.loc[site, "layer"]
-        others = table[(table["layer"] == layer) & ~table.index.isin(circuit)]
-        assert len(others)
-        assert table.loc[site, "ci_low"] > others["ci_high"].max(), (site, others)
-    strongest = table["effect"].idxmax()
-    assert table.loc[strongest, "ci_low"] > table.drop(index=strongest)["ci_high"].max()
+    inside, outside = table.loc[sorted(circuit)], table.drop(index=sorted(circuit))
+    assert len(inside) and len(outside)
+    assert inside["ci_low"].min() > outside["ci_high"].max(), (inside, outside)
 
 
 def test_induction_result_names_ablations_and_charts(induction_heads):

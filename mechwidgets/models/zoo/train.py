@@ -94,17 +94,16 @@ RECIPES = {
     "toy-induction": Recipe(
         name="toy-induction",
         description=(
-            "2-layer GPT-NeoX (d_model 64, 4 heads of 16, MLP 256) trained on random tokens "
-            "(vocabulary 32) "
-            "ending in a segment of random length 4..8 and its repeat, 16 tokens "
-            "(RECIPES.md, 'Induction heads in 2 layers'). Ground truth: layer-0 heads "
-            "attend to previous tokens and layer-1 heads are induction heads."
+            "2-layer GPT-NeoX (d_model 64, 4 heads of 16, MLP 16) trained on random tokens "
+            "(vocabulary 32) ending in a segment of random length 4..8 and its repeat, 16 "
+            "tokens (RECIPES.md, 'Induction heads in 2 layers'). Ground truth: one layer-0 "
+            "head attends to the previous token and layer-1 heads are induction heads."
         ),
         architecture={
             "hidden_size": 64,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
-            "intermediate_size": 256,
+            "intermediate_size": 16,
             "max_position_embeddings": induction.LENGTH,
             "rope_parameters": {
                 "rope_type": "default",
@@ -119,14 +118,47 @@ RECIPES = {
         weight_decay=0.01,
         reference_text=induction.words(np.array([5, 17, 2, 29, 11, 23, 8, 30] * 2)),
         notes=(
-            "Rotary on all head dims, so positions enter only queries and keys. Parallel "
-            "residual (GPT-NeoX's default) rather than the sequential one the recipe "
-            "assumed: at 3000 steps, seeds 0 and 1, parallel reached repeated-half loss "
-            "0.20/0.24 with two layer-1 heads of prefix matching 0.56-0.78 in each seed, "
-            "sequential 0.33/0.72 with one such head (0.55) in seed 0 and none in seed 1. "
-            "Previous-token attention is spread over the four layer-0 heads (0.2-0.3 each) "
-            "instead of one sharp head as RECIPES.md reports. The vocabulary adds <pad> and "
-            "<unk> (ids 32, 33), which the data never contains."
+            "Rotary on all head dims, so positions enter only queries and keys; parallel "
+            "residual (GPT-NeoX's default). The vocabulary adds <pad> and <unk> (ids 32, "
+            "33), which the data never contains. The MLP is kept (GPT-NeoX has no "
+            "attention-only block) but small: with MLP 256 previous-token attention spread "
+            "over three or four layer-0 heads (0.21-0.32 each) that mattered more under "
+            "mean ablation than the weaker induction heads. MLP 64 and MLP 16 gave a sharp "
+            "previous-token head (0.84-0.99) in every seed; the strict claim held in 3 of "
+            "5 seeds with MLP 64 and in 5 of 5 with MLP 16, shipped with seed 0. "
+            "Search (lr 3e-3, weight decay 0.01, no warm-up; "
+            "previous-token score: attention from i to i-1 averaged over positions 1-15 "
+            "of uniform random tokens; 'strict': with circuit = heads of either score "
+            "> 0.5, a circuit head ranks first under mean ablation (localize, n 200) and "
+            "every circuit head's interval lies above every other head's; the lowest "
+            "circuit lower bound vs the highest other upper bound):\n\n"
+            "| residual | MLP | steps | seed | best L0 previous-token | L1 prefix matching "
+            "| repeated-half loss | strict |\n"
+            "|---|---|---|---|---|---|---|---|\n"
+            "| parallel | 256 | 3000 | 0 | 0.32 | 0.19 0.08 0.56 0.78 | 0.20 | no: 0.31 < 0.78 |\n"
+            "| parallel | 256 | 3000 | 2 | 0.27 | 0.72 0.08 0.78 0.15 | 0.20 | no: 0.48 < 0.79 |\n"
+            "| sequential | 64 | 3000 | 0 | 0.28 | 0.04 0.12 0.00 0.00 | 0.19 | no circuit |\n"
+            "| sequential | 16 | 3000 | 0 | 0.24 | 0.00 0.14 0.01 0.11 | 0.21 | no circuit |\n"
+            "| parallel | 64 | 3000 | 0 | 0.98 | 0.04 0.54 0.60 0.87 | 0.14 | yes: 0.17 > 0.08 |\n"
+            "| parallel | 64 | 3000 | 1 | 0.99 | 0.71 0.48 0.76 0.84 | 0.22 | no: 0.04 < 0.23 |\n"
+            "| parallel | 64 | 6000 | 1 | 0.99 | 0.63 0.498 0.76 0.77 | 0.18 | no: 0.09 < 0.31 |\n"
+            "| parallel | 64 | 3000 | 2 | 0.97 | 0.76 0.73 0.85 0.76 | 0.24 | yes: 0.17 > 0.02 |\n"
+            "| parallel | 64 | 3000 | 3 | 0.84 | 0.78 0.15 0.63 0.79 | 0.21 | yes: 0.23 > 0.17 |\n"
+            "| parallel | 64 | 3000 | 4 | 0.91 | 0.74 0.70 0.81 0.15 | 0.17 | no: 0.08 < 0.10 |\n"
+            "| parallel | 16 | 3000 | 0 | 0.95 | 0.90 0.05 0.91 0.87 | 0.18 | yes: 0.24 > 0.17 |\n"
+            "| parallel | 16 | 3000 | 1 | 0.94 | 0.86 0.83 0.72 0.07 | 0.17 | yes: 0.07 > 0.06 |\n"
+            "| parallel | 16 | 3000 | 2 | 0.85 | 0.47 0.10 0.73 0.84 | 0.22 | yes: 0.42 > 0.23 |\n"
+            "| parallel | 16 | 3000 | 3 | 0.91 | 0.90 0.85 0.20 0.38 | 0.18 | yes: 0.30 > 0.14 |\n"
+            "| parallel | 16 | 3000 | 4 | 0.97 | 0.77 0.72 0.12 0.85 | 0.19 | yes: 0.18 > 0.10 |\n"
+            "\n"
+            "The MLP-64 failures are redundancy, not a missing circuit: in seed 1 two "
+            "layer-0 heads share the previous-token role and induction head 1.2 (0.76) "
+            "matters less (0.07) than head 1.1 (0.48, 0.18); in seed 4 head 1.1 (0.70) "
+            "overlaps layer-0 heads at 0.05. The sequential residual learnt the task with "
+            "no head above 0.5 on either score, its layer-0 heads carrying the largest "
+            "effects (2.9-3.4 nats): a circuit these two scores do not describe. The "
+            "previous-token head usually matters most "
+            "(2.1-2.9 nats against 0.2-0.5 for each induction head), as RECIPES.md reports."
         ),
     ),
 }
