@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, RunContext, run_action
-from mechwidgets.analysis.statistics import bootstrap_pvalue, percentile_interval
+from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
@@ -181,7 +182,19 @@ class DetectResult(ProbeResult):
         else:
             head = f"'{s['label']}' is not decodable above {ref}: {where} {ci}"
             tail = f"0/{s['n_slices']} slices significant ({test})"
+            floor = self._adjusted_p_floor(s["n_slices"], s["correction"])
+            if floor >= 1 - s["level"]:
+                tail += (
+                    f"; too few permutations to tell: the smallest reachable adjusted p is "
+                    f"{floor:.3g}, so raise permutations"
+                )
         return f"{head}; {tail}"
+
+    def _adjusted_p_floor(self, n_slices: int, correction: str) -> float:
+        """The smallest adjusted p-value the run's permutations can reach (RECIPES.md)."""
+        draws = int(self.params.get("permutations", 0)) * max(1, len(self.params.get("seeds", [])))
+        floor = np.full(n_slices, 1.0 / (draws + 1.0))
+        return float(adjust_pvalues(floor, correction).min())
 
     def chart(self) -> Any:
         """Probe score per layer with CI band and control baselines, one panel per component."""
