@@ -101,7 +101,7 @@ class CollapseResult(ProbeResult):
         if s["collapsed"]:
             return f"'{s['label']}' collapses in {s['component']}: {curve}{recovery}"
         return (
-            f"no collapse of '{s['label']}' in {s['component']} (CI includes 0): {curve}{recovery}"
+            f"no collapse of '{s['label']}' in {s['component']} (CI not above 0): {curve}{recovery}"
         )
 
     def chart(self) -> Any:

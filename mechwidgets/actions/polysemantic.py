@@ -64,6 +64,8 @@ DEFAULT_THRESHOLD = 0.2
 _PER_FEATURE = ("loading", "loading_z", "p_value", "p_perm", "cosine", "mass", "auroc")
 #: neurons drawn in the chart when none is flagged (the highest loading indices)
 CHART_FALLBACK = 10
+#: most neurons a heatmap draws: the top of the shortlist, so a notebook output stays small
+CHART_MAX = 40
 #: the random stream of the shuffled labellings, per seed
 _SHUFFLE_STREAM = 7
 #: layers of at most this many values (samples x neurons) run on one BLAS thread
@@ -181,13 +183,20 @@ class PolysemanticResult(ActionResult):
     def _heatmap(self, value: str, title: str, domain: list[float]) -> Any:
         from mechwidgets.viz.charts import heatmap
 
-        shown = self.shortlist if len(self.shortlist) else self.table.head(CHART_FALLBACK)
+        shown = (self.shortlist if len(self.shortlist) else self.table).head(
+            CHART_MAX if len(self.shortlist) else CHART_FALLBACK
+        )
         keys = list(zip(shown["layer"], shown["neuron"], strict=True))
         long = self.loadings.set_index(["layer", "neuron"]).loc[keys].reset_index()
         long["unit"] = [
             f"L{la}.N{ne}" for la, ne in zip(long["layer"], long["neuron"], strict=True)
         ]
-        note = "" if len(self.shortlist) else f" — none flagged, top {len(shown)} by index"
+        if not len(self.shortlist):
+            note = f" — none flagged, top {len(shown)} by index"
+        elif len(self.shortlist) > len(shown):
+            note = f" — top {len(shown)} of {len(self.shortlist)} flagged"
+        else:
+            note = ""
         return heatmap(long, x="feature", y="unit", value=value, title=title + note, domain=domain)
 
 
