@@ -7,10 +7,12 @@ import logging
 import netCDF4
 import numpy as np
 import pytest
+import torch
 
 import mechwidgets as mw
 from mechwidgets.cli import main
 from mechwidgets.extract import cache as cache_store
+from mechwidgets.models.loading import load_model
 
 TEXTS = ["the cat sat on the mat", "a dog runs", "cats", "the red bird sits near the tree"]
 
@@ -116,3 +118,16 @@ def test_cli_reports_errors_in_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("mechinterp: error: cache folder") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_editing_weights_after_loading_never_reuses_a_stale_cube(fresh_cache, count_calls):
+    model = load_model("toy-grammar")
+    first = mw.extract(model, ["the dog near the cars"], layers=[1], components=["mlp"])
+    before = first["act"].values.copy()
+    calls = count_calls(model.module("block", 0))
+    with torch.no_grad():  # an in-place edit, as when planting a neuron
+        model.module("mlp_out_proj", 1).weight.mul_(2.0)
+    second = mw.extract(model, ["the dog near the cars"], layers=[1], components=["mlp"])
+    assert len(calls) == 1  # the edit changed the key, so the model ran again
+    assert not np.allclose(second["act"].values, before)
+    assert model.identity.startswith("zoo:toy-grammar@") and "+weights:" in model.identity

@@ -222,7 +222,6 @@ def planted_grammar():
     """toy-grammar with MLP neuron 7 of layer 3 rewired to fire for plural subjects and for
     negative sentiment (and to write nothing, so the rest of the model is unchanged)."""
     model = mw.load_model("toy-grammar")
-    model.source = None  # edited weights: let the cache key hash them, not the zoo name
     task = mw.get_task("grammar_all", n=800, seed=1)
     prompts = Prompts.build(model, task.texts, task.positions)
     with torch.no_grad(), model.nn.trace(**prompts.inputs) as tracer:

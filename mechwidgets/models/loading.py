@@ -18,7 +18,7 @@ import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +59,8 @@ class Model:
     name: str
     revision: str | None = None
     source: str | None = None
+    #: each parameter's storage and in-place version when loaded (see ``identity``)
+    loaded_state: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)
 
     @cached_property
     def shape(self) -> ModelShape:
@@ -87,9 +89,26 @@ class Model:
         return config_value(self.hf.config, self.adapter.max_context_key)
 
     @cached_property
+    def n_params(self) -> int:
+        """Number of parameters."""
+        return sum(p.numel() for p in self.hf.parameters())
+
+    @property
     def identity(self) -> str:
-        """What the weights are: name and revision, or a hash of an in-memory model's weights."""
-        return self.source or f"weights:{weights_hash(self.hf)}"
+        """What the weights are now, for cache keys and bundles.
+
+        A hash of the current weights, after the name and revision of a named model, so an
+        edit after loading (a planted neuron, say) never reuses a stale cube. A named model
+        over ``HASH_LIMIT`` parameters is keyed by name and revision alone while its
+        parameters are the loaded tensors and torch's in-place version counters say they
+        are unedited; edits through ``.data`` bypass those counters, so after such an edit
+        of a large model set ``model.source = None``.
+        """
+        large = self.source is not None and self.n_params > HASH_LIMIT
+        if large and _param_state(self.hf) == self.loaded_state:
+            return str(self.source)
+        prefix = f"{self.source}+" if self.source else ""
+        return f"{prefix}weights:{weights_hash(self.hf)}"
 
     @cached_property
     def tokenizer_hash(self) -> str:
@@ -207,6 +226,16 @@ class Model:
             f"heads={s.n_heads}, d_model={self.d_model}, d_mlp={s.d_mlp}, "
             f"dtype={str(self.dtype).removeprefix('torch.')})"
         )
+
+
+#: named models up to this many parameters are keyed by a hash of their current weights;
+#: hashing 100M float32 parameters takes well under a second on a CPU
+HASH_LIMIT = 100_000_000
+
+
+def _param_state(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Each parameter's storage address and in-place version counter."""
+    return tuple((p.data_ptr(), p._version) for p in module.parameters())
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -342,7 +371,7 @@ def _wrap(
         # by identity, so the renaming is harmless here.
         warnings.filterwarnings("ignore", message=".*nnsight already serves", category=UserWarning)
         wrapped = nnsight.NNsight(hf)
-    model = Model(wrapped, hf, adapter, tokenizer, name, revision, source)
+    model = Model(wrapped, hf, adapter, tokenizer, name, revision, source, _param_state(hf))
     heads = model.out_proj_weight("attn_out_proj", 0).shape[0]
     if heads != model.shape.n_heads * model.d_head:
         raise ModelError(
