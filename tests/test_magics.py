@@ -29,6 +29,13 @@ def test_line_magic_returns_and_stores_the_result(ip):
     assert res.spec["extraction"]["model_name"] == "toy-grammar"
 
 
+def test_protocol_options_reach_the_action(ip):
+    res = ip.run_line_magic("mechinterp", f"detect {FAST} --permutations 30 --resamples 100")
+    assert res.params["permutations"] == 30
+    assert res.params["resamples"] == 100
+    assert res.spec["action"]["params"]["permutations"] == 30
+
+
 def test_seed_design_action_names_work_in_the_magic(ip):
     res = ip.run_line_magic("mechinterp", f"feature_detection {FAST}")
     assert res.action == "detect"

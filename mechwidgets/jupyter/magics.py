@@ -56,8 +56,11 @@ def build_parser() -> _Parser:
         action.add_argument("--labels", type=_csv, help="comma list of labels (compare, ...)")
         action.add_argument("--controls", type=_csv, help="label_shuffle,random_subspace,...")
         action.add_argument("--seeds", type=int, help="probe seeds")
+        action.add_argument("--permutations", type=int, help="label permutations for p-values")
+        action.add_argument("--resamples", type=int, help="bootstrap resamples for intervals")
         action.add_argument("--top-k", type=int, help="candidates to intervene on (localize)")
         action.add_argument("--n", type=int, help="samples to draw from a built-in task")
+        action.add_argument("--batch-size", type=int, help="texts per forward pass")
         action.add_argument("--seed", type=int, default=0, help="run seed")
         action.add_argument("--out-dir", help="write the artifact bundle here")
         action.add_argument("-o", "--out-var", help="store the result in this notebook variable")
@@ -79,6 +82,9 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "labels": args.labels,
         "controls": args.controls,
         "seeds": args.seeds,
+        "permutations": args.permutations,
+        "resamples": args.resamples,
+        "batch_size": args.batch_size,
         "top_k": args.top_k,
         "n": args.n,
         "output_dir": args.out_dir,
