@@ -171,8 +171,12 @@ def test_patch_result_tables_charts_and_summary(neox):
     assert (res.table["ci_low"] <= res.table["effect"] + 1e-9).all()
     assert {"resid", "attn", "mlp", "head.0", "head.3"} <= set(res.table["component"])
     charts = res.charts()
-    assert set(charts) == {"main", "heads"}
+    assert set(charts) == {"main", "heads", "agreement"}
     assert charts["main"].to_dict()["layer"][0]["mark"]["type"] == "rect"
+    scatter = charts["agreement"].to_dict()
+    assert [layer["mark"]["type"] for layer in scatter["layer"]] == ["line", "circle"]
+    points = scatter["layer"][1]["encoding"]
+    assert (points["x"]["field"], points["y"]["field"]) == ("effect", "attribution")
     json.dumps(res.summary())
     assert repr(res) == repr(res)  # deterministic text
     assert {"pearson", "spearman"} <= set(res.agreement)

@@ -232,6 +232,40 @@ def heatmap(
     return cast(alt.LayerChart, alt.layer(*layers, data=df)).properties(title=heading)
 
 
+def method_agreement_chart(
+    table: pd.DataFrame, x: str, y: str, title: str, color: str = "component"
+) -> alt.LayerChart:
+    """One point per cell: an approximation (``y``) against the exact value (``x``).
+
+    The dashed diagonal is perfect agreement; points far from it are the cells where the
+    approximation cannot be trusted (e.g. attribution patching across a saturated swap).
+    """
+    df = table[[x, y, color, "layer"]].dropna()
+    lo = float(min(df[x].min(), df[y].min(), 0.0))
+    hi = float(max(df[x].max(), df[y].max(), 1.0))
+    diagonal = (
+        alt.Chart(pd.DataFrame({x: [lo, hi], y: [lo, hi]}))
+        .mark_line(strokeDash=[4, 4], color="#888")
+        .encode(x=f"{x}:Q", y=f"{y}:Q")
+    )
+    points = (
+        alt.Chart(df)
+        .mark_circle(size=40, opacity=0.75)
+        .encode(
+            x=alt.X(f"{x}:Q", title=x, scale=alt.Scale(domain=[lo, hi])),
+            y=alt.Y(f"{y}:Q", title=y, scale=alt.Scale(domain=[lo, hi])),
+            color=alt.Color(f"{color}:N", sort=_ordered(df[color])),
+            tooltip=[
+                "layer:O",
+                f"{color}:N",
+                alt.Tooltip(f"{x}:Q", format=".3f"),
+                alt.Tooltip(f"{y}:Q", format=".3f"),
+            ],
+        )
+    )
+    return alt.layer(diagonal, points).properties(title=title, width=260, height=260)
+
+
 def cka_heatmap(da: xr.DataArray, title: str = "CKA") -> alt.LayerChart:
     """Layer x layer similarity from a 2-D DataArray (e.g. dims ``layer_a``, ``layer_b``).
 

@@ -330,11 +330,21 @@ class PatchResult(ActionResult):
         return self._heatmap(~self.table["component"].str.startswith("head."), "streams")
 
     def charts(self) -> dict[str, Any]:
-        """The streams heatmap and, when heads were patched, the heads heatmap."""
+        """The streams heatmap; the heads heatmap when heads were patched; attribution
+        against activation patching per cell when both ran."""
         out = {"main": self.chart()}
         heads = self.table["component"].str.startswith("head.")
         if heads.any():
             out["heads"] = self._heatmap(heads, "heads")
+        if self.agreement:
+            from mechwidgets.viz.charts import method_agreement_chart
+
+            out["agreement"] = method_agreement_chart(
+                self.table,
+                x="effect",
+                y="attribution",
+                title=f"attribution vs activation, r={self.agreement['pearson']:.2f}",
+            )
         return out
 
     def _heatmap(self, rows: pd.Series, what: str) -> Any:
