@@ -92,7 +92,11 @@ def resolve_task(dataset: DatasetSpec) -> Task:
 
     if Path(dataset.name).suffix in DATA_SUFFIXES or Path(dataset.name).is_file():
         return Task.from_file(
-            dataset.name, text=dataset.text, labels=dataset.labels or None, seed=dataset.seed
+            dataset.name,
+            text=dataset.text,
+            labels=dataset.labels or None,
+            split=dataset.split,
+            seed=dataset.seed,
         )
     return get_task(dataset.name, n=dataset.n, seed=dataset.seed)
 

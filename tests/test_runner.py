@@ -163,3 +163,21 @@ def test_pythia_config_keeps_the_seed_design_shape():
     assert spec.action.name == "detect" and spec.action.params == raw["action"]["params"]
     assert [c.name for c in spec.controls] == ["label_shuffle", "random_subspace"]
     assert get_task(spec.dataset.name, n=20).name == "subject_number"  # the seed's name loads
+
+
+def test_a_file_with_its_own_split_column_keeps_that_split(tmp_path):
+    task = get_task("subject_number", n=300, seed=3)
+    rows = [
+        {"text": t, "number": int(y), "fold": ["train", "val", "test"][i % 3]}
+        for i, (t, y) in enumerate(zip(task.texts, task.labels["subject_number"], strict=True))
+    ]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    spec = {
+        "action": {"name": "detect", "params": {"label": "number", "seeds": 1}},
+        "dataset": {"name": str(data), "labels": ["number"], "split": "fold"},
+        "extraction": {"model_name": "toy-grammar", "selectors": ["resid:3"]},
+    }
+    result = run_spec(spec)
+    tested = set(result.predictions["sample_id"].astype(int))
+    assert tested == {i for i, r in enumerate(rows) if r["fold"] == "test"}

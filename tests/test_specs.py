@@ -70,6 +70,10 @@ def test_flat_shorthand_as_the_magics_write_it():
         ({"action": "detect", "model": "m", "task": "t", "batch_size": 0}, "extraction.batch_size"),
         ({"action": "detect", "model": "m", "task": "t", "controls": ["bogus"]}, "controls.0.name"),
         ([1, 2], "must be a mapping"),
+        (
+            {"action": "detect", "model": "m", "dataset": {"name": "t", "val_split": "dev"}},
+            "'dataset.val_split': Input should be 'val'",
+        ),
     ],
 )
 def test_bad_fields_give_one_line_errors(data, phrase):

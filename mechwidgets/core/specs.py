@@ -53,9 +53,13 @@ class DatasetSpec(_Spec):
     seed: int = 0
     text: str = Field("text", description="text column, for a file")
     labels: list[str] = Field(default_factory=list, description="label columns, for a file")
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
+    split: str | None = Field(
+        None, description="split column of train/val/test values, for a file; default: drawn"
+    )
+    # the seed design's split names; tasks and files name their splits train/val/test
+    train_split: Literal["train"] = "train"
+    val_split: Literal["val"] = "val"
+    test_split: Literal["test"] = "test"
 
 
 class ExtractionSpec(_Spec):
