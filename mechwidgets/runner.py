@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,10 @@ from mechwidgets.report.bundle import (
     write_bundle,
 )
 
+#: a progress callback: (fraction done, stage name)
+Progress = Callable[[float, str], None]
+#: fraction of a typical run done when each stage starts (extraction dominates)
+STAGE_START = {"task": 0.0, "model": 0.05, "extract": 0.15, "action": 0.7}
 #: file types a dataset name may point to (anything else is a built-in task name)
 DATA_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 #: the demo: detect on the embedded toy model, every layer x stream, two controls
@@ -102,7 +106,9 @@ def resolve_task(dataset: DatasetSpec) -> Task:
 
 
 def run_spec(
-    source: RunSpec | dict[str, Any] | str | Path, output_dir: str | Path | None = None
+    source: RunSpec | dict[str, Any] | str | Path,
+    output_dir: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> ActionResult:
     """Run one config end to end and return the action's result.
 
@@ -111,6 +117,8 @@ def run_spec(
     source : anything :func:`load_spec` takes.
     output_dir : write the bundle here (overrides the spec's ``output_dir``); with neither,
         no bundle is written.
+    progress : called as ``progress(fraction_done, stage)`` when each stage starts and once
+        with ``(1.0, "done")`` at the end (the Launcher's progress bar).
 
     Returns
     -------
@@ -127,11 +135,11 @@ def run_spec(
     ex = spec.extraction
     timings: dict[str, float] = {}
     torch.manual_seed(spec.seed)  # actions seed their own draws; this covers any torch RNG use
-    with _timed(timings, "task"):
+    with _timed(timings, "task", progress):
         task = resolve_task(spec.dataset)
-    with _timed(timings, "model"):
+    with _timed(timings, "model", progress):
         model = load_model(ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype)
-    with _timed(timings, "extract"):
+    with _timed(timings, "extract", progress):
         cube = extract(
             model,
             task,
@@ -150,7 +158,7 @@ def run_spec(
         seed=spec.seed,
         spec=spec.to_dict(),
     )
-    with _timed(timings, "action"):
+    with _timed(timings, "action", progress):
         result = run_action(spec.action.name, context)
     result.timings = {**result.timings, **timings}
     result.activations = {
@@ -160,6 +168,8 @@ def run_spec(
     }
     if out is not None:
         write_bundle(result, out)
+    if progress is not None:
+        progress(1.0, "done")
     return result
 
 
@@ -236,7 +246,9 @@ def task_hash(task: Task) -> str:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], stage: str, progress: Progress | None) -> Iterator[None]:
+    if progress is not None:
+        progress(STAGE_START[stage], stage)
     start = time.perf_counter()
     yield
     timings[stage] = round(time.perf_counter() - start, 4)

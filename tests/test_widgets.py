@@ -476,3 +476,19 @@ def test_wheel_from_a_clean_checkout_ships_the_widget_js(tmp_path):
     with zipfile.ZipFile(wheel) as whl:
         shipped = whl.read("mechwidgets/viz/static/layer_explorer.js").decode()
     assert shipped == (STATIC / "layer_explorer.js").read_text()
+
+
+def test_launcher_runs_a_real_action_on_the_embedded_model():
+    ui = Launcher()
+    ui.model.value, ui.task.value, ui.action.value = "toy-grammar", "subject_number", "detect"
+    ui.layers.value = "3"
+    for name, box in ui.components.items():
+        box.value = name == "resid"
+    seen = []
+    ui.progress.observe(lambda change: seen.append(change["new"]), names="description")
+    ui.run_button.click()
+    assert ui.error is None, ui.error
+    assert ui.result.action == "detect"
+    assert set(ui.result.table["layer"]) == {3}
+    assert seen[-4:] == ["model", "extract", "action", "done"]  # the runner's stages, in order
+    assert ui.progress.bar_style == "success"

@@ -17,7 +17,6 @@ little-endian float32 binary buffers with shape traits, never as JSON lists.
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -379,17 +378,14 @@ class Launcher(ipywidgets.VBox):
     def _run_spec(self, spec: Any) -> Any:
         from mechwidgets.runner import run_spec  # imported late: it pulls in torch
 
-        options = {}
-        if "progress" in inspect.signature(run_spec).parameters:
-            options["progress"] = self._report
         with self.output:  # the runner's own tqdm bars land in the output area too
             try:
-                return run_spec(spec, **options)
+                return run_spec(spec, progress=self._report)
             except Exception as exc:  # Output.__exit__ would print a traceback and swallow it
                 failure = exc
         raise failure
 
     def _report(self, fraction: float, stage: str = "") -> None:
-        """Progress callback handed to ``run_spec`` when it takes one."""
+        """Progress callback handed to ``run_spec``: fraction done and the stage's name."""
         self.progress.value = min(1.0, max(0.0, float(fraction)))
         self.progress.description = stage[:12]
