@@ -42,6 +42,14 @@ class RunContext:
     spec: dict[str, Any] | None = None
 
 
+class ResultAction:
+    """Base of the built-in actions: ``summarize`` is the result's own ``summary()``."""
+
+    def summarize(self, result: ActionResult) -> dict[str, Any]:
+        """The result's headline numbers."""
+        return result.summary()
+
+
 def run_action(name: str, context: RunContext) -> ActionResult:
     """Run the registered action ``name`` through its three verbs and return its result."""
     action = get_action(name)

@@ -20,7 +20,7 @@ from typing import Any, cast
 import numpy as np
 import xarray as xr
 
-from mechwidgets.actions.base import RunContext, run_action
+from mechwidgets.actions.base import ResultAction, RunContext, run_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult
 from mechwidgets.actions.interventions.recovery import RecoveryResult, RecoverySpec
 from mechwidgets.analysis.geometry import cka_matrix
@@ -29,7 +29,6 @@ from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
-    activations_info,
     pooled_boot,
     run_protocol,
 )
@@ -39,6 +38,8 @@ CKA_ESTIMATORS = ("debiased", "linear")
 
 class CollapseResult(ProbeResult):
     """Decodability curve, collapse index with CI, drop points and a layer CKA heatmap."""
+
+    action_name = "collapse"
 
     #: the recovery-by-patching test, when asked for with ``recovery=``
     recovery: RecoveryResult | None = None
@@ -124,7 +125,7 @@ class CollapseResult(ProbeResult):
 
 
 @register_action("collapse")
-class Collapse:
+class Collapse(ResultAction):
     """Does depth destroy a feature encoded earlier? Collapse index, drops, CKA."""
 
     name = "collapse"
@@ -154,24 +155,12 @@ class Collapse:
         drops = stats[["drop", "drop_p", "drop_p_adj", "drop_point"]].to_dataframe().reset_index()
         table = run.table.merge(drops.assign(control="none"), how="left")
         recovery = prepared.options.get("recovery")
-        result = CollapseResult(
-            action="collapse",
-            data=data,
-            table=table,
-            params=prepared.params()
-            | ({"recovery": recovery.params()} if isinstance(recovery, RecoverySpec) else {}),
-            predictions=run.predictions,
-            timings=run.timings,
-            activations=activations_info(prepared.cube),
-        )
+        extra = {"recovery": recovery.params()} if isinstance(recovery, RecoverySpec) else {}
+        result = CollapseResult.from_run(run, prepared, data=data, table=table, **extra)
         if isinstance(recovery, RecoverySpec):
             head = result.summary()
             result.recovery = recovery.run(head["label"], head["peak_layer"], head["final_layer"])
         return result
-
-    def summarize(self, result: CollapseResult) -> dict[str, Any]:
-        """The result's headline numbers."""
-        return result.summary()
 
 
 def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:

@@ -18,14 +18,13 @@ import numpy as np
 import xarray as xr
 from scipy.integrate import trapezoid
 
-from mechwidgets.actions.base import RunContext, run_action
+from mechwidgets.actions.base import ResultAction, RunContext, run_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
-    activations_info,
     pooled_boot,
     run_protocol,
 )
@@ -64,6 +63,8 @@ def curve_points(
 
 class CompareResult(ProbeResult):
     """Aligned layer curves of several labels, onsets, peaks, areas and their tests."""
+
+    action_name = "compare"
 
     def summary(self) -> dict[str, Any]:
         """``earliest`` names the label that emerges first in the headline component."""
@@ -158,7 +159,7 @@ def _others(s: dict[str, Any]) -> str:
 
 
 @register_action("compare")
-class Compare:
+class Compare(ResultAction):
     """Does feature A emerge before feature B? Aligned curves and paired tests."""
 
     name = "compare"
@@ -180,19 +181,7 @@ class Compare:
         stats = _compare(run.agg, run.raw, prepared, str(comp))
         data = xr.merge([run.data, stats], compat="override", combine_attrs="override")
         data.attrs |= stats.attrs
-        return CompareResult(
-            action="compare",
-            data=data,
-            table=run.table,
-            params=prepared.params(),
-            predictions=run.predictions,
-            timings=run.timings,
-            activations=activations_info(prepared.cube),
-        )
-
-    def summarize(self, result: CompareResult) -> dict[str, Any]:
-        """The result's headline numbers."""
-        return result.summary()
+        return CompareResult.from_run(run, prepared, data=data)
 
 
 def _compare(agg: xr.Dataset, raw: xr.Dataset, plan: ProbePlan, comp: str) -> xr.Dataset:

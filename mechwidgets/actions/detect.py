@@ -17,13 +17,14 @@ from typing import Any, cast
 import numpy as np
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult, RunContext, run_action
+from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, run_action
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
     Protocol,
+    ProtocolRun,
     activations_info,
     pooled_boot,
     resolve_labels,
@@ -87,6 +88,29 @@ class ProbePlan:
 class ProbeResult(ActionResult):
     """Shared reading of a probe table: the real-probe rows and their best slice."""
 
+    #: the registered name of the action that returns this result
+    action_name = ""
+
+    @classmethod
+    def from_run(
+        cls,
+        run: ProtocolRun,
+        plan: ProbePlan,
+        data: xr.Dataset | None = None,
+        table: Any = None,
+        **params: Any,
+    ) -> Any:
+        """The result of ``plan`` run as ``run``; ``data``/``table`` replace the run's own."""
+        return cls(
+            action=cls.action_name,
+            data=run.data if data is None else data,
+            table=run.table if table is None else table,
+            params=plan.params() | params,
+            predictions=run.predictions,
+            timings=run.timings,
+            activations=activations_info(plan.cube),
+        )
+
     @property
     def real(self) -> Any:
         """Real-probe rows (``control == "none"``)."""
@@ -106,6 +130,8 @@ class ProbeResult(ActionResult):
 
 class DetectResult(ProbeResult):
     """Probe scores per slice with intervals, controls, selectivity and corrected p-values."""
+
+    action_name = "detect"
 
     def _best_vs_next(self, real: Any) -> dict[str, Any] | None:
         """Is the best slice better than the runner-up? Paired bootstrap on the same items."""
@@ -204,7 +230,7 @@ class DetectResult(ProbeResult):
 
 
 @register_action("detect")
-class Detect:
+class Detect(ResultAction):
     """Does layer/component X encode feature Y? Probes every slice with controls."""
 
     name = "detect"
@@ -216,19 +242,7 @@ class Detect:
     def run(self, prepared: ProbePlan) -> DetectResult:
         """Probe every slice and aggregate."""
         run = run_protocol(prepared.cube, prepared.labels, prepared.protocol)
-        return DetectResult(
-            action="detect",
-            data=run.data,
-            table=run.table,
-            params=prepared.params(),
-            predictions=run.predictions,
-            timings=run.timings,
-            activations=activations_info(prepared.cube),
-        )
-
-    def summarize(self, result: DetectResult) -> dict[str, Any]:
-        """The result's headline numbers."""
-        return result.summary()
+        return DetectResult.from_run(run, prepared)
 
 
 def detect(

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult
+from mechwidgets.actions.base import ActionResult, ResultAction
 from mechwidgets.actions.interventions.ablation import ABLATIONS, ablation_sources
 from mechwidgets.actions.interventions.edits import READ, Cell, capture, run_cells, site_of
 from mechwidgets.actions.interventions.grid import check_lengths, components_of
@@ -517,7 +517,7 @@ class LocalizeResult(ActionResult):
 
 
 @register_action("localize")
-class Localize:
+class Localize(ResultAction):
     """The registered action: a RunContext with a model and a task -> :func:`localize`."""
 
     def prepare(self, context: Any) -> dict[str, Any]:
@@ -539,7 +539,3 @@ class Localize:
     def run(self, prepared: dict[str, Any]) -> LocalizeResult:
         """Run :func:`localize`."""
         return localize(**prepared)
-
-    def summarize(self, result: LocalizeResult) -> dict[str, Any]:
-        """The result's headline numbers."""
-        return result.summary()

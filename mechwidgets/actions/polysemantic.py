@@ -33,7 +33,7 @@ import pandas as pd
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from mechwidgets.actions.base import ActionResult, RunContext, run_action
+from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, run_action
 from mechwidgets.analysis.neurons import (
     auroc,
     count_features,
@@ -201,7 +201,7 @@ class PolysemanticResult(ActionResult):
 
 
 @register_action("polysemantic")
-class Polysemantic:
+class Polysemantic(ResultAction):
     """Does one neuron load on several unrelated features? Loadings, index, shortlist."""
 
     name = "polysemantic"
@@ -260,10 +260,6 @@ class Polysemantic:
             params=plan.params(),
             activations=activations_info(plan.cube) | {"variable": NEURONS},
         )
-
-    def summarize(self, result: PolysemanticResult) -> dict[str, Any]:
-        """The result's headline numbers."""
-        return result.summary()
 
 
 def _neuron_cube(context: RunContext, protocol: Protocol) -> xr.Dataset:
