@@ -80,8 +80,8 @@ def test_splits_hold_out_sentences_and_lexical_items(task: Task) -> None:
 @pytest.mark.parametrize("name", GRAMMAR_TASKS)
 def test_grammar_labels_match_the_words_read(name: str, tokenizer) -> None:  # noqa: ANN001
     task = get_task(name, n=600, seed=2)
-    task.check_fits(tokenizer, 64)
     ids = tokenizer(task.texts, add_special_tokens=False)["input_ids"]
+    assert max(len(row) for row in ids) <= 64  # toy-grammar's context
     assert all(tokenizer.unk_token_id not in row for row in ids)
     factors = task.metadata["factors"]
     for name, values in task.labels.items():
@@ -152,22 +152,6 @@ def test_prompt_pairs_differ_only_in_subject_number(tokenizer) -> None:  # noqa:
     assert train.isdisjoint(pairs.word_types[pairs.split == "test"])
     with pytest.raises(TaskError, match="no prompt pairs"):
         get_task_pairs("sentiment")
-
-
-def test_check_fits_names_the_text_that_is_too_long(tokenizer) -> None:  # noqa: ANN001
-    task = Task(
-        "t",
-        ["the dog is happy", "the dog " * 40],
-        {"y": np.array([0, 1])},
-        np.array(["train", "test"]),
-    )
-    with pytest.raises(TaskError, match=r"text 1 has 81 tokens, more than the model's 64"):
-        task.check_fits(tokenizer)
-    short = Task(
-        "t", ["the dog"], {"y": np.array([0])}, np.array(["train"]), positions=np.array([-3])
-    )
-    with pytest.raises(TaskError, match="position -3 of text 0 is outside its 2 tokens"):
-        short.check_fits(tokenizer)
 
 
 # ---- user tables ----

@@ -124,33 +124,6 @@ class Task:
             )
         return tuple(self.metadata.get("classes", {}).get(label, ()))
 
-    def check_fits(self, tokenizer: Any, max_len: int | None = None) -> None:
-        """Raise a one-line TaskError if a text is too long or a position is off its tokens.
-
-        Parameters
-        ----------
-        tokenizer : a Hugging Face tokenizer (called on the texts as the model sees them).
-        max_len : the model's context; default ``tokenizer.model_max_length``.
-        """
-        max_len = max_len or tokenizer.model_max_length
-        full = [len(ids) for ids in tokenizer(self.texts)["input_ids"]]
-        too_long = [i for i, length in enumerate(full) if length > max_len]
-        if too_long:
-            i = too_long[0]
-            raise TaskError(
-                f"task '{self.name}': text {i} has {full[i]} tokens, more than the model's "
-                f"{max_len} ({len(too_long)} of {len(self)} texts); shorten or drop them"
-            )
-        if self.positions is None:
-            return
-        own = [len(ids) for ids in tokenizer(self.texts, add_special_tokens=False)["input_ids"]]
-        for i, (pos, length) in enumerate(zip(self.positions, own, strict=True)):
-            if not -length <= pos < length:
-                raise TaskError(
-                    f"task '{self.name}': position {pos} of text {i} is outside its {length} "
-                    "tokens; positions count the text's own tokens, negative from the end"
-                )
-
     @classmethod
     def from_frame(
         cls,
