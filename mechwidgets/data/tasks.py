@@ -68,8 +68,9 @@ class Task:
     labels : label name -> integer class array with one value per sample; class names
         are in ``metadata["classes"][label]``, indexed by the class value.
     split : array of ``"train"``, ``"val"`` or ``"test"`` per sample.
-    positions : token index to read per sample (counted on the text's own tokens, negative
-        from the end), or None to use the extraction's token policy.
+    positions : token index to read per sample, counted over the tokens the model's tokenizer
+        gives the text (special tokens included; negative from the end, which a BOS token
+        does not shift), or None to use the extraction's token policy.
     word_types : label name -> integer id of the lexical item that carries the label in each
         sample, for control tasks (Hewitt & Liang 2019).
     behavior : the task's default behaviour metric, if it has one (:class:`LogitDiff`,
