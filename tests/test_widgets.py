@@ -474,8 +474,9 @@ def test_wheel_from_a_clean_checkout_ships_the_widget_js(tmp_path):
     )
     (wheel,) = (tmp_path / "dist").glob("mechwidgets-*.whl")
     with zipfile.ZipFile(wheel) as whl:
-        shipped = whl.read("mechwidgets/viz/static/layer_explorer.js").decode()
-    assert shipped == (STATIC / "layer_explorer.js").read_text()
+        for name in ("layer_explorer.js", "chart.js"):  # chart.js carries vega: no CDN
+            shipped = whl.read(f"mechwidgets/viz/static/{name}").decode()
+            assert shipped == (STATIC / name).read_text()
 
 
 def test_launcher_runs_a_real_action_on_the_embedded_model():

@@ -1,9 +1,11 @@
 """The result object every action returns.
 
 A result is a value (``.data``, an ``xarray.Dataset`` of every number, and ``.table``, a
-tidy ``pandas.DataFrame``), a picture (``.chart()``, an altair chart; the rich repr shows
-chart, table and a one-line verdict in Jupyter) and an artifact (``.to_bundle(path)``).
-Its plain-text repr is deterministic so notebooks test cleanly.
+tidy ``pandas.DataFrame``), a picture (``.chart()``, an altair chart) and an artifact
+(``.to_bundle(path)``). In Jupyter it reads as a finding: the one-line verdict, the chart
+as an interactive offline widget (with a PNG fallback where widgets do not run), a
+compact table with the controls as columns, and the full table collapsed under
+"details". Its plain-text repr is deterministic so notebooks test cleanly.
 
 >>> res = mw.detect(cube, label="subject_number")
 >>> res.summary()["best"]
@@ -11,13 +13,11 @@ Its plain-text repr is deterministic so notebooks test cleanly.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import vl_convert
 import xarray as xr
 
 from mechwidgets.core.registry import get_action
@@ -98,25 +98,24 @@ class ActionResult:
         return write_bundle(self, Path(path))
 
     def __repr__(self) -> str:
-        with pd.option_context("display.width", 120, "display.max_columns", 20):
-            head = self.table.head(12).to_string(index=False, float_format="{:.3f}".format)
-        more = f"\n... {len(self.table) - 12} more rows" if len(self.table) > 12 else ""
-        return f"{type(self).__name__}({self.action}): {self.verdict()}\n{head}{more}"
+        from mechwidgets.viz.findings import tables_text
+
+        return f"{type(self).__name__}({self.action}): {self.verdict()}\n{tables_text(self.table)}"
+
+    def _ipython_display_(self) -> None:
+        """Jupyter's display: verdict, interactive chart, compact table, details."""
+        from IPython.display import display
+
+        from mechwidgets.viz.findings import display_parts
+
+        for part in display_parts(self):
+            display(part)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        plain = repr(self)
-        try:
-            # SVG rendered here by vl-convert: altair's own HTML output loads vega from a
-            # CDN (blank offline) and its Vega-Lite 6 mimetype is newer than JupyterLab's.
-            chart_html = vl_convert.vegalite_to_svg(self.chart().to_dict())
-            table_html = self.table.head(20).to_html(index=False, float_format="{:.3f}".format)
-            body = (
-                f"<div class='mechwidgets-result'><p><b>{html.escape(self.verdict())}</b></p>"
-                f"{chart_html}{table_html}</div>"
-            )
-        except Exception as exc:  # a broken rich repr must show, not hide, its error
-            body = (
-                f"<pre>{html.escape(plain)}</pre><p style='color:#b00'>rich display failed: "
-                f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>"
-            )
-        return {"text/plain": plain, "text/html": body}
+        """Verdict and tables as HTML, for frontends that take one bundle (no chart)."""
+        from mechwidgets.viz.findings import tables_html, verdict_html
+
+        return {
+            "text/plain": repr(self),
+            "text/html": verdict_html(self.verdict()) + tables_html(self.table),
+        }

@@ -1,0 +1,90 @@
+"""ChartView: an altair chart as an interactive, offline anywidget with an image fallback.
+
+The view draws the chart's Vega-Lite spec with vega-embed, bundled with vega and
+vega-lite into ``static/chart.js`` by ``js/build.mjs`` (no CDN, so it works offline):
+hover tooltips, the export menu (PNG, SVG) and the notebook theme's colours. Where no
+widget can run (an untrusted notebook, ``nbconvert --to html``, GitHub's viewer) the
+output's ``image/png`` fallback shows instead: rendered by vl-convert, which draws text
+with the fonts it measured it with, so no label is clipped (its SVG would be drawn with
+the browser's fonts and clip).
+
+>>> ChartView(res.chart())        # what a result's rich display shows
+>>> ChartView(res.charts()["cka_resid"], title="CKA, residual stream")
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import traitlets
+import vl_convert
+
+from mechwidgets.viz.charts import ChartError
+
+STATIC = Path(__file__).parent / "static"
+#: pixels per CSS pixel of the PNG fallback: sharp on high-density screens
+PNG_SCALE = 2
+
+
+class ChartView(anywidget.AnyWidget):
+    """An interactive chart, drawn in the browser from a Vega-Lite spec.
+
+    Parameters
+    ----------
+    chart : an altair chart, or a Vega-Lite spec as a dict.
+    title : what the plain-text repr calls the chart; default the spec's own title.
+    """
+
+    _esm = STATIC / "chart.js"
+
+    #: the Vega-Lite spec, data inlined
+    spec = traitlets.Dict().tag(sync=True)
+
+    def __init__(self, chart: Any, title: str | None = None, **kwargs: Any) -> None:
+        spec = chart.to_dict() if callable(getattr(chart, "to_dict", None)) else chart
+        if not isinstance(spec, dict) or not ({"mark", "layer", "facet", "spec"} & set(spec)):
+            raise ChartError(
+                f"ChartView needs an altair chart or a Vega-Lite spec dict, got "
+                f"{type(chart).__name__}; pass e.g. res.chart()"
+            )
+        self._title = title or _spec_title(spec)
+        super().__init__(spec=spec, **kwargs)
+
+    def png(self) -> bytes:
+        """The chart as PNG bytes at :data:`PNG_SCALE`, rendered by vl-convert."""
+        return vl_convert.vegalite_to_png(self.spec, scale=PNG_SCALE)
+
+    def __repr__(self) -> str:
+        return f"ChartView({self._title!r})"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        data = super()._repr_mimebundle_(**kwargs) or {}
+        if isinstance(data, tuple):  # anywidget answers (data, metadata), ipywidgets data
+            data = data[0]
+        png = self.png()
+        width, height = _png_size(png)
+        data = {
+            **data,
+            "text/plain": repr(self),
+            "image/png": base64.b64encode(png).decode("ascii"),
+        }
+        size = {"width": width // PNG_SCALE, "height": height // PNG_SCALE}
+        return data, {"image/png": size}
+
+
+def _spec_title(spec: dict[str, Any]) -> str:
+    """A spec's title text (a string, a list of lines or ``{"text": ...}``), or "chart"."""
+    title = spec.get("title")
+    if isinstance(title, dict):
+        title = title.get("text")
+    if isinstance(title, list):
+        title = " ".join(str(t) for t in title)
+    return str(title) if title else "chart"
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """Width and height in pixels from a PNG's IHDR chunk."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
