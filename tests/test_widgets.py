@@ -332,9 +332,12 @@ class FakeRunner(types.ModuleType):
         super().__init__("mechwidgets.runner")
         self.specs: list = []
         self.fail = fail
+        self.launcher: Launcher | None = None
+        self.button_during_run = None
 
     def run_spec(self, spec, progress=None):
         self.specs.append(spec)
+        self.button_during_run = self.launcher.run_button.disabled if self.launcher else None
         if self.fail:
             raise self.fail
         progress(0.5, "probes")
@@ -363,6 +366,8 @@ def test_launcher_form_values_become_the_flat_runspec(launcher):
         "task": "subject_number",
         "layers": "0-3",
         "components": ["resid", "mlp", "head"],
+        "n": 2000,
+        "controls": ["label_shuffle", "random_subspace"],
     }
     nested = mw.core.specs.RunSpec.from_dict(spec)
     assert nested.extraction.selectors == ["resid:0-3", "mlp:0-3", "head:0-3"]
@@ -387,15 +392,40 @@ def test_launcher_offers_the_registry_and_zoo(launcher):
 
 def test_run_button_runs_the_spec_and_displays_the_result(launcher, monkeypatch):
     runner = FakeRunner()
+    runner.launcher = launcher
     monkeypatch.setitem(sys.modules, "mechwidgets.runner", runner)
     launcher.run_button.click()
     assert [s.action.name for s in runner.specs] == ["widget_probe"]
+    assert runner.button_during_run is True and launcher.run_button.disabled is False
     assert launcher.error is None and isinstance(launcher.result, Result)
     assert launcher.progress.value == 1.0 and launcher.progress.bar_style == "success"
     assert launcher.progress.description == "probes"  # the runner's progress reached the bar
-    (shown,) = launcher.output.outputs
-    assert shown["output_type"] == "display_data"
-    assert launcher.result.verdict() in shown["data"]["text/plain"]
+    verdict, chart, tables = launcher.output.outputs
+    assert verdict["data"]["text/plain"] == launcher.result.verdict()
+    assert "application/vnd.jupyter.widget-view+json" in chart["data"]
+    assert "image/png" in chart["data"]  # the fallback where widgets do not run
+    assert "<details>" in tables["data"]["text/html"]
+
+
+def test_launcher_sets_labels_seeds_controls_and_output_for_each_action(tmp_path):
+    ui = Launcher()
+    ui.action.value = "compare"
+    ui.labels.value = "subject_number, tense"
+    ui.controls["random_subspace"].value = False
+    ui.output_dir.value = str(tmp_path)
+    spec = ui.spec()
+    assert spec["labels"] == ["subject_number", "tense"] and spec["seeds"] == 5
+    assert spec["controls"] == ["label_shuffle"] and spec["output_dir"] == str(tmp_path)
+    ui.action.value = "polysemantic"
+    assert ui.seeds.value == 1  # the action's own default
+    ui.action.value = "detect"
+    with pytest.raises(SpecError, match="detect takes one label"):
+        ui.spec()
+    ui.labels.value = "tense"
+    assert ui.spec()["label"] == "tense" and "labels" not in ui.spec()
+    ui.action.value = "localize"
+    assert ui.seeds.disabled and "seeds" not in ui.spec()
+    assert set(ui.action.options) >= {"detect", "compare", "localize", "polysemantic", "collapse"}
 
 
 @pytest.mark.parametrize(

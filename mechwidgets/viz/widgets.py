@@ -289,55 +289,114 @@ def _one_line(exc: BaseException) -> str:
 
 
 class Launcher(ipywidgets.VBox):
-    """A form that builds a RunSpec from dropdowns and runs it through the shared runner.
+    """A form that builds a RunSpec for any registered action and runs it.
 
     The widgets are attributes (``model``, ``task``, ``action``, ``layers``,
-    ``components``, ``run_button``, ``progress``, ``output``), so a notebook or a test
-    can set them and call :meth:`spec` or :meth:`run`. The last result is ``.result``;
-    the last failure is ``.error`` and shows in the output area as one line.
+    ``components``, ``labels``, ``n``, ``seeds``, ``controls``, ``output_dir``,
+    ``run_button``, ``progress``, ``output``), so a notebook or a test can set them and
+    call :meth:`spec` or :meth:`run`. ``labels`` is comma-separated: one label for
+    ``detect``, ``localize`` and ``collapse``, two or more for ``compare`` and
+    ``polysemantic``; empty means the task's default. ``seeds`` follows the chosen action's
+    default and is off for actions without seeds. Run is disabled while a run is going.
+    The last result is ``.result``; the last failure is ``.error`` and shows in the output
+    area as one line.
 
     Examples
     --------
     >>> ui = Launcher()
-    >>> ui.action.value = "detect"
-    >>> ui.spec()["layers"]
-    'all'
+    >>> ui.action.value = "compare"
+    >>> ui.labels.value = "subject_number, tense"
+    >>> ui.spec()["labels"]
+    ['subject_number', 'tense']
     """
 
     def __init__(self, **kwargs: Any) -> None:
         from mechwidgets.core.registry import list_actions
         from mechwidgets.data.catalog import list_tasks
         from mechwidgets.models.zoo import list_models
+        from mechwidgets.probes.sweep import DEFAULT_CONTROLS
 
         models = list_models()
         actions = list_actions()
+        wide = {"description_width": "90px"}
         # Combobox, not Dropdown: a Hugging Face id or a data file is typed in freely
         self.model = ipywidgets.Combobox(
-            options=models, value=models[0] if models else "", description="model"
+            options=models, value=models[0] if models else "", description="model", style=wide
         )
         self.task = ipywidgets.Combobox(
-            options=list_tasks(), value="subject_number", description="task"
+            options=list_tasks(), value="subject_number", description="task", style=wide
         )
         self.action = ipywidgets.Dropdown(
-            options=actions, value=actions[0] if actions else None, description="action"
+            options=actions,
+            value=actions[0] if actions else None,
+            description="action",
+            style=wide,
         )
-        self.layers = ipywidgets.Text(value="all", description="layers")
+        self.layers = ipywidgets.Text(value="all", description="layers", style=wide)
         self.components = {
             name: ipywidgets.Checkbox(value=name != "head", description=name, indent=False)
             for name in ("resid", "attn", "mlp", "head")
         }
+        self.labels = ipywidgets.Text(
+            value="", placeholder="task default; compare: a, b", description="labels", style=wide
+        )
+        self.n = ipywidgets.BoundedIntText(
+            value=2000, min=1, max=10_000_000, description="n samples", style=wide
+        )
+        self.seeds = ipywidgets.BoundedIntText(
+            value=5, min=1, max=1000, description="seeds", style=wide
+        )
+        self.controls = {
+            name: ipywidgets.Checkbox(
+                value=name in DEFAULT_CONTROLS, description=name, indent=False
+            )
+            for name in ("label_shuffle", "random_subspace", "control_task")
+        }
+        self.output_dir = ipywidgets.Text(
+            value="", placeholder="none: no bundle written", description="output folder", style=wide
+        )
         self.run_button = ipywidgets.Button(description="Run", button_style="primary")
         self.progress = ipywidgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="")
         self.output = ipywidgets.Output()
         self.result: Any = None
         self.error: BaseException | None = None
         self.run_button.on_click(lambda _button: self.run())
-        boxes = ipywidgets.HBox(list(self.components.values()))
-        controls = [self.model, self.task, self.action, self.layers, boxes]
+        self.action.observe(lambda _change: self._follow_action(), names="value")
+        self._follow_action()
+
+        def row(label: str, boxes: dict[str, ipywidgets.Checkbox]) -> ipywidgets.HBox:
+            head = ipywidgets.Label(label, layout=ipywidgets.Layout(width="94px"))
+            return ipywidgets.HBox([head, *boxes.values()])
+
+        form = [
+            self.action,
+            self.model,
+            self.task,
+            self.labels,
+            self.layers,
+            row("components", self.components),
+            self.n,
+            self.seeds,
+            row("controls", self.controls),
+            self.output_dir,
+        ]
         super().__init__(
-            children=[*controls, ipywidgets.HBox([self.run_button, self.progress]), self.output],
+            children=[*form, ipywidgets.HBox([self.run_button, self.progress]), self.output],
             **kwargs,
         )
+
+    def _params(self) -> dict[str, Any]:
+        """The chosen action's config parameters (name -> (type, default)); {} if unknown."""
+        from mechwidgets.core.specs import action_params
+
+        return (action_params(self.action.value) if self.action.value else None) or {}
+
+    def _follow_action(self) -> None:
+        """Seeds take the action's default and are off for actions without seeds."""
+        seeds = self._params().get("seeds")
+        self.seeds.disabled = seeds is None
+        if seeds is not None and isinstance(seeds[1], int):
+            self.seeds.value = seeds[1]
 
     def spec(self) -> dict[str, Any]:
         """The flat RunSpec dict the form stands for (see ``RunSpec.from_dict``)."""
@@ -347,21 +406,43 @@ class Launcher(ipywidgets.VBox):
         if self.action.value is None:
             raise SpecError("no action is registered; import the package that defines one")
         layers = re.sub(r"\s+", "", self.layers.value) or "all"
-        return {
+        spec: dict[str, Any] = {
             "action": self.action.value,
             "model": self.model.value.strip(),
             "task": self.task.value.strip(),
             "layers": layers,
             "components": comps,
+            "n": int(self.n.value),
+            "controls": [name for name, box in self.controls.items() if box.value],
         }
+        params = self._params()
+        labels = [v.strip() for v in self.labels.value.split(",") if v.strip()]
+        if labels and "labels" in params:
+            spec["labels"] = labels
+        elif labels and "label" in params:
+            if len(labels) > 1:
+                raise SpecError(
+                    f"{self.action.value} takes one label, got {', '.join(labels)}; give one, "
+                    "or choose compare to set several side by side"
+                )
+            spec["label"] = labels[0]
+        elif labels:
+            raise SpecError(f"{self.action.value} takes no labels; clear the labels field")
+        if "seeds" in params:
+            spec["seeds"] = int(self.seeds.value)
+        if self.output_dir.value.strip():
+            spec["output_dir"] = self.output_dir.value.strip()
+        return spec
 
     def run(self) -> Any:
         """Validate the form, run it, show the result (or one line of error); return it."""
         from mechwidgets.core.specs import RunSpec
+        from mechwidgets.viz.findings import display_parts
 
         self.output.clear_output()
         self.progress.value, self.progress.bar_style = 0.0, "info"
         self.result, self.error = None, None
+        self.run_button.disabled, self.run_button.description = True, "Running…"
         try:
             spec = RunSpec.from_dict(self.spec())
             result = self._run_spec(spec)
@@ -370,9 +451,12 @@ class Launcher(ipywidgets.VBox):
             self.progress.bar_style = "danger"
             self.output.append_stderr(_one_line(exc) + "\n")
             return None
+        finally:
+            self.run_button.disabled, self.run_button.description = False, "Run"
         self.result = result
         self.progress.value, self.progress.bar_style = 1.0, "success"
-        self.output.append_display_data(result)
+        for part in display_parts(result):  # verdict, chart, tables: one output each
+            self.output.append_display_data(part)
         return result
 
     def _run_spec(self, spec: Any) -> Any:
