@@ -78,7 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_cache(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["list", "clear"], help="list or delete cached cubes")
+    parser.add_argument(
+        "action",
+        choices=["list", "clear"],
+        help="list cached cubes, quarantined cubes and temporary files (with their age), "
+        "or delete them all except those of extractions still running",
+    )
 
 
 def _run_cache(args: argparse.Namespace) -> int:
@@ -87,18 +92,34 @@ def _run_cache(args: argparse.Namespace) -> int:
     from mechwidgets.extract.cache import cache_dir, clear_cache, list_cache
 
     if args.action == "clear":
-        print(f"removed {clear_cache()} file(s) from {cache_dir()}")
+        cleared = clear_cache()
+        running = (
+            f"; left {cleared.in_progress} file(s) of extractions in progress"
+            if cleared.in_progress
+            else ""
+        )
+        print(f"removed {cleared.removed} file(s) from {cache_dir()}{running}")
         return 0
     entries = list_cache()
     if not entries:
         print(f"no cached cubes in {cache_dir()}")
         return 0
     table = pd.DataFrame(
-        [(e.key, e.model, e.shape, _size(e.size), str(e.path)) for e in entries],
-        columns=["key", "model", "shape", "size", "path"],
+        [
+            (e.key, e.status, e.model, e.shape, _size(e.size), _age(e.age), str(e.path))
+            for e in entries
+        ],
+        columns=["key", "status", "model", "shape", "size", "age", "path"],
     )
     print(table.to_string(index=False, justify="left"))
     return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
 
 
 def _size(n: int) -> str:

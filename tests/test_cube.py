@@ -44,12 +44,12 @@ def test_round_trip_in_batches(tmp_path):
 def test_unfinished_and_misshapen_files_are_refused(tmp_path):
     path = tmp_path / "cube.nc"
     with pytest.raises(RuntimeError), CubeWriter(path, LAYOUT, COLUMNS, {}) as w:
-        w.write(0, np.zeros((5, 2, 2, 4), np.float32))
+        w.write(0, np.zeros((5, 2, 2, 4), np.float32), np.zeros((5, 2, 3), np.float32))
         raise RuntimeError("interrupted")
     with pytest.raises(CubeError, match="not finished"):
         open_cube(path)
-    with CubeWriter(path, LAYOUT, COLUMNS, {}):
-        pass
+    with CubeWriter(path, LAYOUT, COLUMNS, {}) as w:
+        w.write(0, np.zeros((5, 2, 2, 4), np.float32), np.zeros((5, 2, 3), np.float32))
     other = CubeLayout(5, (1, 3), ("resid",), 4, (7, 9, 11))
     with pytest.raises(CubeError, match="expected"):
         open_cube(path, other)
