@@ -73,3 +73,21 @@ def test_linear_cka_option_and_bad_estimator():
     assert res.data["cka"].attrs["estimator"] == "linear" and res.summary()["cka"] == "linear"
     with pytest.raises(SpecError, match="unknown cka 'rbf'"):
         mw.collapse(cube, label="tok", seeds=1, cka="rbf")
+
+
+def test_significant_drop_is_reported_when_the_index_is_zero():
+    """Decodable at layers 1-2, gone at 3, back (stronger) at the final layer 4: the
+    validation-chosen peak is the final layer, so the index is 0, but the 2 -> 3 drop is real."""
+    cube = planted_cube(
+        {"tok": {1: 1.5, 2: 1.5, 4: 4.0}}, n_samples=800, seed=6, components=("resid",)
+    )
+    res = mw.collapse(cube, label="tok", seeds=1, permutations=20)
+    s = res.summary()
+    assert s["peak_layer"] == s["final_layer"] == 4 and s["collapse_index"] == 0
+    assert not s["collapsed"]
+    late = s["largest_drop"]
+    assert (late["from_layer"], late["to_layer"]) == (2, 3) and late["p_adj"] < 0.05
+    assert late["drop"] > 0.2
+    verdict = res.verdict()
+    assert verdict.startswith("no collapse of 'tok' in resid by the validation-chosen peak")
+    assert f"significant drop of {late['drop']:.3f} from layer 2 to 3" in verdict

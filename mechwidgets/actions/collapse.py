@@ -45,7 +45,9 @@ class CollapseResult(ProbeResult):
     recovery: RecoveryResult | None = None
 
     def summary(self) -> dict[str, Any]:
-        """``collapse_index`` and ``collapse_ci`` (low, high) for the headline component."""
+        """``collapse_index`` and ``collapse_ci`` (low, high) for the headline component;
+        ``drop_points`` every significant layer-to-layer drop, ``largest_drop`` the headline
+        component's largest of them (None when there is none)."""
         d = self.data
         comp = str(d.attrs["component"])
         per = {str(c): self._component(str(c)) for c in d["component"].values}
@@ -69,6 +71,9 @@ class CollapseResult(ProbeResult):
             **{k: head[k] for k in head},
             "per_component": per,
             "drop_points": drops,
+            "largest_drop": max(
+                (d for d in drops if d["component"] == comp), key=lambda d: d["drop"], default=None
+            ),
             "correction": str(self.table["correction"].iloc[0]),
             "cka": str(d["cka"].attrs["estimator"]),
             "cka_undefined": {
@@ -91,7 +96,11 @@ class CollapseResult(ProbeResult):
         }
 
     def verdict(self) -> str:
-        """E.g. "'x' collapses in resid: peak layer 2 (chosen on val) 0.95 -> final 0.52 ..."."""
+        """E.g. "'x' collapses in resid: peak layer 2 (chosen on val) 0.95 -> final 0.52 ...".
+
+        When the index is not above 0 but ``drop_points`` holds a significant drop in the
+        headline component, the verdict says so and names the largest one.
+        """
         s = self.summary()
         curve = (
             f"peak layer {s['peak_layer']} (chosen on val) {s['peak_score']:.3f} -> final layer "
@@ -101,6 +110,16 @@ class CollapseResult(ProbeResult):
         recovery = "" if self.recovery is None else f"; {self.recovery.verdict()}"
         if s["collapsed"]:
             return f"'{s['label']}' collapses in {s['component']}: {curve}{recovery}"
+        late = s["largest_drop"]
+        if late is not None:
+            # the val-chosen peak can sit after a real drop (e.g. at the final layer), so the
+            # index reads 0 while a layer-to-layer test finds the drop: name both
+            return (
+                f"no collapse of '{s['label']}' in {s['component']} by the validation-chosen "
+                f"peak, but a significant drop of {late['drop']:.3f} from layer "
+                f"{late['from_layer']} to {late['to_layer']} ({s['correction']} p_adj "
+                f"{late['p_adj']:.3g}): {curve}{recovery}"
+            )
         return (
             f"no collapse of '{s['label']}' in {s['component']} (CI not above 0): {curve}{recovery}"
         )
