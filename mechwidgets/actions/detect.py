@@ -82,6 +82,7 @@ class ProbePlan:
             "metric": p.metric,
             "level": p.level,
             "correction": p.correction,
+            "groups": p.groups,
         } | self.options
 
 
@@ -126,6 +127,17 @@ class ProbeResult(ActionResult):
             "ci_adj": [float(row["ci_adj_low"]), float(row["ci_adj_high"])],
             "p_adj": float(row["p_adj"]),
         }
+
+
+#: a control task within this much of the real probe means it memorises word types
+MEMORISE_GAP = 0.05
+
+
+def units_phrase(unit: str, n: int) -> str:
+    """E.g. ``10 test word types``, ``160 test items``, ``12 test groups ('noun')``."""
+    if unit.startswith("group "):
+        return f"{n} test groups ({unit.removeprefix('group ')})"
+    return f"{n} test {unit}s"
 
 
 class DetectResult(ProbeResult):
@@ -173,10 +185,17 @@ class DetectResult(ProbeResult):
             for _, r in at_best.iterrows()
         }
         first = real.iloc[0]
+        task = controls.get("control_task")
+        n_units = int(first.get("n_units", 0))
         return {
             "label": str(first["label"]),
             "metric": str(first["metric"]),
             "chance": float(first["chance"]),
+            "majority": float(first.get("majority", np.nan)),
+            "unit": str(first.get("unit", "item")),
+            "n_units": n_units,
+            "few_units": n_units < int(self.data.attrs.get("min_units", 0)),
+            "memorises": bool(task and task["score"] >= best["score"] - MEMORISE_GAP),
             "correction": str(first["correction"]),
             "level": float(self.data.attrs["level"]),
             "best": best,
@@ -205,22 +224,38 @@ class DetectResult(ProbeResult):
         if s["n_significant"]:
             head = f"'{s['label']}' is decodable: {where} {ci}"
             tail = f"{s['n_significant']}/{s['n_slices']} slices beat {ref} ({test})"
+        elif self._unresolved(s):
+            head = f"'{s['label']}' is undetermined: {where} {ci}"
+            tail = (
+                f"the probe beats every {ref} draw, but {s['seeds'] * s['permutations']} draws "
+                f"cannot give a {test} over {s['n_slices']} slices; raise permutations"
+            )
         else:
             head = f"'{s['label']}' is not decodable above {ref}: {where} {ci}"
             tail = f"0/{s['n_slices']} slices significant ({test})"
-            floor = self._adjusted_p_floor(s["n_slices"], s["correction"])
-            if floor >= 1 - s["level"]:
-                tail += (
-                    f"; too few permutations to tell: the smallest reachable adjusted p is "
-                    f"{floor:.3g}, so raise permutations"
-                )
-        return f"{head}; {tail}"
+        parts = [head, tail, f"unit: {s['unit']}, {units_phrase(s['unit'], s['n_units'])}"]
+        if s["few_units"]:
+            parts.append(
+                f"only {units_phrase(s['unit'], s['n_units'])}: too few to estimate their "
+                "spread, so intervals count each as one observation; test more of them"
+            )
+        if s["memorises"]:
+            task = s["controls"]["control_task"]["score"]
+            parts.append(
+                f"warning: the probe can memorise word types: selectivity ~0 (control task "
+                f"{task:.3f} vs {b['score']:.3f})"
+            )
+        return "; ".join(parts)
 
-    def _adjusted_p_floor(self, n_slices: int, correction: str) -> float:
-        """The smallest adjusted p-value the run's permutations can reach (RECIPES.md)."""
-        draws = int(self.params.get("permutations", 0)) * max(1, len(self.params.get("seeds", [])))
-        floor = np.full(n_slices, 1.0 / (draws + 1.0))
-        return float(adjust_pvalues(floor, correction).min())
+    def _unresolved(self, s: dict[str, Any]) -> bool:
+        """No slice significant only because the permutation count cannot resolve it: some
+        slice beats every draw, yet the smallest p-value draws can give is not small enough
+        after correction (RECIPES.md)."""
+        draws = s["seeds"] * s["permutations"]
+        floor = 1.0 / (draws + 1.0)
+        at_floor = (self.real["p_value"] <= floor * (1 + 1e-9)).any()
+        adjusted = adjust_pvalues(np.full(s["n_slices"], floor), s["correction"]).min()
+        return bool(at_floor and adjusted >= 1 - s["level"])
 
     def chart(self) -> Any:
         """Probe score per layer with CI band and control baselines, one panel per component."""
@@ -265,7 +300,14 @@ def detect(
     seed : the first seed value.
     **params : protocol options: ``permutations`` (200), ``resamples`` (1000),
         ``strengths``, ``metric``, ``probe`` (``ridge``/``logistic``), ``level`` (0.95),
-        ``correction`` (``holm``/``bh``), ``subspace_rank``, ``layers``, ``components``.
+        ``correction`` (``holm``/``bh``), ``subspace_rank``, ``layers``, ``components``,
+        ``groups`` (the unit of inference: a per-sample cube variable; default the
+        cube's ``group``, else ``wordtype_<label>``, else items; ``"items"`` opts out).
+
+    Intervals and p-values treat the unit as independent, not the item: bootstrap
+    resamples draw whole units and label permutations respect them (see
+    ``mechwidgets.probes.sweep``); the table's ``unit`` and ``n_units`` columns and the
+    verdict say which unit was used.
 
     Returns
     -------

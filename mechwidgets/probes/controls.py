@@ -57,17 +57,52 @@ def check_controls(names: Iterable[object]) -> tuple[str, ...]:
 
 
 def shuffled_labels(
-    codes: np.ndarray, groups: np.ndarray, draws: int, rng: np.random.Generator
+    codes: np.ndarray,
+    groups: np.ndarray,
+    draws: int,
+    rng: np.random.Generator,
+    units: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(n, draws)`` label columns, each a permutation of ``codes`` within every group.
 
-    With the splits as groups, every split keeps its class balance exactly.
+    With the splits as groups, every split keeps its class balance exactly. With ``units``
+    (word types, or any ids of items that are not independent) the permutation respects
+    them, as a restricted permutation test must (Good 2005, "Permutation, Parametric and
+    Bootstrap Tests of Hypotheses", ch. 3; Anderson & ter Braak 2003): where the label is
+    constant within every unit, whole units swap labels (within their group when no unit
+    spans two groups, else across all units); otherwise labels are permuted within each
+    (unit, group) cell, so every unit keeps its own label mix.
     """
-    cols = np.repeat(codes[:, None], draws, axis=1)
-    for group in np.unique(groups):
-        rows = np.flatnonzero(groups == group)
-        cols[rows] = rng.permuted(np.repeat(codes[rows][None], draws, axis=0), axis=1).T
-    return cols
+    codes = np.asarray(codes)
+    if units is None:
+        return _permute_within(codes, np.asarray(groups), draws, rng)
+    _, unit = np.unique(np.asarray(units), return_inverse=True)
+    first = np.unique(unit, return_index=True)[1]
+    if (codes == codes[first][unit]).all():  # label constant within every unit
+        unit_groups = np.asarray(groups)[first]
+        nested = (np.asarray(groups) == unit_groups[unit]).all()
+        strata = unit_groups if nested else np.zeros(first.size, int)
+        return _permute_within(codes[first], strata, draws, rng)[unit]
+    _, cell = np.unique(
+        np.stack([unit, np.unique(groups, return_inverse=True)[1]]), axis=1, return_inverse=True
+    )
+    return _permute_within(codes, cell.ravel(), draws, rng)
+
+
+def _permute_within(
+    values: np.ndarray, strata: np.ndarray, draws: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``(n, draws)``: each column ``values`` permuted within every stratum.
+
+    Sorting random keys offset by the stratum index orders every column by stratum and,
+    within a stratum, at random: one vectorised argsort instead of a loop over strata.
+    """
+    _, stratum = np.unique(strata, return_inverse=True)
+    stratum = stratum.ravel()
+    order = np.argsort(stratum[:, None] + rng.random((stratum.size, draws)), axis=0)
+    out = np.empty((values.size, draws), dtype=values.dtype)
+    out[np.argsort(stratum, kind="stable")] = values[order]
+    return out
 
 
 def random_subspaces(dim: int, rank: int, draws: int, rng: np.random.Generator) -> np.ndarray:

@@ -9,6 +9,14 @@ paired). :func:`sweep` returns every number per seed; :func:`aggregate` turns th
 seed means, intervals, p-values and selectivities; :func:`tidy_table` into one row per
 (label, layer, component, control).
 
+The unit of inference is what is independent: a cube variable named by
+``Protocol(groups=...)``; by default the cube's ``group`` variable (``Task.from_frame(...,
+groups=...)``), else the label's word types (``wordtype_<label>``, as the built-in tasks
+record them), else the items. Bootstrap resamples and label permutations work on whole
+units, and every row names its ``unit`` and how many the test split holds (``n_units``);
+with fewer than :data:`MIN_UNITS` the intervals count each unit as one observation and
+the verdict says so.
+
 >>> protocol = Protocol(controls=("label_shuffle", "random_subspace"), seeds=(0, 1, 2))
 >>> raw = sweep(cube, ["subject_number"], protocol)    # xarray.Dataset, per seed
 >>> table = tidy_table(aggregate(raw, protocol))
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -25,6 +34,8 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
 from mechwidgets.analysis.statistics import (
@@ -32,9 +43,11 @@ from mechwidgets.analysis.statistics import (
     Metric,
     adjust_pvalues,
     batch_score,
-    bootstrap_weights,
+    cluster_bootstrap_weights,
+    effective_n,
     percentile_interval,
     permutation_pvalue,
+    proportion_interval,
     score,
     simultaneous_interval,
 )
@@ -61,7 +74,15 @@ DEFAULT_CONTROLS = ("label_shuffle", "random_subspace")
 MIN_PER_SPLIT = 10
 MIN_PER_CLASS = 2
 #: per-sample variables that are not labels
-_NOT_LABELS = {"sample", "sample_id", "split", "text", "position", "token"}
+_NOT_LABELS = {"sample", "sample_id", "split", "text", "position", "token", "group"}
+#: fewer test units than this and their spread cannot be estimated: with 7 units a
+#: cluster-robust variance has 6 degrees of freedom (t quantile 2.45 against 1.96) and
+#: rests on a handful of unit means, and cluster-robust tests over-reject below ~10
+#: clusters even with small-sample corrections (Cameron, Gelbach & Miller 2008). Below it
+#: each unit counts as one observation, a bound that holds whatever the clustering.
+MIN_UNITS = 8
+#: ``groups`` values that make every item its own unit
+ITEM_UNITS = ("item", "items")
 #: one independent random stream per purpose and seed
 _STREAMS = {"label_shuffle": 1, "random_subspace": 2, "control_task": 3, "bootstrap": 4}
 #: slices of at most this many values (samples x dim) are probed on one BLAS thread
@@ -86,6 +107,15 @@ class Protocol:
     correction : ``holm`` (family-wise) or ``bh`` (false discovery rate) across slices.
     subspace_rank : rank of the random-subspace control (default: the probe's rank).
     layers, components : restrict the sweep (default: all in the cube).
+    groups : the unit of inference, a per-sample cube variable whose values name the
+        units that items share (e.g. the noun); default the cube's ``group`` variable,
+        else ``wordtype_<label>``, else the items; ``"items"`` treats every item as
+        independent.
+
+    ``random_subspace`` brings ``label_shuffle`` along: a rank-r probe on a random
+    subspace is not exchangeable with the full probe (on pure noise 30-80% of its draws
+    predict one class), so its p-value is an intersection-union test (Berger 1982) that
+    needs the label-shuffle p-value too.
     """
 
     controls: tuple[str, ...] = DEFAULT_CONTROLS
@@ -100,9 +130,13 @@ class Protocol:
     subspace_rank: int | None = None
     layers: tuple[int, ...] | None = None
     components: tuple[str, ...] | None = None
+    groups: str | None = None
 
     def __post_init__(self) -> None:
-        check_controls(self.controls)
+        controls = check_controls(self.controls)
+        if "random_subspace" in controls and "label_shuffle" not in controls:
+            controls = ("label_shuffle", *controls)
+        object.__setattr__(self, "controls", controls)
         checks = {
             "seeds": (len(self.seeds) >= 1, "give at least one seed"),
             "permutations": (self.permutations >= 1, "use an integer >= 1 (200+ for p-values)"),
@@ -117,6 +151,10 @@ class Protocol:
             "subspace_rank": (
                 self.subspace_rank is None or self.subspace_rank >= 1,
                 "use an integer >= 1",
+            ),
+            "groups": (
+                self.groups is None or isinstance(self.groups, str),
+                "name a per-sample cube variable, or 'items'",
             ),
         }
         for name, (ok, hint) in checks.items():
@@ -155,19 +193,30 @@ class Protocol:
 
 @dataclass(frozen=True)
 class LabelData:
-    """One label, checked and encoded."""
+    """One label, checked and encoded, with its unit of inference.
+
+    ``units`` holds a unit id per sample (None when every item is its own unit) and
+    ``unit`` names them for the table and the verdict (e.g. ``word type``).
+    """
 
     name: str
     encoding: LabelEncoding
     codes: np.ndarray
     metric: Metric
-    chance: float
+    majority: float
     word_types: np.ndarray | None
+    units: np.ndarray | None
+    unit: str
 
 
 @dataclass(frozen=True)
 class CubeView:
-    """A validated cube: split masks, labels and the slices to probe."""
+    """A validated cube: split masks, labels and the slices to probe.
+
+    ``test_units`` are the bootstrap's units on the test split: one label's units, or for
+    several labels the coarsest partition that keeps every label's units whole, so one
+    resample serves all labels and comparisons between them stay paired.
+    """
 
     cube: xr.Dataset
     split: np.ndarray
@@ -176,6 +225,12 @@ class CubeView:
     layers: tuple[int, ...]
     components: tuple[str, ...]
     test_ids: np.ndarray = field(repr=False)
+    test_units: np.ndarray = field(repr=False)
+
+    @property
+    def n_units(self) -> int:
+        """Independent units in the test split."""
+        return int(np.unique(self.test_units).size)
 
 
 def label_names(cube: xr.Dataset) -> list[str]:
@@ -230,7 +285,54 @@ def read_cube(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> Cu
     comps = _pick(protocol.components, [str(v) for v in cube["component"].values], "component")
     ids = cube["sample_id"].values if "sample_id" in cube.variables else np.arange(split.size)
     test_ids = np.asarray(ids)[masks[2]]
-    return CubeView(cube, split, masks, label_data, tuple(layers), tuple(comps), test_ids)
+    units = _joint_units([lab.units for lab in label_data.values()], split.size)
+    return CubeView(
+        cube, split, masks, label_data, tuple(layers), tuple(comps), test_ids, units[masks[2]]
+    )
+
+
+def _joint_units(per_label: list[np.ndarray | None], n: int) -> np.ndarray:
+    """Unit ids that keep every label's units whole (connected items share an id)."""
+    given = [u for u in per_label if u is not None]
+    if not given:
+        return np.arange(n)
+    ids = [np.unique(u, return_inverse=True)[1].ravel() for u in given]
+    if len(ids) == 1:
+        return ids[0]
+    # items linked through any label's unit are one unit: components of an item-unit graph
+    offsets = np.cumsum([n] + [int(i.max()) + 1 for i in ids])
+    rows = np.concatenate([np.arange(n)] * len(ids))
+    cols = np.concatenate([i + off for i, off in zip(ids, offsets[:-1], strict=True)])
+    size = int(offsets[-1])
+    graph = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(size, size))
+    return connected_components(graph, directed=False)[1][:n]
+
+
+def _units(cube: xr.Dataset, name: str, protocol: Protocol) -> tuple[np.ndarray | None, str]:
+    """The unit ids of label ``name`` and what they are called (see ``Protocol.groups``)."""
+    wanted = protocol.groups
+    if wanted in ITEM_UNITS:
+        return None, "item"
+    if wanted is None:
+        auto = [
+            v
+            for v in ("group", WORDTYPE_PREFIX + name)
+            if v in cube.variables and cube[v].dims == ("sample",)
+        ]
+        if not auto:
+            return None, "item"
+        wanted = auto[0]
+    if wanted not in cube.variables or cube[wanted].dims != ("sample",):
+        raise CubeError(
+            f"groups '{wanted}' is not a variable along 'sample' of the cube; name one "
+            f"(e.g. {WORDTYPE_PREFIX}{name}) or use groups='items'"
+        )
+    values = np.asarray(cube[wanted].values)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise CubeError(f"groups '{wanted}' has NaN values; give every sample a unit")
+    if np.unique(values).size == values.size:
+        return None, "item"
+    return values, "word type" if wanted.startswith(WORDTYPE_PREFIX) else f"group '{wanted}'"
 
 
 def _pick(wanted: tuple | None, present: list, what: str) -> list:
@@ -267,6 +369,7 @@ def _read_label(
                     f"{split} split; each class needs {MIN_PER_CLASS}+ per split"
                 )
     word_types = None
+    units, unit = _units(cube, name, protocol)
     if "control_task" in protocol.controls:
         var = WORDTYPE_PREFIX + name
         if var not in cube.variables or cube[var].dims != ("sample",):
@@ -276,11 +379,8 @@ def _read_label(
             )
         word_types = np.asarray(cube[var].values)
     test = codes[masks[2]]
-    if metric == "accuracy":
-        chance = np.bincount(test).max() / test.size  # the majority-class rate
-    else:
-        chance = 0.5 if metric == "auc" else 0.0
-    return LabelData(name, encoding, codes, metric, float(chance), word_types)
+    majority = np.bincount(test).max() / test.size if metric == "accuracy" else np.nan
+    return LabelData(name, encoding, codes, metric, float(majority), word_types, units, unit)
 
 
 @dataclass(frozen=True)
@@ -307,7 +407,10 @@ def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Dra
     cols, names, subspace = [lab.codes[:, None]], [], None
     if "label_shuffle" in protocol.controls:
         names.append("label_shuffle")
-        cols += [shuffled_labels(lab.codes, view.split, b, _rng(s, "label_shuffle")) for s in seeds]
+        cols += [
+            shuffled_labels(lab.codes, view.split, b, _rng(s, "label_shuffle"), lab.units)
+            for s in seeds
+        ]
     if "control_task" in protocol.controls:
         names.append("control_task")
         types = cast(np.ndarray, lab.word_types)  # read_cube checked it exists
@@ -335,10 +438,14 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
     -------
     An ``xarray.Dataset`` with dims ``label, layer, component, control, seed, resample,
     draw, test_sample``: ``score`` (test score of the real probe and of draw 0 of each
-    control), ``val_score``, ``alpha`` (chosen strength), ``boot`` (bootstrap test scores),
-    ``null`` (test scores of all control draws), ``y_true``/``y_pred``/``y_score`` (real
-    probe on the test split) and ``probed`` (False for slices that are all NaN, e.g. an
-    attention output at the embedding layer).
+    control), ``val_score``, ``alpha`` (chosen strength), ``boot`` (bootstrap test scores,
+    whole units resampled, one stream per seed), ``sel_boot`` (the seed-mean gap between
+    the real probe and each control under seed 0's resamples), ``null`` (test scores of all
+    control draws), ``y_true``/``y_pred``/``y_score`` (real probe on the test split) and
+    ``probed`` (False for slices that are all NaN, e.g. an attention output at the
+    embedding layer). Label coordinates: ``metric``, ``kind``, ``chance`` (the mean
+    label-shuffle score, the control baseline), ``majority`` (the test split's majority
+    rate), ``unit`` and ``n_units``.
     """
     view = read_cube(cube, list(labels), protocol)
     names = list(view.labels)
@@ -351,13 +458,17 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
         "val_score": np.full(shape, np.nan),
         "alpha": np.full(shape, np.nan),
         "boot": np.full((*shape, n_res), np.nan),
+        "sel_boot": np.full((*shape[:-1], n_res), np.nan),
         "null": np.full((*shape, n_draw), np.nan),
         "y_pred": np.full(shape[:3] + (n_test,), np.nan, dtype=object),
         "y_score": np.full(shape[:3] + (n_test,), np.nan),
     }
     probed = np.zeros(shape[1:3], bool)
     weights = np.stack(
-        [bootstrap_weights(n_test, n_res, _rng(s, "bootstrap")) for s in protocol.seeds]
+        [
+            cluster_bootstrap_weights(view.test_units, n_res, _rng(s, "bootstrap"))
+            for s in protocol.seeds
+        ]
     )
     dim = int(cube.sizes["dim"])
     draws = {name: _draws(view.labels[name], view, protocol, dim) for name in names}
@@ -474,6 +585,8 @@ def _probe_label(
     res = {k: np.full(shape, np.nan) for k in ("score", "val_score", "alpha")}
     res["null"] = np.full((*shape, n_draw), np.nan)
     res["boot"] = np.full((*shape, protocol.resamples), np.nan)
+    res["sel_boot"] = np.full((len(controls), protocol.resamples), np.nan)
+    real_boot0 = np.zeros(protocol.resamples)
     for k, c in enumerate(controls):
         outs, truth, val, idx = groups[c]
         for s in range(n_seed):
@@ -487,6 +600,14 @@ def _probe_label(
             if c != "none":
                 cols = slice(s * n_draw, (s + 1) * n_draw)
                 res["null"][k, s] = batch_score(metric, truth[:, cols], outs[:, cols])[0]
+        # the seed-mean gap with every seed's control under the same resamples (seed 0's):
+        # its spread is that of the reported selectivity (a mean over seeds), not of one draw
+        drawn = np.arange(n_seed) * (0 if c == "none" else n_draw)
+        at0 = batch_score(metric, truth[:, drawn], outs[:, drawn], weights[0]).mean(axis=1)
+        if c == "none":
+            real_boot0 = at0
+        else:
+            res["sel_boot"][k] = real_boot0 - at0
     decision = fit.test_decision[0, :, : enc.width]
     if enc.kind == "continuous":
         res["y_pred"] = decision[:, 0]
@@ -516,6 +637,7 @@ def _assemble(
             "val_score": (base, out["val_score"]),
             "alpha": (base, out["alpha"]),
             "boot": ((*base, "resample"), out["boot"]),
+            "sel_boot": ((*base[:-1], "resample"), out["sel_boot"]),
             "null": ((*base, "draw"), out["null"]),
             "y_true": (("label", "test_sample"), _plain(y_true)),
             "y_pred": (pred_dims, _plain(out["y_pred"])),
@@ -530,12 +652,34 @@ def _assemble(
             "seed": list(protocol.seeds),
             "test_sample": view.test_ids,
             "metric": ("label", [lab.metric for lab in view.labels.values()]),
-            "chance": ("label", [lab.chance for lab in view.labels.values()]),
+            "chance": ("label", _chance(out["null"], view, controls)),
+            "majority": ("label", [lab.majority for lab in view.labels.values()]),
             "kind": ("label", [lab.encoding.kind for lab in view.labels.values()]),
+            "unit": ("label", [lab.unit for lab in view.labels.values()]),
+            "n_units": ("label", [view.n_units] * len(names)),
         },
         attrs={"probe": protocol.probe, "level": protocol.level},
     )
     return ds
+
+
+def _chance(null: np.ndarray, view: CubeView, controls: tuple[str, ...]) -> list[float]:
+    """Per label, the control baseline: the mean label-shuffle score over every probed
+    slice and draw; without that control, what a probe that knows only the training class
+    shares scores (sum over classes of train share x test share), 0.5 AUC or 0 R^2."""
+    out = []
+    for ni, lab in enumerate(view.labels.values()):
+        if "label_shuffle" in controls:
+            out.append(float(np.nanmean(null[ni, :, :, controls.index("label_shuffle")])))
+        elif lab.metric == "accuracy":
+            k = lab.encoding.classes.size
+            train, test = (
+                np.bincount(lab.codes[m], minlength=k) / m.sum() for m in view.masks[::2]
+            )
+            out.append(float(train @ test))
+        else:
+            out.append(0.5 if lab.metric == "auc" else 0.0)
+    return out
 
 
 def _plain(values: np.ndarray) -> np.ndarray:
@@ -550,44 +694,58 @@ def aggregate(raw: xr.Dataset, protocol: Protocol) -> xr.Dataset:
     """Seed means, intervals, p-values and selectivities per (label, layer, component, control).
 
     - ``score``: mean over seeds; ``seed_sd``: spread over seeds.
-    - ``ci_low``/``ci_high``: percentile interval of the bootstrap draws pooled over seeds
-      (each seed its own stream), so it carries test-sampling and seed noise together.
+    - ``ci_low``/``ci_high``: for accuracy, a Clopper-Pearson interval on the effective
+      number of independent items (:func:`effective_n`: the unit-bootstrap spread pooled
+      over seeds, so cluster, test-sampling and seed noise together, over the binomial);
+      it holds at the ceiling and the floor, where a bootstrap interval shrinks to a point.
+      For AUC and R^2, the percentile interval of the unit bootstrap pooled over seeds.
     - ``ci_adj_low``/``ci_adj_high``: simultaneous intervals over all probed slices of a
-      (label, control), calibrated on the joint draws (max statistic).
+      (label, control): each slice's interval at the per-slice level that the joint
+      bootstrap draws calibrate (max statistic).
     - ``p_value``: one-sided permutation p-value that the real probe beats the control,
-      against all ``seeds x permutations`` control draws; on the real-probe row (``none``)
-      against ``label_shuffle`` (else the first control). ``p_adj``: corrected across the
-      probed slices of each (label, control) with ``protocol.correction``.
-    - ``selectivity`` (control rows): real minus control score, with a paired bootstrap
-      interval (same resampled test items for both).
+      against all ``seeds x permutations`` control draws, resolved below ``1 / (draws + 1)``
+      by a checked normal tail (:func:`permutation_pvalue`); on the real-probe row
+      (``none``) the label-shuffle one (else the first control's). The random-subspace
+      p-value counts ties as one half (mid-p) and is the larger of it and the label-shuffle
+      p-value (an intersection-union test). ``p_adj``: corrected across the probed slices
+      of each (label, control) with ``protocol.correction``.
+    - ``selectivity`` (control rows): real minus control score; its interval is the
+      percentile interval of the seed-mean gap under shared resamples (``sel_boot``).
     """
     ok = raw["probed"].values
+    level = protocol.level
     pooled = raw["boot"].stack(bdraw=("seed", "resample")).transpose(..., "bdraw").values
     score = raw["score"].mean("seed").values
     sd = raw["score"].std("seed", ddof=1).values if raw.sizes["seed"] > 1 else np.zeros_like(score)
-    lo, hi = percentile_interval(pooled, protocol.level)
+    n_items = raw.sizes["test_sample"]
+    with warnings.catch_warnings():  # slices that were not probed are all NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot_var = np.nanvar(pooled, axis=-1)
+    lo, hi = percentile_interval(pooled, level)
     adj_lo, adj_hi = np.full_like(lo, np.nan), np.full_like(hi, np.nan)
     for ni in range(raw.sizes["label"]):
+        exact = str(raw["metric"].values[ni]) == "accuracy"
+        units = int(raw["n_units"].values[ni])
+        if exact:
+            n_eff = effective_n(score[ni], boot_var[ni], n_items, units, level, MIN_UNITS)
+            lo[ni], hi[ni] = proportion_interval(score[ni], n_eff, level)
         for k in range(raw.sizes["control"]):
             fam = pooled[ni, :, :, k][ok]  # (probed slices, draws)
-            a, b, _ = simultaneous_interval(fam, protocol.level)
+            a, b, g = simultaneous_interval(fam, level)
+            if exact:  # the same exact interval, at the jointly calibrated level
+                est = score[ni, :, :, k][ok]
+                n_eff = effective_n(
+                    est, boot_var[ni, :, :, k][ok], n_items, units, 1 - g, MIN_UNITS
+                )
+                a, b = proportion_interval(est, n_eff, 1 - g)
             adj_lo[ni, :, :, k][ok], adj_hi[ni, :, :, k][ok] = a, b
-    controls = list(raw["control"].values)
-    real = score[..., 0]
-    null = raw["null"].stack(ndraw=("seed", "draw")).transpose(..., "ndraw").values
-    p = np.full_like(score, np.nan)
-    for k in range(1, len(controls)):
-        p[..., k] = permutation_pvalue(real, null[..., k, :])
-    ref = controls.index("label_shuffle") if "label_shuffle" in controls else 1
-    p[..., 0] = p[..., ref]
-    p[:, ~ok] = np.nan
+    p = _pvalues(raw, score[..., 0], ok)
     p_adj = np.full_like(p, np.nan)
     for ni in range(raw.sizes["label"]):
-        for k in range(len(controls)):
+        for k in range(raw.sizes["control"]):
             p_adj[ni, :, :, k] = adjust_pvalues(p[ni, :, :, k], protocol.correction)
-    diff = pooled[..., :1, :] - pooled
-    sel = real[..., None] - score
-    sel_lo, sel_hi = percentile_interval(diff, protocol.level)
+    sel = score[..., :1] - score
+    sel_lo, sel_hi = percentile_interval(raw["sel_boot"].values, level)
     sel[..., 0] = sel_lo[..., 0] = sel_hi[..., 0] = np.nan
     dims = ("label", "layer", "component", "control")
     data = {
@@ -605,8 +763,26 @@ def aggregate(raw: xr.Dataset, protocol: Protocol) -> xr.Dataset:
     }
     coords = {c: raw[c] for c in ("label", "layer", "component", "control")}
     agg = xr.Dataset({k: (dims, v) for k, v in data.items()}, coords=coords)
-    agg.attrs = {"correction": protocol.correction, "level": protocol.level}
+    agg.attrs = {"correction": protocol.correction, "level": level, "min_units": MIN_UNITS}
     return agg.where(raw["probed"])
+
+
+def _pvalues(raw: xr.Dataset, real: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``(label, layer, component, control)`` p-values (see :func:`aggregate`)."""
+    controls = [str(c) for c in raw["control"].values]
+    null = raw["null"].stack(ndraw=("seed", "draw")).transpose(..., "ndraw").values
+    p = np.full(null.shape[:-1], np.nan)
+    for k, name in enumerate(controls[1:], start=1):
+        ties = "mid" if name == "random_subspace" else "count"
+        p[..., k] = permutation_pvalue(real, null[..., k, :], ties=ties, tail=True)
+    if "random_subspace" in controls and "label_shuffle" in controls:
+        rs, ls = controls.index("random_subspace"), controls.index("label_shuffle")
+        p[..., rs] = np.maximum(p[..., rs], p[..., ls])
+    if len(controls) > 1:
+        ref = controls.index("label_shuffle") if "label_shuffle" in controls else 1
+        p[..., 0] = p[..., ref]
+    p[:, ~ok] = np.nan
+    return p
 
 
 def tidy_table(agg: xr.Dataset) -> pd.DataFrame:
