@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,9 +27,12 @@ import pandas as pd
 import torch
 
 from mechwidgets.actions.base import ActionResult, RunContext, run_action
+from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.specs import DatasetSpec, RunSpec
+from mechwidgets.data.positions import position_key
 from mechwidgets.data.tasks import Task
+from mechwidgets.extract.cache import cache_dir
 from mechwidgets.report.bundle import (
     ARTIFACTS,
     activations_index,
@@ -94,9 +98,10 @@ def resolve_task(dataset: DatasetSpec) -> Task:
     """The task a DatasetSpec names: a file of the user's, or a built-in task."""
     from mechwidgets.data.catalog import get_task
 
-    if Path(dataset.name).suffix in DATA_SUFFIXES or Path(dataset.name).is_file():
+    path = Path(dataset.name).expanduser()
+    if path.suffix in DATA_SUFFIXES or path.is_file():
         return Task.from_file(
-            dataset.name,
+            path,
             text=dataset.text,
             labels=dataset.labels or None,
             split=dataset.split,
@@ -129,16 +134,20 @@ def run_spec(
 
     spec = load_spec(source)
     out = output_dir if output_dir is not None else spec.output_dir
-    if out is not None:
-        check_target(out)  # refuse a non-bundle folder before the work, not after
+    if out is not None:  # checked before the work, not after it
+        out = output_folder(out)
         spec = spec.model_copy(update={"output_dir": str(out)})
     ex = spec.extraction
+    if ex.cache:
+        check_writable(cache_dir(), "the activation cache", "set MECHWIDGETS_CACHE")
     timings: dict[str, float] = {}
     torch.manual_seed(spec.seed)  # actions seed their own draws; this covers any torch RNG use
     with _timed(timings, "task", progress):
         task = resolve_task(spec.dataset)
+    check_budget(spec, task)
     with _timed(timings, "model", progress):
         model = load_model(ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype)
+    check_budget(spec, task, model)
     with _timed(timings, "extract", progress):
         cube = extract(
             model,
@@ -148,13 +157,14 @@ def run_spec(
             batch_size=ex.batch_size,
             cache=ex.cache,
             neurons=ex.neurons,
+            unseen=ex.unseen,
         )
     context = RunContext(
         cube=cube,
         model=model,
         task=task,
         params=dict(spec.action.params),
-        controls=[c.name for c in spec.controls],
+        controls=None if spec.controls is None else [c.name for c in spec.controls],
         seed=spec.seed,
         spec=spec.to_dict(),
     )
@@ -171,6 +181,68 @@ def run_spec(
     if progress is not None:
         progress(1.0, "done")
     return result
+
+
+def output_folder(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, checked to take a bundle: a one-line error otherwise."""
+    folder = Path(path).expanduser()
+    check_target(folder)  # a folder of the user's that is not a bundle is never replaced
+    check_writable(folder.parent, "the bundle", "choose another folder with -o/output_dir")
+    return folder
+
+
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """Raise a one-line SpecError unless a file can be created in ``folder``.
+
+    ``folder`` may not exist yet: then its nearest existing parent must take new files.
+    A file is created and removed, because permission bits do not tell (root ignores them;
+    read-only mounts and ACLs are not in them).
+    """
+    folder = Path(folder).expanduser()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise SpecError(f"cannot write {what} in {folder}: {existing} is a file; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise SpecError(
+            f"cannot write {what} in {folder}: {existing} is not writable ({exc.strerror}); {fix}"
+        ) from None
+
+
+def check_budget(spec: RunSpec, task: Task, model: Any = None) -> None:
+    """Refuse protocol counts whose draws cannot fit in memory, before the model loads.
+
+    Without ``model`` the activation width and slice count are taken as 1 (a lower bound,
+    known as soon as the task is); with it, as the extraction will give them.
+    """
+    from mechwidgets.core.specs import action_params
+    from mechwidgets.probes.sweep import DEFAULT_CONTROLS
+
+    table = action_params(spec.action.name) or {}
+    if "permutations" not in table:
+        return
+    counts = {
+        key: spec.action.params.get(key, table[key][1])
+        for key in ("seeds", "permutations", "resamples")
+    }
+    n_slices, dim = 1, 1
+    if model is not None:
+        from mechwidgets.extract.extractor import plan_extraction
+
+        plan = plan_extraction(model, selectors=spec.extraction.selectors)
+        n_slices, dim = len(plan.layers) * max(1, len(plan.components)), model.d_model
+    controls = DEFAULT_CONTROLS if spec.controls is None else [c.name for c in spec.controls]
+    needed = protocol_bytes(
+        n_samples=len(task),
+        n_test=int((np.asarray(task.split) == "test").sum()),
+        dim=dim,
+        n_slices=n_slices,
+        controls=controls,
+        **counts,
+    )
+    check_memory(needed, counts)
 
 
 def run_bundle(path: str | Path, output_dir: str | Path | None = None) -> ActionResult:
@@ -216,8 +288,7 @@ def metrics_difference(result: ActionResult, bundle: str | Path) -> float:
     0.0 when every number is the same; ``inf`` when the tables differ in shape, columns
     or non-numeric cells (labels, layers, components).
     """
-    metrics = json.loads((bundle_folder(bundle) / "metrics.json").read_text())
-    old = pd.DataFrame(metrics["table"])
+    old = pd.DataFrame(read_metrics(bundle)["table"])
     new = pd.DataFrame(to_jsonable(result.table.to_dict(orient="records")))
     if old.shape != new.shape or list(old.columns) != list(new.columns):
         return float("inf")
@@ -232,6 +303,24 @@ def metrics_difference(result: ActionResult, bundle: str | Path) -> float:
     return float(np.nanmax(np.abs(a - b), initial=0.0))
 
 
+def read_metrics(bundle: str | Path) -> dict[str, Any]:
+    """A bundle's ``metrics.json``; a missing or unreadable one is a one-line SpecError.
+
+    Read before a re-run, so a bundle that cannot be compared fails before the work.
+    """
+    file = bundle_folder(bundle) / "metrics.json"
+    fix = "re-run the config without comparing: mechinterp run CONFIG.yaml"
+    try:
+        metrics = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{file} is missing, so the re-run has nothing to compare; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecError(f"{file} cannot be read ({exc}); {fix}") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("table"), list):
+        raise SpecError(f"{file} has no 'table' of records, so it cannot be compared; {fix}")
+    return metrics
+
+
 def task_hash(task: Task) -> str:
     """A sha256 over a task's texts, labels, splits and positions: the data's fingerprint."""
     digest = hashlib.sha256()
@@ -240,8 +329,12 @@ def task_hash(task: Task) -> str:
     for name in sorted(task.labels):
         digest.update(name.encode() + np.asarray(task.labels[name]).astype(str).tobytes())
     digest.update(np.asarray(task.split).astype(str).tobytes())
-    if task.positions is not None:
-        digest.update(np.asarray(task.positions, dtype=np.int64).tobytes())
+    if task.positions is not None:  # int64, or markers and spans (object): as JSON
+        positions = task.positions
+        if positions.dtype == object:
+            digest.update(json.dumps(position_key(positions)).encode())
+        else:
+            digest.update(positions.tobytes())
     return digest.hexdigest()
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from mechwidgets.core.errors import TaskError
 from mechwidgets.data import grammar, induction
 from mechwidgets.data.grammar import Sentence
+from mechwidgets.data.positions import Position
 from mechwidgets.data.splits import SPLIT_FRACTIONS, SPLITS, stratified_split
 from mechwidgets.data.tasks import LogitDiff, RepeatLogProb, Task
 
@@ -158,7 +159,8 @@ class PromptPairs:
         "are"); each is the wrong answer for the other prompt.
     split : train/val/test per pair (lexical items held out as in the tasks).
     word_types : id of the subject noun of each pair.
-    position : the token read (the last, before the verb).
+    position : the token read in every prompt, as :mod:`mechwidgets.data.positions`
+        defines (default -1: the last token, before the verb).
     metadata : ``classes`` and the ``factors`` of the clean sentences.
     """
 
@@ -169,7 +171,7 @@ class PromptPairs:
     corrupt_answer: list[str]
     split: np.ndarray
     word_types: np.ndarray
-    position: int = -1
+    position: Position = -1
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -8,12 +8,20 @@ second call with the same inputs opens the cached cube and runs no forward pass.
 >>> cube = extract(model, task, layers="all", components=["resid", "attn", "mlp"])
 >>> cube["act"].sel(layer=3, component="mlp")
 >>> extract(model, ["the cat sleeps"], selectors=["resid:0-1", "head:1.*"], token="mean")
+>>> extract(model, ["the [MASK] is red"], layers="embed,all", token="[MASK]")["token"]
+
+Layers are block indices, plus ``"embed"`` (layer :data:`~mechwidgets.core.components.EMBED`
+= -1 in the cube): the embedding output, the residual stream entering block 0. Only
+``resid`` has a value there; ``attn``, ``mlp``, heads and neurons are NaN at -1, which
+the probing actions skip. ``"all"`` names the blocks only: ask for ``"embed,all"``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,11 +31,26 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from mechwidgets.core.components import expand_selectors
-from mechwidgets.core.errors import ModelError, SpecError, TaskError
+from mechwidgets.core.components import EMBED, expand_selectors
+from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
+from mechwidgets.data.positions import (
+    Position,
+    ReadTokens,
+    as_position,
+    as_positions,
+    position_key,
+    resolve_positions,
+)
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract import cache as cache_store
-from mechwidgets.extract.cube import FORMAT_VERSION, RESERVED, CubeLayout, CubeWriter, open_cube
+from mechwidgets.extract.cube import (
+    FORMAT_VERSION,
+    GROUP,
+    RESERVED,
+    CubeLayout,
+    CubeWriter,
+    open_cube,
+)
 from mechwidgets.models.loading import Model
 from mechwidgets.probes.controls import WORDTYPE_PREFIX
 
@@ -35,6 +58,8 @@ from mechwidgets.probes.controls import WORDTYPE_PREFIX
 STREAMS = ("resid", "attn", "mlp")
 #: batches above which a progress bar is shown when ``progress`` is None
 PROGRESS_MIN_BATCHES = 4
+#: per-sample coordinates extraction records: the token each sample is read at
+READ_COORDS = ("position", "token")
 
 Pool = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,8 +68,10 @@ Pool = Callable[[torch.Tensor], torch.Tensor]
 class Plan:
     """What one extraction reads: a dense grid of layers x components, plus neurons.
 
-    ``streams`` are among ``resid``/``attn``/``mlp``; ``heads`` are head indices stored as
-    ``head.H`` components; ``neurons`` are MLP neuron indices (None: no ``neurons``).
+    ``layers`` are block indices, led by :data:`EMBED` when the embedding output is read
+    (only ``resid`` has a value there). ``streams`` are among ``resid``/``attn``/``mlp``;
+    ``heads`` are head indices stored as ``head.H`` components; ``neurons`` are MLP
+    neuron indices (None: no ``neurons``).
     """
 
     layers: tuple[int, ...]
@@ -72,34 +99,61 @@ def plan_extraction(
     """Parse layers x components (or selectors) against the model into a :class:`Plan`.
 
     The cube holds the dense grid of every layer and every component any selector names;
-    out-of-range layers, heads or neurons raise a one-line SelectorError.
+    ``"embed"`` among a selector's layers (``"resid:embed,0-3"``, ``layers="embed,all"``)
+    adds the embedding layer. Out-of-range layers, heads or neurons raise a one-line
+    SelectorError.
     """
     if selectors is None:
         span = layers if isinstance(layers, str) else _layer_text(layers)
         selectors = [
             f"{c}:{span}" for c in ([components] if isinstance(components, str) else components)
         ]
-    parsed = expand_selectors(
-        selectors if isinstance(selectors, str) else list(selectors), model.shape
-    )
+    items = selectors.split(";") if isinstance(selectors, str) else list(selectors)
+    kept, embed = [], []
+    for item in items:
+        rest, named = _without_embed(item)
+        embed += [item] if named else []
+        kept += [rest] if rest else []
+    parsed = expand_selectors(kept, model.shape) if kept else []
     streams = {c.name for c in parsed if c.head is None and c.neuron is None}
+    if embed:
+        if not any(item.strip().startswith(("resid:", "residual:")) for item in embed):
+            raise SelectorError(
+                f"'{embed[0]}': the embedding layer holds only the residual stream; "
+                "ask for 'resid:embed'"
+            )
+        streams.add("resid")
     neuron_ids = sorted({c.neuron for c in parsed if c.neuron is not None})
     if neurons and not neuron_ids:
         neuron_ids = list(range(model.shape.d_mlp))
     return Plan(
-        layers=tuple(sorted({c.layer for c in parsed})),
+        layers=tuple(sorted({c.layer for c in parsed} | ({EMBED} if embed else set()))),
         streams=tuple(s for s in STREAMS if s in streams),
         heads=tuple(sorted({c.head for c in parsed if c.head is not None})),
         neurons=tuple(neuron_ids) if neuron_ids else None,
     )
 
 
-def _layer_text(layers: int | Sequence[int]) -> str:
+def _without_embed(selector: str) -> tuple[str | None, bool]:
+    """The selector without ``embed`` among its layers (None if nothing is left), and
+    whether it named ``embed``."""
+    if not isinstance(selector, str):
+        return selector, False  # expand_selectors reports it
+    kind, colon, rest = selector.strip().partition(":")
+    parts = rest.split(",")
+    if not colon or "embed" not in parts:
+        return selector, False
+    left = [p for p in parts if p != "embed"]
+    return (f"{kind}:{','.join(left)}" if left else None), True
+
+
+def _layer_text(layers: int | str | Sequence[int | str]) -> str:
     if isinstance(layers, int):
         return str(layers)
-    if not layers or not all(isinstance(x, int) for x in layers):
+    if not layers or not all(isinstance(x, int) or x == "embed" for x in layers):
         raise SpecError(
-            f"layers must be 'all', a range like '0-5', an int or a list of ints, got {layers!r}"
+            "layers must be 'all', a range like '0-5', 'embed', an int or a list of ints "
+            f"and 'embed', got {layers!r}"
         )
     return ",".join(map(str, layers))
 
@@ -111,8 +165,8 @@ def extract(
     layers: str | int | Sequence[int] = "all",
     components: Sequence[str] = STREAMS,
     selectors: str | Sequence[str] | None = None,
-    token: Literal["last", "mean"] | int | None = None,
-    positions: Sequence[int] | np.ndarray | None = None,
+    token: Literal["last", "mean"] | Position | None = None,
+    positions: Sequence[Position] | np.ndarray | None = None,
     neurons: bool = False,
     batch_size: int = 32,
     cache: bool = True,
@@ -125,13 +179,18 @@ def extract(
     ----------
     model : from :func:`mechwidgets.load_model`.
     data : a list of texts, or a Task (its labels, splits and positions ride along).
-    layers, components : what to read: ``"all"``/``"0-5"``/an int/a list, and any of
+    layers, components : what to read: ``"all"``/``"0-5"``/an int/a list, with
+        ``"embed"`` for the embedding output (layer -1, e.g. ``"embed,all"``), and any of
         ``resid``, ``attn``, ``mlp``, ``head`` (per-head writes), ``neuron``.
-    selectors : instead of layers x components, strings like ``["resid:0-5", "head:2.*"]``.
-    token : ``"last"`` (last non-pad token), ``"mean"`` (over non-pad tokens) or an int
-        position over the non-pad tokens (negative counts from the end). By default the
-        positions (given, or the Task's) when there are any, else ``"last"``.
-    positions : one token position per text, counted like an int ``token``.
+    selectors : instead of layers x components, strings like ``["resid:embed,0-5",
+        "head:2.*"]``.
+    token : ``"last"`` (each text's last token, special tokens included), ``"mean"``
+        (over the non-pad tokens), or one position for every text as
+        :mod:`mechwidgets.data.positions` defines: an int over the tokens as the
+        tokenizer gives them, special tokens included (negative from the end), a marker
+        string (``"[MASK]"``, ``"is@last"``) or a ``(start, end)`` character span. By
+        default the positions (given, or the Task's) when there are any, else ``"last"``.
+    positions : one position per text, written like a single ``token``.
     neurons : also store MLP neuron activations as the ``neurons`` variable.
     batch_size : texts per forward pass.
     cache : reuse and store the cube in the cache folder; False writes it to a private
@@ -142,7 +201,9 @@ def extract(
 
     Returns
     -------
-    xarray.Dataset following the cube contract of :mod:`mechwidgets.extract.cube`.
+    xarray.Dataset following the cube contract of :mod:`mechwidgets.extract.cube`; except
+    with ``token="mean"`` it records along ``sample`` the ``position`` (token index) and
+    the ``token`` (its string) each text was read at.
     """
     if not isinstance(model, Model):
         raise ModelError(
@@ -154,26 +215,43 @@ def extract(
         raise SpecError("pass either token= or positions=, not both")
     texts, per_sample, task_positions = _samples(data)
     plan = plan_extraction(model, layers, components, selectors, neurons)
-    policy, rel = _positions(token, task_positions if positions is None else positions, len(texts))
+    policy, specs = _positions(
+        token, task_positions if positions is None else positions, len(texts)
+    )
     layout = plan.layout(len(texts), model.d_model)
-    key = _cache_key(model, texts, plan, policy, rel)
-    cube = cache_store.load(key, layout) if cache else None
-    if cube is None:
-        path = cache_store.cache_path(key) if cache else cache_store.scratch_dir() / f"{key}.nc"
-        attrs = _attrs(model, key, policy, plan)
-        _check_positions(model, texts, rel)
-        with cache_store.writing(path) as tmp, CubeWriter(tmp, layout, per_sample, attrs) as out:
-            starts = range(0, len(texts), batch_size)
-            show = progress if progress is not None else len(starts) > PROGRESS_MIN_BATCHES
-            for start in tqdm(starts, desc="extract", unit="batch", disable=not show):
-                stop = start + batch_size
-                inputs = model.tokenize(texts[start:stop], padding_side=padding_side)
-                pool = _pooler(inputs["attention_mask"], rel, start)
-                out.write(start, *run_batch(model, plan, inputs, pool))
-        cube = open_cube(path, layout)
+    request = _request(model, texts, plan, policy, specs)
+    key = cache_store.cache_key(request)
+    # The key's lock is held from the lookup until the cube is open: a second process
+    # asking for it waits and then reads it, and `cache clear` leaves it alone.
+    with cache_store.claim(key) if cache else nullcontext():
+        cube = cache_store.load(key, layout) if cache else None
+        if cube is None:
+            path = cache_store.cache_path(key) if cache else cache_store.scratch_dir() / f"{key}.nc"
+            attrs = {**_attrs(model, key, policy, plan), "request": request}
+            reads = _read_tokens(model, texts, specs)
+            if specs is not None:
+                per_sample = {**per_sample, "position": reads.index, "token": reads.token}
+            with (
+                cache_store.writing(path) as tmp,
+                CubeWriter(tmp, layout, per_sample, attrs) as out,
+            ):
+                starts = range(0, len(texts), batch_size)
+                show = progress if progress is not None else len(starts) > PROGRESS_MIN_BATCHES
+                for start in tqdm(starts, desc="extract", unit="batch", disable=not show):
+                    stop = start + batch_size
+                    inputs = model.tokenize(texts[start:stop], padding_side=padding_side)
+                    index = None if specs is None else reads.index[start:stop]
+                    pool = _pooler(inputs["attention_mask"], index)
+                    out.write(start, *run_batch(model, plan, inputs, pool))
+            cube = open_cube(path, layout)
     # Labels and splits are not in the cache key: the same texts relabelled reuse the
     # activations, and the cube carries the labels of this call, not of the cached file.
-    stale = [c for c in cube.coords if cube[c].dims == ("sample",) and c not in per_sample]
+    # The read tokens are a function of the key, so the file's own are kept.
+    stale = [
+        c
+        for c in cube.coords
+        if cube[c].dims == ("sample",) and c not in per_sample and c not in READ_COORDS
+    ]
     result = (
         cube.drop_vars(stale)
         .assign_coords({k: ("sample", v) for k, v in per_sample.items()})
@@ -183,24 +261,26 @@ def extract(
     return result
 
 
-def _cache_key(
-    model: Model, texts: list[str], plan: Plan, policy: str, rel: np.ndarray | None
-) -> str:
-    """Everything that shapes the activations (labels and splits do not)."""
-    return cache_store.cache_key(
-        {
-            "model": model.identity,
-            "tokenizer": model.tokenizer_hash,
-            "texts": texts_hash(texts),
-            "positions": rel.tolist() if policy == "positions" and rel is not None else None,
-            "token": policy,
-            "layers": list(plan.layers),
-            "components": list(plan.components),
-            "neurons": None if plan.neurons is None else list(plan.neurons),
-            "dtype": str(model.dtype).removeprefix("torch."),
-            "format": FORMAT_VERSION,
-        }
-    )
+def _request(
+    model: Model, texts: list[str], plan: Plan, policy: str, specs: np.ndarray | None
+) -> dict[str, Any]:
+    """Everything that shapes the activations (labels and splits do not).
+
+    Positions enter as written (a marker, a span): with the tokenizer and the texts they
+    fix the token read, so a cached cube is found without tokenizing.
+    """
+    return {
+        "model": model.identity,
+        "tokenizer": model.tokenizer_hash,
+        "texts": texts_hash(texts),
+        "read_at": position_key(specs) if policy == "positions" and specs is not None else None,
+        "token": policy,
+        "layers": list(plan.layers),
+        "components": list(plan.components),
+        "neurons": None if plan.neurons is None else list(plan.neurons),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "format": FORMAT_VERSION,
+    }
 
 
 def texts_hash(texts: Sequence[str]) -> str:
@@ -226,6 +306,9 @@ def run_batch(
     with model.nn.trace(**inputs) as tracer:
         saved = nnsight.save({})
         for layer in plan.layers:
+            if layer == EMBED:
+                saved["resid", EMBED] = pool(model.embeddings())
+                continue
             if plan.heads:
                 saved["z", layer] = pool(model.attn_out_proj(layer).input)
             if "attn" in want:
@@ -243,14 +326,33 @@ def run_batch(
     rows = None
     if plan.neurons is not None:
         index = torch.tensor(plan.neurons, device=model.device)
-        rows = torch.stack([saved["neurons", layer][:, index] for layer in plan.layers], 1)
+        rows = torch.stack(
+            [
+                _absent(saved["resid", EMBED], len(index))
+                if layer == EMBED
+                else saved["neurons", layer][:, index]
+                for layer in plan.layers
+            ],
+            1,
+        )
     return _numpy(act), _numpy(rows)
+
+
+def _absent(like: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """NaN rows shaped like ``like`` (or ``width`` wide): a component the layer lacks."""
+    shape = like.shape if width is None else (*like.shape[:-1], width)
+    return torch.full(shape, torch.nan, dtype=like.dtype, device=like.device)
 
 
 def _layer_rows(
     model: Model, plan: Plan, saved: dict[Any, torch.Tensor], layer: int
 ) -> torch.Tensor:
-    """One layer's (batch, component, dim) block: the streams, then the heads."""
+    """One layer's (batch, component, dim) block: the streams, then the heads; at the
+    embedding layer only ``resid`` has values, the rest is NaN."""
+    if layer == EMBED:
+        resid = saved["resid", EMBED]
+        parts = [resid if s == "resid" else _absent(resid) for s in plan.components]
+        return torch.stack(parts, 1)
     parts = [saved[s, layer] for s in plan.streams]
     if plan.heads:
         parts.extend(head_writes(model, layer, saved["z", layer], plan.heads).unbind(1))
@@ -309,6 +411,8 @@ def _samples(
         raise TaskError(f"label names {clash} are taken by the cube; rename those labels")
     types = {f"{WORDTYPE_PREFIX}{k}": v for k, v in data.word_types.items()}  # control_task
     columns = {"split": data.split, **data.labels, **types}
+    if data.groups is not None:
+        columns[GROUP] = data.groups
     for name, values in columns.items():
         if len(values) != n:
             raise TaskError(f"task '{data.name}': '{name}' has {len(values)} values for {n} texts")
@@ -317,54 +421,49 @@ def _samples(
 
 
 def _positions(
-    token: str | int | None, positions: Sequence[int] | np.ndarray | None, n: int
+    token: Any, positions: Sequence[Any] | np.ndarray | None, n: int
 ) -> tuple[str, np.ndarray | None]:
-    """The token policy's name and the position per sample (None for ``mean``)."""
+    """The token policy's name and the position per sample as written (None for ``mean``)."""
     if token is None and positions is not None:
-        rel = np.asarray(positions)
-        if rel.shape != (n,) or not np.issubdtype(rel.dtype, np.integer):
-            raise TaskError(f"positions must be {n} integers, one per text, got shape {rel.shape}")
-        return "positions", rel.astype(np.int64)
+        return "positions", as_positions(positions, n)
     token = "last" if token is None else token
     if token == "mean":
         return "mean", None
     if token == "last":
         return "last", np.full(n, -1, dtype=np.int64)
-    if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
-        return f"index:{int(token)}", np.full(n, int(token), dtype=np.int64)
-    raise SpecError(f"bad token policy {token!r}: use 'last', 'mean' or an integer position")
+    if not isinstance(token, (int, np.integer, str, tuple, list)) or isinstance(token, bool):
+        raise SpecError(
+            f"bad token policy {token!r}: use 'last', 'mean', an int, a marker string or a "
+            "(start, end) span"
+        )
+    spec = as_position(token, "token")
+    return f"at:{json.dumps(list(spec) if isinstance(spec, tuple) else spec)}", as_positions(
+        [spec] * n, n
+    )
 
 
-def _check_positions(model: Model, texts: list[str], rel: np.ndarray | None) -> None:
-    """Check every text fits and has the asked-for token, before any forward pass."""
-    lengths = np.array(model.token_lengths(texts))
-    empty = np.flatnonzero(lengths == 0)
-    if empty.size:
-        raise TaskError(f"text {empty[0]} ({texts[empty[0]]!r}) has no tokens; drop it")
-    if rel is not None:
-        bad = np.flatnonzero((rel >= lengths) | (rel < -lengths))
-        if bad.size:
-            i = int(bad[0])
-            raise TaskError(
-                f"token position {int(rel[i])} is outside text {i}, which has {lengths[i]} "
-                "tokens; positions count non-pad tokens, negative from the end"
-            )
+def _read_tokens(model: Model, texts: list[str], specs: np.ndarray | None) -> ReadTokens:
+    """Resolve the positions and check every text fits, before any forward pass."""
+    reads = resolve_positions(model.tokenizer, texts, specs)
+    model.check_context(reads.length.tolist())
+    return reads
 
 
-def _pooler(mask: torch.Tensor, rel: np.ndarray | None, start: int) -> Pool:
-    """Reduce (batch, seq, ...) activations to (batch, ...) float32 by the token policy."""
+def _pooler(mask: torch.Tensor, index: np.ndarray | None) -> Pool:
+    """Reduce (batch, seq, ...) activations to (batch, ...) float32 by the token policy.
+
+    ``index`` holds each text's read token among its own (unpadded) tokens.
+    """
     mask = mask.bool()
-    if rel is None:  # mean over non-pad tokens; where(), not a product, so NaN in pads drops out
+    if index is None:  # mean over non-pad tokens; where(), not a product, so NaN in pads drops out
         counts = mask.sum(1, keepdim=True)
         keep = mask.unsqueeze(-1)
         return lambda x: torch.where(keep, x, 0).sum(1, dtype=torch.float32) / counts
-    offset = torch.as_tensor(rel[start : start + len(mask)], device=mask.device)
-    lengths = mask.sum(1)
     first = mask.int().argmax(1)  # index of the first real token: 0 unless left-padded
-    index = first + torch.where(offset < 0, offset + lengths, offset)
+    at = first + torch.as_tensor(index, device=mask.device)
     rows = torch.arange(len(mask), device=mask.device)
     # Advanced indexing copies, so only the picked rows outlive the trace, not the full tensor.
-    return lambda x: x[rows, index].float()
+    return lambda x: x[rows, at].float()
 
 
 def _attrs(model: Model, key: str, policy: str, plan: Plan) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,7 +49,8 @@ class Model:
     tokenizer : the model's tokenizer (a pad token is set when it had none).
     name : the zoo name, HF id, or class name of an in-memory model.
     revision : the resolved revision (commit or weights hash), None for in-memory models.
-    source : ``zoo:``/``hf:`` identity of a named model; None means hash the weights.
+    source : ``zoo:``/``hf:``/``local:`` identity of a named model; None means hash the
+        weights.
     """
 
     nn: nnsight.NNsight
@@ -145,6 +146,16 @@ class Model:
         """Envoy of block ``layer``; its output is the residual stream after the block."""
         return self.envoy("block", layer)
 
+    def embeddings(self) -> Any:
+        """Inside a trace: the embedding output, i.e. the residual stream entering block 0.
+
+        Token embeddings, plus position embeddings, LayerNorm and dropout where the family
+        has them (BERT's ``embeddings`` module output, GPT-2's ``wte + wpe``): the hidden
+        state HF returns first with ``output_hidden_states``. The cube's layer
+        :data:`~mechwidgets.core.components.EMBED`.
+        """
+        return self.block(0).input
+
     def attn(self, layer: int) -> Any:
         """Envoy whose output (first element if a tuple) is the attention's write."""
         return self.envoy("attn", layer)
@@ -183,7 +194,7 @@ class Model:
             list(texts), padding=True, padding_side=padding_side, return_tensors="pt"
         )
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        self._check_context(mask.sum(1).tolist())
+        self.check_context(mask.sum(1).tolist())
         inputs = {
             "input_ids": ids,
             "attention_mask": mask,
@@ -202,10 +213,11 @@ class Model:
             for start in range(0, len(texts), chunk)
             for ids in self.tokenizer(list(texts[start : start + chunk]))["input_ids"]
         ]
-        self._check_context(lengths)
+        self.check_context(lengths)
         return lengths
 
-    def _check_context(self, lengths: list[int]) -> None:
+    def check_context(self, lengths: Sequence[int]) -> None:
+        """Raise a one-line TaskError naming the first text longer than the context."""
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] > self.max_context:
             raise TaskError(
@@ -259,8 +271,10 @@ def load_model(
 
     Parameters
     ----------
-    name_or_module : a zoo name (``"toy-grammar"``), an HF id or local folder
-        (``"EleutherAI/pythia-70m"``), or a built ``transformers`` model.
+    name_or_module : a zoo name (``"toy-grammar"``, exactly as :func:`zoo.list_models`
+        spells it), a local folder saved with ``save_pretrained`` (any absolute path, or a
+        relative path that exists; loaded offline), an HF id (``"EleutherAI/pythia-70m"``),
+        or a built ``transformers`` model.
     tokenizer : required with a built model; overrides the checkpoint's otherwise.
     revision : HF branch, tag or commit.
     device, dtype : where and in which precision to run (``float32``, ``float16``,
@@ -305,11 +319,19 @@ def load_model(
 def _load_named(
     name: str, tokenizer: Any, revision: str | None, dtype: str
 ) -> tuple[torch.nn.Module, Any, str, str]:
-    """Weights, tokenizer, identity and revision: from the zoo folder offline, else the HF
-    cache or hub."""
-    folder = zoo.model_dir(name)
-    where: str | Path = folder if folder is not None else name
-    local = folder is not None
+    """Weights, tokenizer, identity and revision: from the zoo folder offline, else a local
+    folder, else the HF cache or hub.
+
+    Only a name exactly in :func:`zoo.list_models` is a zoo model; an absolute path or an
+    existing folder is the user's own checkpoint, loaded offline.
+    """
+    folder = zoo.model_dir(name) if name in zoo.list_models() else None
+    path = Path(name).expanduser()
+    own = folder is None and (path.is_absolute() or path.is_dir())
+    if own and not path.is_dir():
+        raise ModelError(f"no folder at '{path}'; check the path to the saved model")
+    where: str | Path = folder if folder is not None else path if own else name
+    local = folder is not None or own
     try:
         with _without_progress_bar():
             config = transformers.AutoConfig.from_pretrained(
@@ -329,6 +351,12 @@ def _load_named(
                 f"zoo model '{name}' in {folder} cannot be loaded ({_first_line(exc)}); "
                 "reinstall mechwidgets or retrain it with mechwidgets.models.zoo.train"
             ) from None
+        if own:
+            raise ModelError(
+                f"cannot load the folder '{path}' as a Hugging Face model ({_first_line(exc)}); "
+                "it needs config.json, the weights and the tokenizer files, as "
+                "save_pretrained writes them"
+            ) from None
         zoo_names = ", ".join(zoo.list_models()) or "none installed"
         raise ModelError(
             f"cannot load model '{name}' ({_first_line(exc)}); it is not a zoo model "
@@ -339,8 +367,21 @@ def _load_named(
         weights = folder / "model.safetensors"
         revision = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
         return hf, tokenizer, f"zoo:{name}@{revision}", revision
+    if own:
+        revision = _folder_revision(path)
+        return hf, tokenizer, f"local:{path.resolve()}@{revision}", revision
     revision = getattr(config, "_commit_hash", None) or revision or "main"
     return hf, tokenizer, f"hf:{name}@{revision}", revision
+
+
+def _folder_revision(path: Path) -> str:
+    """A hash of the folder's file names, sizes and modification times: a folder has no
+    commit, and hashing its bytes would read every weight of a large model again."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 @contextmanager

@@ -322,7 +322,9 @@ def _facet(layers: Any, df: pd.DataFrame, by_label: bool = True) -> alt.FacetCha
 
 
 def _layer_axis() -> alt.X:
-    return alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1, format="d"))
+    """Layers in order, the embedding layer (-1, first) labelled ``embed``."""
+    labels = "datum.value == -1 ? 'embed' : format(datum.value, 'd')"
+    return alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1, labelExpr=labels))
 
 
 def _tooltip(df: pd.DataFrame) -> list[Any]:
