@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from mechwidgets.actions.base import ActionResult
 from mechwidgets.core.errors import MechError
 from mechwidgets.report import bundle as bundle_mod
 from mechwidgets.report.bundle import (
+    ARTIFACTS,
     BundleError,
     activations_index,
+    check_target,
     is_bundle,
     read_artifacts,
     to_jsonable,
@@ -216,3 +219,68 @@ def test_to_jsonable_handles_numpy_and_nan():
         "p": Path("x/y"),
     }
     assert to_jsonable(value) == {"1": None, "a": [0, 1, 2], "b": [True, None], "p": "x/y"}
+
+
+def test_user_files_beside_a_bundle_are_never_deleted(result, tmp_path):
+    out = write_bundle(result, tmp_path / "run")
+    (out / "notes.txt").write_text("my notes")
+    (out / "analysis").mkdir()
+    (out / "analysis" / "fit.csv").write_text("a,b")
+    before = (out / "metrics.json").read_text()
+    with pytest.raises(BundleError) as err:
+        write_bundle(result, out)
+    message = str(err.value)
+    assert "analysis/" in message and "notes.txt" in message and str(tmp_path / "run-2") in message
+    assert "\n" not in message
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert (out / "analysis" / "fit.csv").read_text() == "a,b"
+    assert (out / "metrics.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock or temp left
+
+
+def test_a_bundle_of_another_action_is_not_replaced(result, tmp_path):
+    out = write_bundle(result, tmp_path / "run")
+    (tmp_path / "run-2").mkdir()
+    (tmp_path / "run-2" / "x").write_text("taken")
+    result.action = "collapse"
+    with pytest.raises(BundleError, match=r"bundle of 'detect', not 'collapse'.*run-3"):
+        write_bundle(result, out)
+    assert read_artifacts(out)["action"] == "detect"
+    assert is_bundle(write_bundle(result, tmp_path / "run-3"))
+
+
+def test_tilde_is_expanded_and_no_literal_folder_appears(result, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    out = write_bundle(result, "~/runs/x")
+    assert out == tmp_path / "home" / "runs" / "x" and is_bundle(out)
+    assert not (tmp_path / "~").exists()
+    assert read_artifacts("~/runs/x")["action"] == "detect"
+
+
+def test_a_replacement_killed_between_its_renames_is_restored(result, tmp_path, caplog):
+    out = write_bundle(result, tmp_path / "run")
+    before = (out / "metrics.json").read_text()
+    # what a kill between the two renames of a replacement leaves: the old bundle aside,
+    # the new one half built, nothing at the bundle's own name
+    out.rename(tmp_path / ".run.old-99999-abcd1234")
+    (tmp_path / ".run.tmp-99999-abcd1234").mkdir()
+    (tmp_path / ".run.tmp-99999-abcd1234" / ARTIFACTS).write_text("{")
+    with caplog.at_level("WARNING", logger="mechwidgets"):
+        art = read_artifacts(out)
+    assert art["action"] == "detect" and (out / "metrics.json").read_text() == before
+    assert "restored bundle" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the half-built one is gone
+
+    (out).rename(tmp_path / ".run.old-99999-ffff0000")
+    result.table = result.table.assign(score=0.25)
+    write_bundle(result, out)  # restores, then replaces the restored bundle
+    assert {r["score"] for r in json.loads((out / "metrics.json").read_text())["table"]} == {0.25}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_finished_replacement_with_its_old_copy_left_is_tidied(result, tmp_path):
+    out = write_bundle(result, tmp_path / "run")
+    shutil.copytree(out, tmp_path / ".run.old-99999-abcd1234")  # kill during the final rmtree
+    assert check_target(out, "detect") == out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

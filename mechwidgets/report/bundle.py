@@ -11,7 +11,12 @@
 - ``report.html``: one self-contained page (Vega inlined) that renders offline.
 
 The folder is built beside the target and renamed into place, so a failure never leaves a
-half bundle, and an existing folder is replaced only if it is a bundle itself.
+half bundle. Nothing a user wrote is deleted: an existing folder is replaced only when it
+holds exactly a bundle of the same action (anything else is a one-line error offering a
+free name). Writers of one folder take turns (a lock beside it), and what a killed writer
+left (a half-built ``.NAME.tmp-*`` folder, or the previous bundle in ``.NAME.old-*`` when
+the kill fell between the two renames of a replacement) is cleaned up or restored by the
+next write or read of that folder.
 
 >>> write_bundle(result, "runs/demo")
 PosixPath('runs/demo')
@@ -23,11 +28,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,11 +45,20 @@ import pandas as pd
 import vl_convert
 import xarray as xr
 
+from mechwidgets.core import locks
 from mechwidgets.core.errors import MechError
+
+log = logging.getLogger("mechwidgets")
 
 BUNDLE_FORMAT = "mechwidgets-bundle"
 BUNDLE_VERSION = 1
 ARTIFACTS = "artifacts.json"
+#: what a bundle folder holds (charts/ holds only chart files); anything else is the user's
+BUNDLE_FILES = frozenset(
+    {ARTIFACTS, "metrics.json", "predictions.parquet", "activations_index.json", "report.html"}
+)
+CHARTS = "charts"
+CHART_SUFFIXES = (".vl.json", ".png", ".svg")
 #: report key -> distribution name, for the versions recorded in artifacts.json
 PACKAGES = {
     "mechwidgets": "mechwidgets",
@@ -66,36 +83,56 @@ def write_bundle(result: Any, path: str | Path) -> Path:
     Parameters
     ----------
     result : the action result to save.
-    path : the bundle folder; it must not exist, be empty, or be an earlier bundle.
+    path : the bundle folder (``~`` is expanded); it must not exist, be empty, or hold
+        exactly a bundle of the same action, which is then replaced.
 
     Returns
     -------
     The bundle folder.
+
+    Raises
+    ------
+    BundleError
+        When the folder holds anything else, or cannot be written: one line, before any
+        file is touched.
     """
-    path = Path(path)
-    check_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        tmp.mkdir()
-        _fill(tmp, result)
-        _swap(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    path = check_target(path, result.action)
+    with _writer_lock(path):
+        _recover(path)
+        _check(path, result.action)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
+        try:
+            _fill(tmp, result)
+            _swap(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path
 
 
 def read_artifacts(path: str | Path) -> dict[str, Any]:
-    """The ``artifacts.json`` of a bundle, given the folder or the file itself."""
-    path = Path(path)
+    """The ``artifacts.json`` of a bundle, given the folder or the file itself.
+
+    A bundle left aside by an interrupted replacement is restored first.
+    """
+    path = Path(path).expanduser()
     file = path / ARTIFACTS if path.is_dir() else path
+    folder = path.parent if path.name == ARTIFACTS else path
+    if not file.is_file() and _leftovers(folder, "old"):
+        recover(folder)
+        file = folder / ARTIFACTS
     if not file.is_file():
         raise BundleError(f"no {ARTIFACTS} at {path}; pass a bundle folder or its {ARTIFACTS}")
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"cannot read {file} ({exc}); pass a bundle's {ARTIFACTS}") from None
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{file} is not a mechwidgets bundle's {ARTIFACTS}")
     return data
@@ -176,19 +213,150 @@ def _decoded(value: Any) -> Any:
     return value
 
 
-def check_target(path: str | Path) -> None:
-    """Raise a one-line BundleError unless a bundle may be written at ``path``."""
-    path = Path(path)
+def check_target(path: str | Path, action: str | None = None) -> Path:
+    """Raise a one-line BundleError unless a bundle may be written at ``path``; return it
+    with ``~`` expanded. Call it before the work, so a bad folder fails fast.
+
+    Parameters
+    ----------
+    path : the bundle folder to be.
+    action : the action of the result to write; a folder holding another action's bundle
+        is refused (None: any bundle may be replaced).
+    """
+    path = Path(path).expanduser()
+    if _leftovers(path, "old") or _leftovers(path, "tmp"):
+        recover(path)
+    _check(path, action)
+    return path
+
+
+def recover(path: str | Path) -> Path | None:
+    """Tidy what a killed writer left beside bundle folder ``path``: a half-built
+    ``.NAME.tmp-*`` folder is removed; the previous bundle, moved to ``.NAME.old-*`` by a
+    replacement killed before it finished, is renamed back (or, when the replacement did
+    finish, removed). Returns the restored folder, or None.
+
+    Raises
+    ------
+    BundleError
+        When a leftover cannot be moved (a read-only folder): one line naming it.
+    """
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        return None
+    with _writer_lock(path):
+        return _recover(path)
+
+
+def _recover(path: Path) -> Path | None:
+    """:func:`recover` with the folder's writer lock already held."""
+    olds = sorted(_leftovers(path, "old"), key=lambda p: p.stat().st_mtime_ns)
+    try:
+        for tmp in _leftovers(path, "tmp"):  # every writer holds the lock, so its writer died
+            shutil.rmtree(tmp)
+        restored = None
+        if olds and not path.exists():
+            restored = olds.pop()
+            restored.rename(path)
+            log.warning(
+                "mechwidgets: restored bundle %s from %s, left by an interrupted replacement",
+                path,
+                restored.name,
+            )
+        for old in olds:  # the replacement finished; this was checked to be only a bundle
+            shutil.rmtree(old)
+    except OSError as exc:
+        raise BundleError(
+            f"cannot tidy what an interrupted write left beside {path} ({exc.strerror}); "
+            f"a folder named .{path.name}.old-* holds the previous bundle: rename it back"
+        ) from None
+    return path if restored else None
+
+
+def _leftovers(path: Path, kind: str) -> list[Path]:
+    parent = path.parent
+    return list(parent.glob(f".{path.name}.{kind}-*")) if parent.is_dir() else []
+
+
+@contextmanager
+def _writer_lock(path: Path) -> Iterator[None]:
+    """Writers of one bundle folder take turns; a killed one's lock is freed by the OS."""
+    with ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(locks.hold(path.parent / f".{path.name}.lock"))
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
+        yield
+
+
+def _check(path: Path, action: str | None) -> None:
+    """The one-line refusal for ``path``, if any (see :func:`check_target`)."""
     if path.is_file():
         raise BundleError(f"{path} is a file; give a folder path for the bundle")
-    if path.is_dir() and any(path.iterdir()) and not is_bundle(path):
+    if path.is_dir() and any(path.iterdir()):
+        free = _free_name(path)
+        if not is_bundle(path):
+            raise BundleError(
+                f"{path} exists and is not a mechwidgets bundle; write to {free} or choose "
+                "an empty folder"
+            )
+        foreign = _foreign(path)
+        if foreign:
+            raise BundleError(
+                f"{path} holds files that are not part of its bundle ({', '.join(foreign)}), "
+                f"which a new bundle would delete; write to {free}, or move them out"
+            )
+        old = read_artifacts(path).get("action")
+        if action is not None and old != action:
+            raise BundleError(
+                f"{path} holds a bundle of '{old}', not '{action}'; write this result to {free}"
+            )
+    ancestor = next(p for p in (path, *path.parents) if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise BundleError(
-            f"{path} exists and is not a mechwidgets bundle; choose an empty or new folder"
+            f"cannot write the bundle {path}: {ancestor} is not a writable folder; "
+            "choose another output folder"
         )
 
 
+def _foreign(path: Path) -> list[str]:
+    """Names in bundle folder ``path`` that a bundle does not hold (the user's files)."""
+    names = []
+    for entry in sorted(path.iterdir()):
+        if entry.name == CHARTS and entry.is_dir():
+            names += [
+                f"{CHARTS}/{c.name}"
+                for c in sorted(entry.iterdir())
+                if not (c.is_file() and c.name.endswith(CHART_SUFFIXES))
+            ]
+        elif entry.name not in BUNDLE_FILES or not entry.is_file():
+            names.append(entry.name + ("/" if entry.is_dir() else ""))
+    return names
+
+
+def _free_name(path: Path) -> Path:
+    """``path`` with the first ``-2``, ``-3``, ... suffix that names nothing yet."""
+    n = 2
+    while path.with_name(f"{path.name}-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
+
+
+def _unwritable(path: Path, exc: OSError) -> BundleError:
+    return BundleError(
+        f"cannot write the bundle {path} ({exc.strerror or exc}); choose a writable output folder"
+    )
+
+
 def _swap(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an earlier bundle there is moved aside, then removed."""
+    """Rename ``tmp`` to ``path``; an earlier bundle there is moved aside, then removed.
+
+    A kill between the two renames leaves the earlier bundle in ``.NAME.old-*``, which
+    :func:`recover` renames back.
+    """
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()  # an empty folder: nothing of the user's to keep
     if not path.exists():
         tmp.rename(path)
         return
