@@ -17,6 +17,9 @@ that runs it; :func:`register_command` adds one, so ``run`` and ``demo`` plug in
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,19 +56,58 @@ def register_command(command: Command) -> Command:
     return command
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, with a guess for a mistyped option."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {usage_message(self, message)}\n")
+
+
+def usage_message(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's ``message`` with the closest known option for an unrecognized one.
+
+    argparse reports unknown options from the top parser, which does not know its
+    subcommands' options, so the guess looks through every subparser too.
+    """
+    unknown = re.findall(r"(--?[\w-]+)", message.partition("unrecognized arguments:")[2])
+    if unknown:
+        known = _option_strings(parser)
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+        if close:
+            message += f" (did you mean {close[0]}?)"
+    return f"{message} (see {parser.prog} --help)"
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    out: list[str] = []
+    for action in parser._actions:  # argparse keeps no public list of its options
+        out += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _option_strings(sub)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mechinterp", description="Mechanistic interpretability from the command line."
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     for command in COMMANDS.values():
         command.configure(sub.add_parser(command.name, help=command.help))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mechinterp``; returns the exit status."""
+    """Entry point of ``mechinterp``; returns the exit status.
+
+    Bad input (a ``MechError``) prints ``mechinterp: error: ...`` and returns 2. Anything
+    else is a bug: one line ``mechinterp: internal error: ...`` and status 1, with the
+    traceback only when ``MECHWIDGETS_TRACEBACK=1`` is set, to paste into a bug report.
+    """
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args) or 0
@@ -75,6 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:
+        print("mechinterp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("MECHWIDGETS_TRACEBACK") == "1":
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(
+            f"mechinterp: internal error: {type(exc).__name__}: {first}; this is a bug: "
+            "set MECHWIDGETS_TRACEBACK=1 for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _configure_cache(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +201,7 @@ def _run_run(args: argparse.Namespace) -> int:
         bundle_folder,
         is_bundle_source,
         metrics_difference,
+        read_metrics,
         run_bundle,
         run_spec,
     )
@@ -153,6 +209,7 @@ def _run_run(args: argparse.Namespace) -> int:
     if not is_bundle_source(args.config):
         _print_result(run_spec(args.config, output_dir=args.out))
         return 0
+    read_metrics(args.config)  # the numbers to compare with, checked before the re-run
     result = run_bundle(args.config, output_dir=args.out)
     _print_result(result)
     gap = metrics_difference(result, args.config)

@@ -12,6 +12,13 @@ the bad value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
+import sys
+import types
+import typing
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +28,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from mechwidgets.core.components import parse_selector
 from mechwidgets.core.errors import SpecError
@@ -39,6 +49,8 @@ ACTION_ALIASES = {
 #: selector prefixes from the seed design's extractor
 SELECTOR_ALIASES = {"layers_output": "resid", "attentions_output": "attn", "mlps_output": "mlp"}
 CONTROLS = ("label_shuffle", "random_subspace", "control_task")
+#: arguments of an action's function that a RunSpec supplies itself, never as params
+SUPPLIED = frozenset({"cube", "source", "model", "task", "seed", "controls"})
 
 
 class _Spec(BaseModel):
@@ -49,8 +61,8 @@ class DatasetSpec(_Spec):
     """Where the texts and labels come from: a built-in task or a file of the user's."""
 
     name: str = Field(description="built-in task name, or a path to a CSV/JSONL/Parquet file")
-    n: int = Field(2000, gt=0, description="samples to draw for a built-in task")
-    seed: int = 0
+    n: StrictInt = Field(2000, gt=0, description="samples to draw for a built-in task")
+    seed: StrictInt = 0
     text: str = Field("text", description="text column, for a file")
     labels: list[str] = Field(default_factory=list, description="label columns, for a file")
     split: str | None = Field(
@@ -68,17 +80,22 @@ class ExtractionSpec(_Spec):
     model_name: str
     revision: str | None = None
     selectors: list[str] = Field(default_factory=lambda: ["resid:all", "attn:all", "mlp:all"])
-    token: Literal["last", "mean"] | int | None = Field(
+    token: Literal["last", "mean"] | StrictInt | None = Field(
         None,
         description="token policy: last, mean or an index; None reads the task's positions, "
         "else the last token; the seed design's `token_index` is an alias",
         validation_alias=AliasChoices("token", "token_index"),
     )
-    batch_size: int = Field(32, gt=0)
+    batch_size: StrictInt = Field(32, gt=0)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
     neurons: bool = Field(False, description="also extract MLP neuron activations")
     cache: bool = True
+    unseen: Literal["error", "exclude"] = Field(
+        "error",
+        description="texts the model cannot see (only special tokens, or an <unk> token): "
+        "an error, or excluded and counted in the verdict",
+    )
 
     @field_validator("selectors", mode="before")
     @classmethod
@@ -94,7 +111,7 @@ class ExtractionSpec(_Spec):
 
 
 class ActionSpec(_Spec):
-    """The action by name and its parameters."""
+    """The action by name and its parameters, checked against what the action takes."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -106,49 +123,88 @@ class ActionSpec(_Spec):
 
         value = ACTION_ALIASES.get(value, value)
         if value not in list_actions():
-            raise ValueError(f"unknown action; choose one of {', '.join(list_actions())}")
+            hint = _did_you_mean(value, [*list_actions(), *ACTION_ALIASES])
+            raise ValueError(f"unknown action{hint}; choose one of {', '.join(list_actions())}")
         return value
+
+    @model_validator(mode="after")
+    def _params(self) -> ActionSpec:
+        table = action_params(self.name)
+        if table is None:  # an action without a public function checks its own params
+            return self
+        for key, value in self.params.items():
+            if key not in table:
+                raise PydanticCustomError(
+                    "spec",
+                    f"unknown parameter '{key}' for {self.name}"
+                    f"{_did_you_mean(key, list(table))}; it takes: {', '.join(table)}",
+                )
+            problem = _check_value(value, *table[key])
+            if problem:
+                raise PydanticCustomError(
+                    "spec", f"bad value {value!r} for '{self.name}' parameter '{key}': {problem}"
+                )
+        return self
 
 
 class ControlSpec(_Spec):
-    """A null or control baseline to run beside the real probe."""
+    """A null or control baseline to run beside the real probe; controls take no options."""
 
     name: Literal["label_shuffle", "random_subspace", "control_task"]
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("params")
+    @classmethod
+    def _no_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value:
+            raise PydanticCustomError(
+                "spec",
+                f"controls take no options, got {value!r}; remove them (the random-subspace "
+                "rank is the action parameter subspace_rank)",
+            )
+        return value
+
 
 class RunSpec(_Spec):
-    """Everything needed to reproduce a run."""
+    """Everything needed to reproduce a run.
+
+    ``controls`` left out means the action's default controls; ``controls: []`` means none.
+    """
 
     run_name: str = "run"
-    seed: int = 0
+    seed: StrictInt = 0
     dataset: DatasetSpec
     extraction: ExtractionSpec
     action: ActionSpec
-    controls: list[ControlSpec] = Field(default_factory=list)
+    controls: list[ControlSpec] | None = None
     output_dir: str | None = None
 
     @field_validator("controls", mode="before")
     @classmethod
-    def _controls(cls, value: Any) -> list[Any]:
-        return [{"name": c} if isinstance(c, str) else c for c in (value or [])]
+    def _controls(cls, value: Any) -> list[Any] | None:
+        if value is None:
+            return None
+        if isinstance(value, str | dict):
+            value = [value]
+        return [{"name": c} if isinstance(c, str) else c for c in value]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         """Validate a nested or flat (magic-style) dict; errors are one-line SpecErrors."""
         if not isinstance(data, dict):
             raise SpecError(f"a run config must be a mapping of fields, got {type(data).__name__}")
+        action = _action_name(data)
         try:
-            return cls.model_validate(_nest(data))
+            return cls.model_validate(_nest(data, action))
         except ValidationError as exc:
-            raise SpecError(_one_line(exc)) from None
+            raise SpecError(_one_line(exc, action)) from None
 
     @classmethod
     def from_yaml(cls, source: str | Path) -> RunSpec:
-        """Load from a YAML file path or a YAML string."""
+        """Load from a YAML file path or a YAML string; a key given twice is an error."""
         text = Path(source).read_text() if _is_path(source) else str(source)
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -159,6 +215,93 @@ class RunSpec(_Spec):
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that :meth:`from_dict` turns back into an equal spec."""
         return self.model_dump(mode="json")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping key given twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping, after checking that no key repeats."""
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (first at line {seen[key].line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+@cache
+def action_params(name: str) -> dict[str, tuple[Any, Any]] | None:
+    """The parameters action ``name`` takes in a config: name -> (type, default).
+
+    Read from the action's public function (``mechwidgets.detect`` for ``detect``), so the
+    table is written once: its keyword parameters, less those the RunSpec supplies (the
+    data, ``seed``, ``controls``), and where the function passes ``**params`` on to the
+    probing protocol, the protocol's fields. None for an action without such a function.
+    """
+    from mechwidgets.core.registry import _ACTIONS, list_actions
+    from mechwidgets.probes.sweep import Protocol
+
+    if name not in list_actions():
+        return None
+    function = getattr(sys.modules[_ACTIONS[name].__module__], name, None)
+    if not callable(function):
+        return None
+    hints = typing.get_type_hints(function)
+    table: dict[str, tuple[Any, Any]] = {}
+    for param in inspect.signature(function).parameters.values():
+        if param.kind == param.VAR_KEYWORD:
+            fields = Protocol.__dataclass_fields__
+            protocol_hints = typing.get_type_hints(Protocol)
+            for key, info in fields.items():
+                if key not in SUPPLIED and key not in table:
+                    table[key] = (protocol_hints[key], info.default)
+        elif param.name not in SUPPLIED and param.kind != param.VAR_POSITIONAL:
+            table[param.name] = (hints.get(param.name, Any), param.default)
+    return table
+
+
+def _check_value(value: Any, hint: Any, default: Any) -> str | None:
+    """What is wrong with ``value`` for a parameter typed ``hint``, or None.
+
+    Only the plain types are checked here (the action checks the rest when it runs): an
+    ``int`` parameter is a count, so a whole number >= 1; a ``float`` a number; a ``str``
+    a string; ``None`` passes where the type allows it.
+    """
+    origin = typing.get_origin(hint)
+    if origin is None:
+        kinds = {hint}
+    elif origin in (typing.Union, types.UnionType):
+        kinds = set(typing.get_args(hint))
+    else:  # a container type (Iterable[str], Mapping, ...): the action checks it
+        return None
+    if value is None and type(None) in kinds:
+        return None
+    example = f", e.g. {default}" if isinstance(default, int | float | str) else ""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kinds <= {int, type(None)}:
+        if not (is_number and value == int(value) and not isinstance(value, float)):
+            return f"give a whole number{example}"
+        if value < 1:
+            return f"give a count of 1 or more{example}"
+    elif kinds <= {float, int, type(None)} and not is_number:
+        return f"give a number{example}"
+    elif kinds <= {str, type(None)} and not isinstance(value, str):
+        return f"give one name as a string{example}"
+    return None
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _is_path(source: str | Path) -> bool:
@@ -177,13 +320,30 @@ _FLAT = {
     "dtype": ("extraction", "dtype"),
     "device": ("extraction", "device"),
     "neurons": ("extraction", "neurons"),
+    "unseen": ("extraction", "unseen"),
     "task": ("dataset", "name"),
     "n": ("dataset", "n"),
 }
+#: flat shorthand for the extraction's selectors
+_SELECTOR_KEYS = ("layers", "components")
 
 
-def _nest(data: dict[str, Any]) -> dict[str, Any]:
-    """Turn the flat shorthand into the nested form; nested input passes through."""
+def _action_name(data: dict[str, Any]) -> str | None:
+    """The registered action a config names, or None when it names none."""
+    from mechwidgets.core.registry import list_actions
+
+    action = data.get("action")
+    name = action.get("name") if isinstance(action, dict) else action
+    name = ACTION_ALIASES.get(name, name) if isinstance(name, str) else None
+    return name if name in list_actions() else None
+
+
+def _nest(data: dict[str, Any], action_name: str | None) -> dict[str, Any]:
+    """Turn the flat shorthand into the nested form; nested input passes through.
+
+    A top-level key that is neither a RunSpec field nor flat shorthand becomes an action
+    parameter when the action takes it; otherwise it stays, to be reported as unknown.
+    """
     out: dict[str, Any] = {k: v for k, v in data.items() if k not in _FLAT}
     for key, (section, name) in _FLAT.items():
         if key in data:
@@ -193,41 +353,65 @@ def _nest(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("action"), str):
         out["action"] = {"name": out["action"]}
     action = out.get("action")
-    if isinstance(action, dict):
-        params = dict(action.get("params") or {})
-        for key in ("layers", "components"):  # shorthand for selectors
-            if key in out:
-                params.setdefault(key, out.pop(key))
-        for key in list(out):
-            if key not in RunSpec.model_fields:
-                params[key] = out.pop(key)
-        if params:
-            out["action"] = {**action, "params": params}
-        if "layers" in params or "components" in params:
-            layers = str(params.pop("layers", "all"))
-            comps = params.pop("components", "resid,attn,mlp")
-            comps = comps.split(",") if isinstance(comps, str) else list(comps)
-            out.setdefault("extraction", {})
-            out["extraction"] = {
-                **out["extraction"],
-                "selectors": [f"{c.strip()}:{layers}" for c in comps],
-            }
-            out["action"] = {**out["action"], "params": params}
+    if not isinstance(action, dict):
+        return out
+    table = action_params(action_name) if action_name else None
+    params = dict(action.get("params") or {})
+    for key in _SELECTOR_KEYS:
+        if key in out:
+            params.setdefault(key, out.pop(key))
+    for key in list(out):
+        if key not in RunSpec.model_fields and (table is None or key in table):
+            params[key] = out.pop(key)
+    if params:
+        out["action"] = {**action, "params": params}
+    if any(key in params for key in _SELECTOR_KEYS):
+        layers = params.pop("layers", "all")
+        if not str(layers).strip():
+            raise SpecError("layers is empty; give 'all', '3', '0-5' or '1,3'")
+        comps = params.pop("components", "resid,attn,mlp")
+        comps = comps.split(",") if isinstance(comps, str) else list(comps)
+        out.setdefault("extraction", {})
+        out["extraction"] = {
+            **out["extraction"],
+            "selectors": [f"{str(c).strip()}:{str(layers).strip()}" for c in comps],
+        }
+        out["action"] = {**out["action"], "params": params}
     return out
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+def _one_line(exc: ValidationError, action_name: str | None) -> str:
+    """The most useful error of a validation as one line: unknown keys come first."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "spec":
+        return msg
     if err["type"] == "extra_forbidden":
-        section = _section_model(err["loc"][:-1])
-        allowed = ", ".join(section.model_fields) if section else ""
-        return f"unknown field '{loc}'; allowed here: {allowed}"
+        allowed = _allowed_keys(err["loc"][:-1], action_name)
+        hint = _did_you_mean(str(err["loc"][-1]), allowed)
+        return f"unknown field '{loc}'{hint}; allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"missing field '{loc}'; add it to the config"
     bad = err.get("input")
+    if err["type"] == "literal_error":
+        msg += _did_you_mean(str(bad), re.findall(r"'([^']*)'", err["ctx"]["expected"]))
     return f"bad value {bad!r} for '{loc}': {msg}"
+
+
+def _allowed_keys(loc: tuple[Any, ...], action_name: str | None) -> list[str]:
+    """The keys a config may hold at ``loc`` (the top level also takes the flat shorthand)."""
+    model = _section_model(loc)
+    keys = list(model.model_fields) if model else []
+    if model is not None:
+        for info in model.model_fields.values():
+            choices = getattr(info.validation_alias, "choices", [])
+            keys += [c for c in choices if isinstance(c, str) and c not in keys]
+    if not loc:
+        params = action_params(action_name) if action_name else None
+        keys += [*_FLAT, *_SELECTOR_KEYS, *(params or {})]
+    return list(dict.fromkeys(keys))
 
 
 def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -238,6 +422,8 @@ def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         info = model.model_fields.get(str(part))
         ann = getattr(info, "annotation", None)
         args = getattr(ann, "__args__", ())
+        nested = [a for a in args if getattr(a, "__args__", None)]  # list[ControlSpec] | None
+        args = (*args, *(b for a in nested for b in a.__args__))
         nxt = next(
             (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
         )

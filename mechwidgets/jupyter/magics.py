@@ -21,6 +21,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from mechwidgets.cli import usage_message
 from mechwidgets.core.errors import MechError
 from mechwidgets.core.registry import list_actions
 from mechwidgets.core.specs import ACTION_ALIASES, RunSpec
@@ -30,11 +31,19 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises a one-line UsageError instead of exiting."""
 
     def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise UsageError(f"{self.prog}: {usage_message(self, message)}")
 
 
 def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("empty list: give comma-separated names")
+    return items
+
+
+def _controls(text: str) -> list[str]:
+    """``--controls a,b``; ``--controls none`` runs no controls."""
+    return [] if text.strip().lower() == "none" else _csv(text)
 
 
 def build_parser() -> _Parser:
@@ -54,7 +63,9 @@ def build_parser() -> _Parser:
         )
         action.add_argument("--label", help="label to probe (default: the task's first)")
         action.add_argument("--labels", type=_csv, help="comma list of labels (compare, ...)")
-        action.add_argument("--controls", type=_csv, help="label_shuffle,random_subspace,...")
+        action.add_argument(
+            "--controls", type=_controls, help="label_shuffle,random_subspace,... or none"
+        )
         action.add_argument("--seeds", type=int, help="probe seeds")
         action.add_argument("--permutations", type=int, help="label permutations for p-values")
         action.add_argument("--resamples", type=int, help="bootstrap resamples for intervals")
@@ -105,7 +116,12 @@ class MechMagics(Magics):
         try:
             if cell is not None:
                 return self._store(run_spec(RunSpec.from_yaml(cell)), line.strip() or None)
-            argv = shlex.split(line)
+            try:
+                argv = shlex.split(line)
+            except ValueError as exc:  # an unterminated quote
+                raise UsageError(
+                    f"%mechinterp: cannot split the line ({exc}); close the quote"
+                ) from None
             if argv and argv[0] in ACTION_ALIASES:
                 argv[0] = ACTION_ALIASES[argv[0]]
             try:
