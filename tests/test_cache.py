@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import netCDF4
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny
 
 import mechwidgets as mw
 from mechwidgets.cli import main
@@ -131,3 +134,150 @@ def test_editing_weights_after_loading_never_reuses_a_stale_cube(fresh_cache, co
     assert len(calls) == 1  # the edit changed the key, so the model ran again
     assert not np.allclose(second["act"].values, before)
     assert model.identity.startswith("zoo:toy-grammar@") and "+weights:" in model.identity
+
+
+def cached(model, texts=TEXTS):
+    """Extract, then close the cube; return its key and values."""
+    cube = mw.extract(model, texts, components=["resid", "mlp"], batch_size=2)
+    key, values = cube.attrs["cache_key"], cube["act"].values
+    cube.close()
+    return key, values
+
+
+def zero_a_block(path):
+    """Zero 256 raw bytes inside the act data, found by the second sample's bytes."""
+    with netCDF4.Dataset(path) as f:
+        first = np.asarray(f["act"][1]).astype(np.float32).tobytes()
+    data = bytearray(path.read_bytes())
+    at = data.find(first)
+    assert at > 0
+    data[at : at + 256] = bytes(256)
+    path.write_bytes(bytes(data))
+
+
+def write_nan(path):
+    with netCDF4.Dataset(path, "a") as f:
+        f["act"][2, 1, 0, 5] = np.nan
+
+
+@pytest.mark.parametrize("damage", [zero_a_block, write_nan])
+def test_changed_data_is_quarantined_and_rebuilt(
+    tiny_models, fresh_cache, count_calls, caplog, damage
+):
+    model = tiny_models["gpt2"]
+    key, want = cached(model)
+    damage(cache_store.cache_path(key))
+    calls = count_calls(model.module("block", 0))
+    with caplog.at_level(logging.WARNING, logger="mechwidgets"):
+        _, again = cached(model)
+    assert len(calls) == 2  # rebuilt
+    [record] = caplog.records
+    assert "fails its checksum" in record.getMessage() and "quarantine" in record.getMessage()
+    assert "\n" not in record.getMessage()
+    np.testing.assert_array_equal(again, want)
+    assert np.isfinite(again).all()
+    [aside] = (fresh_cache / "quarantine").iterdir()
+    assert aside.name.startswith(key)
+    assert [e.status for e in cache_store.list_cache()] == ["cube", "quarantined"]
+    calls.clear()
+    cached(model)
+    assert calls == []  # the rebuilt cube is trusted
+
+
+def test_a_foreign_cube_renamed_into_a_key_is_rebuilt(
+    tiny_models, fresh_cache, count_calls, caplog
+):
+    model = tiny_models["gpt_neox"]
+    key, want = cached(model)
+    other, _ = cached(model, [t + " the cat" for t in TEXTS])
+    cache_store.cache_path(other).replace(cache_store.cache_path(key))
+    calls = count_calls(model.module("block", 0))
+    with caplog.at_level(logging.WARNING, logger="mechwidgets"):
+        _, again = cached(model)
+    assert len(calls) == 2
+    assert "another request" in caplog.text and other in caplog.text
+    np.testing.assert_array_equal(again, want)
+
+
+def test_large_cubes_are_checked_block_by_block_as_read(
+    tiny_models, fresh_cache, count_calls, monkeypatch, caplog
+):
+    from mechwidgets.core.errors import CubeError
+    from mechwidgets.extract import cube as cube_mod
+
+    monkeypatch.setattr(cube_mod, "VERIFY_ON_OPEN_BYTES", 0)  # every cube counts as large
+    model = tiny_models["llama"]
+    key, want = cached(model)
+    write_nan(cache_store.cache_path(key))
+    calls = count_calls(model.module("block", 0))
+    cube = mw.extract(model, TEXTS, components=["resid", "mlp"], batch_size=2)
+    assert calls == []  # opened without reading the data
+    np.testing.assert_array_equal(cube["act"].sel(layer=0).values, want[:, 0])  # intact blocks
+    with (
+        caplog.at_level(logging.WARNING, logger="mechwidgets"),
+        pytest.raises(CubeError, match="fails its checksum") as err,
+    ):
+        cube["act"].compute()
+    assert "\n" not in str(err.value)
+    assert "the next extract rebuilds it" in caplog.text
+    cube.close()
+    assert not cache_store.cache_path(key).exists()  # moved aside when found
+    _, again = cached(model)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(again, want)
+
+
+def test_clear_leaves_a_running_extraction_alone(fresh_cache):
+    key = "k" * 24
+    path = cache_store.cache_path(key)
+    with cache_store.claim(key), cache_store.writing(path) as tmp:
+        tmp.write_bytes(b"half a cube")
+        [entry] = cache_store.list_cache()
+        assert (entry.status, entry.path) == ("in progress", tmp)
+        assert cache_store.clear_cache() == cache_store.Cleared(removed=0, in_progress=1)
+        assert tmp.read_bytes() == b"half a cube"
+    assert path.read_bytes() == b"half a cube"  # renamed into place after the clear
+    assert cache_store.clear_cache() == cache_store.Cleared(removed=1, in_progress=0)
+    assert list(fresh_cache.iterdir()) == []
+
+
+def test_stale_temp_files_are_listed_with_their_age_and_cleared(fresh_cache, capsys):
+    fresh_cache.mkdir()
+    stale = fresh_cache / f"{'a' * 24}.nc.tmp-99999-deadbeef"
+    stale.write_bytes(b"left by a killed writer")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    [entry] = cache_store.list_cache()
+    assert entry.status == "stale" and entry.age >= 7200
+    assert main(["cache", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "stale" in listing and "2 h" in listing and stale.name in listing
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1 file(s)" in capsys.readouterr().out
+    assert list(fresh_cache.iterdir()) == []
+
+
+def test_next_writer_of_a_key_removes_its_stale_temp_files(tiny_models, fresh_cache):
+    model = tiny_models["gpt_neox"]
+    key, _ = cached(model)
+    cache_store.cache_path(key).unlink()
+    stale = fresh_cache / f"{key}.nc.tmp-99999-deadbeef"
+    stale.write_bytes(b"x")
+    cached(model)
+    assert sorted(p.name for p in fresh_cache.iterdir()) == [f"{key}.nc"]
+
+
+def test_a_local_checkpoint_saved_again_in_place_gets_a_new_key(tmp_path, monkeypatch):
+    from mechwidgets.models import loading
+
+    monkeypatch.setattr(loading, "HASH_LIMIT", 0)  # keyed like a >100M-parameter model
+    hf, tok = build_tiny("gpt_neox")
+    folder = tmp_path / "ckpt"
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    first = load_model(str(folder)).identity
+    assert "weights:" not in first  # not the weights hash: the folder's identity
+    with torch.no_grad():
+        hf.gpt_neox.layers[0].mlp.dense_4h_to_h.weight.mul_(2.0)
+    hf.save_pretrained(folder)
+    assert load_model(str(folder)).identity != first
