@@ -75,7 +75,8 @@ def as_positions(values: Any, n: int, what: str = "positions") -> np.ndarray:
     A list of ``(start, end)`` spans stays one span per text (``np.asarray`` would make it
     an (n, 2) table).
     """
-    if isinstance(values, (str, tuple)) or np.ndim(values) == 0:
+    scalar = isinstance(values, (str, tuple, dict)) or not hasattr(values, "__iter__")
+    if scalar or (isinstance(values, np.ndarray) and values.ndim != 1):
         raise TaskError(f"{what} must be a list with one position per text ({n}), got {values!r}")
     items = [as_position(v, f"{what}[{i}]") for i, v in enumerate(values)]
     if len(items) != n:
