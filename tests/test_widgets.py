@@ -161,6 +161,46 @@ def test_selecting_a_cell_shows_that_probes_class_histograms():
     assert ex.detail_kind == "none" and ex.detail_values == b""
 
 
+def test_histograms_name_the_classes_not_their_codes():
+    res = result()
+    label = str(res.table["label"].iloc[0])
+    named = LayerExplorer(res, classes={label: ["singular", "plural"]})
+    named.selected = {"layer": 2, "component": "mlp"}
+    assert named.detail_rows == ["singular", "plural"]
+    # a run from a spec naming a built-in task finds the names itself
+    res.spec = {"dataset": {"name": "subject_number"}}
+    res.table = res.table.assign(label="subject_number")
+    res.predictions = res.predictions.assign(label="subject_number")
+    found = LayerExplorer(res)
+    found.selected = {"layer": 2, "component": "mlp"}
+    assert found.detail_rows == ["singular", "plural"]
+
+
+def test_polysemantic_results_show_probe_scores_and_each_layers_top_neurons():
+    rng = np.random.default_rng(0)
+    features = rng.integers(0, 2, size=(400, 2))
+    noise = rng.standard_normal((400, 2, 6))
+    neurons = np.maximum(noise + 2 * (features[:, 0] + features[:, 1])[:, None, None], 0)
+    cube = xr.Dataset(
+        {"neurons": (("sample", "layer", "neuron"), neurons)},
+        coords={
+            "layer": [0, 1],
+            "neuron": np.arange(6),
+            "split": ("sample", np.array(["train", "val", "test", "train"] * 100)),
+            "a": ("sample", features[:, 0]),
+            "b": ("sample", features[:, 1]),
+        },
+    )
+    res = mw.polysemantic(cube, labels=["a", "b"], permutations=20)
+    ex = LayerExplorer(res)  # used to raise: the table has neurons, not probe rows
+    assert ex.labels == ["a", "b"] and ex.components == ["neurons"] and ex.layers == [0, 1]
+    scores = decode(ex.scores, [2, 1])
+    assert np.allclose(scores[:, 0], res.data["probe_score"].sel(feature="a").values)
+    ex.selected = {"layer": 1, "component": "neurons"}
+    assert ex.detail_kind == "grid" and ex.detail_cols == ["a", "b"]
+    assert len(ex.detail_rows) == 6 and all(r.startswith("N") for r in ex.detail_rows)
+
+
 def test_a_table_without_predictions_says_so_instead_of_drawing():
     ex = LayerExplorer(make_table())
     ex.selected = {"layer": 0, "component": "resid"}

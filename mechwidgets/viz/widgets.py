@@ -63,9 +63,14 @@ class LayerExplorer(anywidget.AnyWidget):
         ``layer, component, y_true, y_score`` give the per-class histograms; a
         ``patching_grid(layer, component)`` method returning a 2-D ``xarray.DataArray``,
         or a localize result's ``impact`` drops, give the grid shown instead; a localize
-        ranking plots its ``effect``) or a bare table with :data:`TABLE_COLUMNS`.
+        ranking plots its ``effect``; a polysemantic result plots each feature's probe
+        score on the neurons per layer and, for a clicked layer, its top neurons'
+        loadings) or a bare table with :data:`TABLE_COLUMNS`.
     label : the label to show first; default the table's first.
     bins : histogram bins for the score distributions.
+    classes : class names per label, for the histograms (``{"subject_number":
+        ["singular", "plural"]}``) or the Task the result came from; default: the
+        built-in task the result's run named, else the class values.
 
     Examples
     --------
@@ -102,7 +107,12 @@ class LayerExplorer(anywidget.AnyWidget):
     detail_edges = traitlets.Bytes(b"").tag(sync=True)
 
     def __init__(
-        self, result: Any, label: str | None = None, bins: int = 20, **kwargs: Any
+        self,
+        result: Any,
+        label: str | None = None,
+        bins: int = 20,
+        classes: Any = None,
+        **kwargs: Any,
     ) -> None:
         if isinstance(result, pd.DataFrame):
             table, self._result = result, None
@@ -129,7 +139,8 @@ class LayerExplorer(anywidget.AnyWidget):
         self._bins = bins
         predictions = getattr(result, "predictions", None)
         self._predictions = predictions if isinstance(predictions, pd.DataFrame) else None
-        self._has_grid = callable(getattr(result, "patching_grid", None)) or _has_impact(result)
+        self._grid = _grid_source(result)
+        self._classes = _class_names(result, classes)
         # label last: its observer fills the grid before the widget's state is first sent
         super().__init__(labels=labels, label=label or labels[0], **kwargs)
 
@@ -185,7 +196,7 @@ class LayerExplorer(anywidget.AnyWidget):
         with self.hold_sync():
             if not cell:
                 self._show_nothing("click a cell to see that probe")
-            elif self._has_grid:
+            elif self._grid is not None:
                 self._show_grid(cell["layer"], cell["component"])
             else:
                 self._show_histogram(cell["layer"], cell["component"])
@@ -219,13 +230,13 @@ class LayerExplorer(anywidget.AnyWidget):
         counts = [np.histogram(y_score[rows["y_true"] == c], bins=edges)[0] for c in classes]
         self.detail_kind = "histogram"
         self.detail_title = f"{where}: {self.label} probe scores per class ({len(rows)} samples)"
-        self.detail_rows, self.detail_cols = [_class_name(c) for c in classes], []
+        names = self._classes.get(self.label, ())
+        self.detail_rows, self.detail_cols = [_class_name(c, names) for c in classes], []
         self.detail_shape = [len(classes), self._bins]
         self.detail_values, self.detail_edges = _f32(counts), _f32(edges)
 
     def _show_grid(self, layer: int, comp: str) -> None:
-        hook = getattr(self._result, "patching_grid", None)
-        grid = hook(layer, comp) if callable(hook) else _impact_grid(self._result, layer, comp)
+        grid = self._grid(layer, comp) if self._grid is not None else None
         where = f"layer {layer} \u00b7 {comp}"
         if grid is None:
             return self._show_nothing(f"{where}: no patching grid for this component")
@@ -245,6 +256,8 @@ class LayerExplorer(anywidget.AnyWidget):
 def _as_score_table(result: Any) -> pd.DataFrame:
     """A result's table in the score contract; a localize ranking plots its ``effect``."""
     table = result.table
+    if _is_polysemantic(result):
+        return _neuron_probe_table(result)
     if "score" in table or "effect" not in table:
         return table
     ablation = table["ablation"].iloc[0] if "ablation" in table and len(table) else "ablation"
@@ -277,8 +290,81 @@ def _impact_grid(result: Any, layer: int, comp: str) -> xr.DataArray | None:
     )
 
 
-def _class_name(value: Any) -> str:
-    """A class label for display: ``1.0`` (labels stored as floats) reads as ``1``."""
+def _is_polysemantic(result: Any) -> bool:
+    data = getattr(result, "data", None)
+    return isinstance(data, xr.Dataset) and {"probe_score", "loading"} <= set(data.data_vars)
+
+
+def _neuron_probe_table(result: Any) -> pd.DataFrame:
+    """A polysemantic result in the score contract: each feature's probe on the neurons."""
+    scores = result.data["probe_score"].transpose("feature", "layer")
+    rows = [
+        dict(label=str(f), layer=int(layer), component="neurons", control="none", score=float(v))
+        for f, row in zip(scores["feature"].values, scores.values, strict=True)
+        for layer, v in zip(scores["layer"].values, row, strict=True)
+    ]
+    return pd.DataFrame(rows).assign(ci_low=np.nan, ci_high=np.nan, metric="probe score")
+
+
+#: neurons shown per clicked layer of a polysemantic result
+TOP_NEURONS = 12
+
+
+def _neuron_grid(result: Any, layer: int, comp: str) -> xr.DataArray | None:
+    """The layer's most polysemantic neurons x features: their loadings."""
+    table = result.table
+    top = table[table["layer"] == layer].head(TOP_NEURONS)  # the table is sorted by index
+    if top.empty:
+        return None
+    loading = result.data["loading"].sel(layer=layer, neuron=top["neuron"].to_numpy())
+    loading = loading.transpose("neuron", "feature")
+    return xr.DataArray(
+        loading.values,
+        dims=("neuron", "feature"),
+        coords={"neuron": [f"N{n}" for n in top["neuron"]], "feature": loading["feature"].values},
+        name="loading",
+    )
+
+
+def _grid_source(result: Any) -> Any:
+    """What draws a clicked cell's grid: the result's ``patching_grid``, a localize
+    result's drops, a polysemantic result's top neurons; None for histograms."""
+    hook = getattr(result, "patching_grid", None)
+    if callable(hook):
+        return hook
+    if _has_impact(result):
+        return lambda layer, comp: _impact_grid(result, layer, comp)
+    if _is_polysemantic(result):
+        return lambda layer, comp: _neuron_grid(result, layer, comp)
+    return None
+
+
+def _class_names(result: Any, classes: Any) -> dict[str, tuple[str, ...]]:
+    """Class names per label: given, from a Task, or from the built-in task the run named."""
+    if classes is None:
+        spec = getattr(result, "spec", None) or {}
+        name = (spec.get("dataset") or {}).get("name")
+        classes = _builtin_task(name) if isinstance(name, str) else None
+    if classes is None:
+        return {}
+    if callable(getattr(classes, "classes", None)):  # a Task
+        return {label: tuple(classes.classes(label)) for label in classes.labels}
+    return {str(k): tuple(str(v) for v in names) for k, names in dict(classes).items()}
+
+
+def _builtin_task(name: str) -> Any:
+    """A small draw of the built-in task ``name`` (for its class names), or None."""
+    from mechwidgets.data.catalog import get_task, list_tasks
+
+    return get_task(name, n=20) if name in list_tasks() else None
+
+
+def _class_name(value: Any, names: tuple[str, ...] = ()) -> str:
+    """A class for display: its name when known (``names[value]``), else the value, with
+    ``1.0`` (labels stored as floats) read as ``1``."""
+    number = float(value) if isinstance(value, (int, float, np.number)) else None
+    if number is not None and number.is_integer() and 0 <= number < len(names):
+        return names[int(number)]
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
