@@ -4,16 +4,25 @@ A metric is a small frozen value naming what to read from the logits: the logit
 difference between a correct and a wrong next word (:func:`logit_diff`), the log-prob or
 probability of a target word (:func:`logprob`, :func:`prob`), the mean log-prob of the
 tokens in a span (:func:`repeat_logprob`, the induction task's metric) or their loss
-(:func:`span_loss`). A task's own ``behavior`` (``LogitDiff``, ``RepeatLogProb`` from
-:mod:`mechwidgets.data.tasks`) is one of these values, so ``task.behavior`` and
-``mw.metrics.logit_diff(...)`` are used the same way. :func:`bind` turns a metric and the
-tokenized :class:`Prompts` into a differentiable scorer from logits to one value per
-prompt; patching and attribution use the same scorer. Patching practice (RECIPES.md):
+(:func:`span_loss`). Logits come from the model's output head: a decoder's
+language-model head after the final norm, or for the BERT family the masked-LM head
+(``BertForMaskedLM``'s ``cls``), which predicts the read token itself (put ``[MASK]``
+there). Two metrics need no output head, so they score any model, encoders included: a
+linear probe's readout of a hidden state (:func:`probe`: logit, margin or accuracy, from a
+detect result, a fitted probe or given weights) and the hidden state itself
+(:func:`hidden`: its norm or its projection on a direction). A task's own ``behavior``
+(``LogitDiff``, ``RepeatLogProb`` from :mod:`mechwidgets.data.tasks`) is one of these
+values, so ``task.behavior`` and ``mw.metrics.logit_diff(...)`` are used the same way.
+:func:`bind` turns a metric and the tokenized :class:`Prompts` into a differentiable
+:class:`Scorer`, from the logits (or the hidden state a probe or hidden-state metric
+reads) to one value per prompt, checking first that the model can give what the metric
+reads; patching, attribution and localize use the same scorer. Patching practice (RECIPES.md):
 prefer these continuous metrics, and normalise with :func:`normalized_effect`.
 
 >>> metric = logit_diff(correct="is", wrong="are")
 >>> prompts = Prompts.build(model, ["the dog near the cars"])
 >>> bind(metric, model, prompts)(logits)          # tensor of shape (1,)
+>>> bind(probe(detect_result, cube=cube, score="margin"), model, prompts)(hidden)
 >>> normalized_effect(patched=1.2, clean=2.0, corrupt=-2.0)
 0.8
 """
@@ -23,28 +32,39 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import xarray as xr
 
-from mechwidgets.core.errors import SpecError, TaskError
+from mechwidgets.core.components import PREFIXES, LayerComponent
+from mechwidgets.core.errors import ModelError, SpecError, TaskError
+from mechwidgets.data.positions import Position, resolve_positions
 from mechwidgets.data.tasks import LogitDiff, RepeatLogProb
+from mechwidgets.models.adapters import walk
+from mechwidgets.probes.linear import DEFAULT_STRENGTHS, LinearProbe, fit_probe
 
 __all__ = [
+    "HiddenState",
     "LogitDiff",
     "LogProb",
     "Prob",
+    "ProbeReadout",
     "Prompts",
     "RepeatLogProb",
     "Scorer",
     "SpanLoss",
     "bind",
     "describe",
+    "differentiable",
+    "hidden",
     "logit_diff",
     "logprob",
     "normalized_effect",
     "orientation",
+    "output_head",
+    "probe",
     "prob",
     "repeat_logprob",
     "span_loss",
@@ -135,6 +155,213 @@ def span_loss(mask: np.ndarray) -> SpanLoss:
     return SpanLoss(mask=_mask(mask))
 
 
+#: how a probe readout is scored
+ProbeScore = Literal["logit", "margin", "accuracy"]
+PROBE_SCORES = ("logit", "margin", "accuracy")
+#: components a probe or hidden-state metric can read: the residual stream and the
+#: attention and MLP writes, each (.., d_model)
+READABLE = ("resid", "attn", "mlp")
+
+
+@dataclass(frozen=True)
+class ProbeReadout:
+    """Behaviour metric: a linear probe's readout of a hidden state at each prompt's read token.
+
+    ``x @ coef + intercept`` gives the decision values, one column for a binary probe (its
+    positive side is ``classes[1]``) or a given direction, one per class for a multiclass
+    one. ``labels`` holds the true class, one for all prompts or one per source sample
+    (None: the raw decision of a one-column probe). Build it with :func:`probe`.
+    """
+
+    component: LayerComponent
+    coef: np.ndarray
+    intercept: np.ndarray
+    classes: tuple[Any, ...]
+    score: ProbeScore
+    labels: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class HiddenState:
+    """Behaviour metric: the norm of a hidden state at each prompt's read token, or its
+    projection on a unit ``direction``. Build it with :func:`hidden`."""
+
+    component: LayerComponent
+    direction: np.ndarray | None = None
+
+
+def _component(layer: Any, component: str) -> LayerComponent:
+    """The stream a probe or hidden-state metric reads (layer checked against a model at bind)."""
+    if component not in READABLE:
+        raise SpecError(
+            f"a probe or hidden-state metric reads one of {', '.join(READABLE)}, got {component!r}"
+        )
+    if not isinstance(layer, int | np.integer) or isinstance(layer, bool):
+        raise SpecError(f"layer must be a block index (an integer), got {layer!r}")
+    return LayerComponent(PREFIXES[component], int(layer))
+
+
+def probe(
+    source: Any = None,
+    *,
+    cube: xr.Dataset | None = None,
+    layer: int | None = None,
+    component: str | None = None,
+    direction: Any = None,
+    bias: float = 0.0,
+    labels: Any = None,
+    score: ProbeScore = "logit",
+) -> ProbeReadout:
+    """A probe's readout of a hidden state, as a behaviour metric for any model.
+
+    Three sources: a detect result and its ``cube`` (the probe of that run is fitted again
+    at ``layer``/``component``, by default the result's best slice, with the run's probe
+    kind and strengths; the labels default to the cube's label), a fitted
+    :class:`~mechwidgets.probes.linear.LinearProbe` read at ``layer``, or a ``direction``
+    (d_model,) and ``bias`` read at ``layer``. The probe reads the residual stream after
+    block ``layer`` (or the attention or MLP write, ``component="attn"``/``"mlp"``) at each
+    prompt's read token, the token the cube was extracted at.
+
+    Parameters
+    ----------
+    score : ``"logit"``: the decision value of the true class (without labels, the raw
+        decision of a binary probe or a direction: its positive side); ``"margin"``: the
+        true class's decision minus the largest other class's (for a binary probe, the
+        decision signed towards the true class, so equal to ``"logit"``); ``"accuracy"``:
+        1.0 where the probe decodes the true class, else 0 (a step function: attribution
+        patching cannot use it).
+    labels : the true class (a value of the probe's classes; for a direction, True or 1
+        for its positive side), one for all prompts or one per sample of the prompts'
+        source (a task's samples).
+
+    Examples
+    --------
+    >>> res = mw.detect(cube, label="subject_number")
+    >>> metric = mw.metrics.probe(res, cube=cube, score="margin")     # best slice
+    >>> mw.metrics.probe(fit_probe(x, y, split), layer=3, labels=y, score="accuracy")
+    >>> mw.metrics.probe(direction=w, bias=-0.5, layer=2)
+    """
+    if score not in PROBE_SCORES:
+        raise SpecError(f"unknown probe score {score!r}: choose one of {', '.join(PROBE_SCORES)}")
+    if source is not None and direction is not None:
+        raise SpecError("give a probe source or a direction, not both")
+    if getattr(source, "action", None) == "detect":
+        fitted, layer, component, default = _refit(source, cube, layer, component)
+        labels = default if labels is None else labels
+    elif isinstance(source, LinearProbe):
+        fitted = source
+    elif source is None and direction is not None:
+        w = np.asarray(direction, np.float64)
+        if w.ndim != 1 or not np.isfinite(w).all():
+            raise SpecError(f"direction must be one finite vector (d_model,), got shape {w.shape}")
+        return _readout(
+            _component(layer, component or "resid"),
+            w[:, None],
+            np.array([float(bias)]),
+            (False, True),
+            score,
+            labels,
+        )
+    else:
+        raise SpecError(
+            "mw.metrics.probe takes a detect result (with cube=), a fitted LinearProbe, or "
+            f"direction= and layer=; got {type(source).__name__}"
+        )
+    if fitted.encoding.kind == "continuous" and score != "logit":
+        raise SpecError(
+            f"score '{score}' needs classes; a probe of a continuous label scores its "
+            "prediction, score='logit'"
+        )
+    return _readout(
+        _component(layer, component or "resid"),
+        fitted.coef,
+        fitted.intercept,
+        tuple(fitted.encoding.classes.tolist()),
+        score,
+        labels,
+    )
+
+
+def _readout(
+    comp: LayerComponent,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    classes: tuple[Any, ...],
+    score: ProbeScore,
+    labels: Any,
+) -> ProbeReadout:
+    """A ProbeReadout with its labels checked against the classes."""
+    if labels is not None:
+        values = np.atleast_1d(np.asarray(labels))
+        if classes == (False, True):
+            values = values.astype(bool)
+        unknown = [v for v in np.unique(values) if v not in classes]
+        if unknown:
+            raise SpecError(
+                f"label {unknown[0]!r} is not one of the probe's classes {list(classes)}"
+            )
+        labels = tuple(values.tolist())
+    elif score != "logit" or coef.shape[1] > 1:
+        raise SpecError(
+            f"score '{score}' of a {len(classes)}-class probe needs the true class: pass "
+            "labels=... (one for all prompts or one per sample)"
+        )
+    return ProbeReadout(comp, coef, intercept, classes, score, labels)
+
+
+def _refit(
+    result: Any, cube: xr.Dataset | None, layer: int | None, component: str | None
+) -> tuple[LinearProbe, int, str, np.ndarray]:
+    """The probe a detect run fitted at one slice, fitted again on its cube, and its labels."""
+    if cube is None:
+        raise SpecError(
+            "a probe from a detect result is fitted again on the cube the result came from: "
+            "pass cube=cube"
+        )
+    best = result.summary()["best"]
+    component = component or (best["component"] if layer is None else "resid")
+    layer = best["layer"] if layer is None else layer
+    label = result.summary()["label"]
+    for what, value in (("layer", layer), ("component", component)):
+        if value not in cube[what].values:
+            raise SpecError(f"{what} {value!r} is not in the cube; it has {cube[what].values}")
+    if label not in cube:
+        raise SpecError(f"the cube has no label '{label}'; pass the cube detect ran on")
+    params = result.params
+    fitted = fit_probe(
+        cube["act"].sel(layer=layer, component=component).values,
+        cube[label].values,
+        cube["split"].values,
+        probe=params.get("probe", "ridge"),
+        metric=params.get("metric"),
+        strengths=np.asarray(params.get("strengths", DEFAULT_STRENGTHS)),
+    )
+    return fitted, int(layer), str(component), cube[label].values
+
+
+def hidden(layer: int, *, component: str = "resid", direction: Any = None) -> HiddenState:
+    """The hidden state at each prompt's read token: its norm, or its projection on
+    ``direction`` (scaled to unit length), as a behaviour metric for any model.
+
+    Parameters
+    ----------
+    layer : the block whose output (``component="resid"``), attention write (``"attn"``)
+        or MLP write (``"mlp"``) is read.
+
+    Examples
+    --------
+    >>> mw.metrics.hidden(3)                                  # ||resid after block 3||
+    >>> mw.metrics.hidden(3, direction=probe.coef[:, 0])      # its projection on a direction
+    """
+    if direction is None:
+        return HiddenState(_component(layer, component))
+    u = np.asarray(direction, np.float64)
+    norm = float(np.linalg.norm(u)) if u.ndim == 1 else 0.0
+    if u.ndim != 1 or not np.isfinite(norm) or norm == 0:
+        raise SpecError(f"direction must be one finite non-zero vector, got shape {u.shape}")
+    return HiddenState(_component(layer, component), u / norm)
+
+
 def describe(metric: Any) -> str:
     """A short name of a metric for tables and verdicts, e.g. ``logit_diff(is-are)``."""
     if isinstance(metric, LogitDiff):
@@ -148,6 +375,10 @@ def describe(metric: Any) -> str:
         return "repeat_logprob"
     if isinstance(metric, SpanLoss):
         return "span_loss"
+    if isinstance(metric, ProbeReadout):
+        return f"probe({metric.component}, {metric.score})"
+    if isinstance(metric, HiddenState):
+        return f"{'norm' if metric.direction is None else 'projection'}({metric.component})"
     raise SpecError(f"unknown behaviour metric {type(metric).__name__}: {_METRIC_HELP}")
 
 
@@ -155,6 +386,12 @@ def orientation(metric: Any) -> int:
     """+1 when a larger value means more of the behaviour, -1 for losses."""
     describe(metric)  # raises on an unknown metric
     return -1 if isinstance(metric, SpanLoss) else 1
+
+
+def differentiable(metric: Any) -> bool:
+    """False for a step function (a probe's accuracy), whose gradient attribution cannot use."""
+    describe(metric)  # raises on an unknown metric
+    return not (isinstance(metric, ProbeReadout) and metric.score == "accuracy")
 
 
 def normalized_effect(patched: Any, clean: Any, corrupt: Any) -> Any:
@@ -170,8 +407,8 @@ def normalized_effect(patched: Any, clean: Any, corrupt: Any) -> Any:
 
 
 _METRIC_HELP = (
-    "use mw.metrics.logit_diff, logprob, prob, repeat_logprob or span_loss, or the task's "
-    "own behavior"
+    "use mw.metrics.logit_diff, logprob, prob, repeat_logprob, span_loss, probe or hidden, "
+    "or the task's own behavior"
 )
 
 
@@ -185,7 +422,8 @@ class Prompts:
     inputs : ``input_ids``, ``attention_mask``, ``position_ids`` from ``model.tokenize``.
     start : (n,) padded index of each text's first own token (after special tokens).
     length : (n,) own tokens per text.
-    read : (n,) padded index of the token whose next-token prediction is scored.
+    read : (n,) padded index of the read token (whose next-token prediction is scored),
+        resolved by :func:`mechwidgets.data.positions.resolve_positions` like extraction.
     samples : (n,) index of each prompt in its source (a task's samples), for metrics
         that hold one word or mask row per sample.
     n_source : number of samples in the source.
@@ -212,7 +450,7 @@ class Prompts:
         cls,
         model: Any,
         texts: Sequence[str],
-        positions: Sequence[int] | np.ndarray | None = None,
+        positions: Sequence[Position] | np.ndarray | None = None,
         samples: Sequence[int] | np.ndarray | None = None,
         n_source: int | None = None,
     ) -> Prompts:
@@ -220,8 +458,11 @@ class Prompts:
 
         Parameters
         ----------
-        positions : read token per text over its own tokens, negative from the end
-            (a task's ``positions``); default the last own token.
+        positions : the read token per text, as extraction reads it
+            (:mod:`mechwidgets.data.positions`: an int over the tokens as the tokenizer
+            gives them, special tokens included, negative from the end; a marker such as
+            ``"[MASK]"``; or a character span); a task's ``positions``. Default the last
+            token.
         samples : index of each text in its source; default ``0..n-1``.
         n_source : size of the source; default ``len(texts)``.
         """
@@ -237,19 +478,7 @@ class Prompts:
         if (length == 0).any():
             i = int(np.flatnonzero(length == 0)[0])
             raise TaskError(f"prompt {i} ({texts[i]!r}) has no tokens; drop it")
-        rel = np.full(len(texts), -1) if positions is None else np.asarray(positions, int)
-        if rel.shape != (len(texts),):
-            raise TaskError(
-                f"positions must be one integer per prompt ({len(texts)}), got shape {rel.shape}"
-            )
-        bad = np.flatnonzero((rel >= length) | (rel < -length))
-        if bad.size:
-            i = int(bad[0])
-            raise TaskError(
-                f"read position {rel[i]} is outside prompt {i}, which has "
-                f"{length[i]} tokens; count its own tokens, negative from the end"
-            )
-        read = start + np.where(rel < 0, rel + length, rel)
+        read = resolve_positions(tok, texts, positions).index  # right-padded: same index
         samples = np.arange(len(texts)) if samples is None else np.asarray(samples, int)
         device = inputs["input_ids"].device
         return cls(
@@ -275,8 +504,12 @@ def _offset(full: list[int], own: list[int], text: str) -> int:
 
 
 def bind(metric: Any, model: Any, prompts: Prompts) -> Scorer:
-    """A :class:`Scorer`: logits of ``k`` stacked copies of the prompts -> one value per row,
+    """A :class:`Scorer`: what ``k`` stacked copies of the prompts give -> one value per row,
     differentiable (attribution patching backpropagates through it).
+
+    Checks, before any forward pass, that the model can give what the metric reads (an
+    output head for logit metrics, a causal one for span metrics, the probe's layer and
+    width) and that its words or labels fit the prompts; a one-line error otherwise.
 
     Parameters
     ----------
@@ -292,14 +525,40 @@ def _bind(metric: Any, model: Any, prompts: Prompts) -> Scorer:
     raise SpecError(f"unknown behaviour metric {type(metric).__name__}: {_METRIC_HELP}")
 
 
-def _per_prompt(words: tuple[str, ...], prompts: Prompts, name: str) -> list[str]:
-    """One word per prompt from one word for all, or one word per source sample."""
+def output_head(model: Any) -> torch.nn.Module | None:
+    """The module that maps final hidden states to vocabulary logits, or None.
+
+    A decoder's language-model head (after its final norm), or for the BERT family the
+    masked-LM prediction head (``BertForMaskedLM.cls.predictions``: dense, activation,
+    LayerNorm and decoder), which reads the last block's output. None for a model loaded
+    without its head (``AutoModel``).
+    """
+    if model.adapter.unembed is None:
+        return None
+    try:
+        return walk(model.hf, model.adapter.unembed)
+    except AttributeError:
+        return None
+
+
+def _check_head(model: Any, metric: Any) -> None:
+    if output_head(model) is None:
+        kind = "masked-LM" if model.adapter.family == "bert" else "language-model"
+        raise ModelError(
+            f"{model.name} has no output head, so {describe(metric)} cannot be read; load "
+            f"it with its {kind} head, or score a probe or hidden state (mw.metrics.probe, "
+            "mw.metrics.hidden)"
+        )
+
+
+def _per_prompt(words: tuple[Any, ...], prompts: Prompts, name: str) -> list[Any]:
+    """One value per prompt from one value for all, or one value per source sample."""
     if len(words) == 1:
         return [words[0]] * len(prompts)
     if len(words) != prompts.n_source:
         raise TaskError(
-            f"'{name}' has {len(words)} words for {prompts.n_source} samples; "
-            "give one word for all or one per sample"
+            f"'{name}' has {len(words)} values for {prompts.n_source} samples; "
+            "give one for all or one per sample"
         )
     return [words[i] for i in prompts.samples]
 
@@ -329,32 +588,35 @@ def widen(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _rows(logits: torch.Tensor, n: int) -> int:
-    if logits.shape[0] % n:
-        raise SpecError(f"logits have {logits.shape[0]} rows, not a multiple of {n} prompts")
-    return logits.shape[0] // n
+def _rows(values: torch.Tensor, n: int) -> int:
+    if values.shape[0] % n:
+        raise SpecError(f"values have {values.shape[0]} rows, not a multiple of {n} prompts")
+    return values.shape[0] // n
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """A bound metric: which next-token logits it reads, and the value it makes of them.
+    """A bound metric: what it reads, at which tokens, and the value it makes of it.
 
-    ``positions`` (n, m) are the padded token positions whose next-token logits the metric
-    reads for each prompt (the read token, or the tokens before a span's marked tokens);
-    ``score_at`` maps logits gathered there, (k * n, m, vocab) for ``k`` stacked copies of
-    the prompts, to one value per row. Reading only those positions lets the edit engine
-    skip the output layer everywhere else (the largest single cost of a small model's
-    forward pass, RECIPES.md "Extraction costs").
+    ``component`` is None for a metric of the output head's logits, else the hidden state
+    it reads (a probe or hidden-state metric). ``positions`` (n, m) are the padded token
+    positions it reads for each prompt (the read token, or the tokens before a span's
+    marked tokens); ``score_at`` maps what is gathered there, (k * n, m, vocab or width)
+    for ``k`` stacked copies of the prompts, to one value per row. Reading only those
+    positions lets the edit engine skip the output head everywhere else (the largest single
+    cost of a small model's forward pass, RECIPES.md "Extraction costs").
     """
 
     positions: torch.Tensor
     score_at: Callable[[torch.Tensor], torch.Tensor]
+    component: LayerComponent | None = None
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """Score full logits (k * n, seq, vocab): one value per row, differentiable."""
-        k = _rows(logits, self.positions.shape[0])
-        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-        return self.score_at(logits[rows, self.positions.repeat(k, 1)])
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """Score full logits (k * n, seq, vocab), or the hidden states (k * n, seq, width) at
+        the scorer's component: one value per row, differentiable."""
+        k = _rows(values, self.positions.shape[0])
+        rows = torch.arange(values.shape[0], device=values.device)[:, None]
+        return self.score_at(values[rows, self.positions.repeat(k, 1)])
 
 
 def _copies(at: torch.Tensor, n: int) -> tuple[int, torch.Tensor]:
@@ -364,6 +626,7 @@ def _copies(at: torch.Tensor, n: int) -> tuple[int, torch.Tensor]:
 
 @_bind.register
 def _(metric: LogitDiff, model: Any, prompts: Prompts) -> Scorer:
+    _check_head(model, metric)
     right = _ids(_per_prompt(metric.correct, prompts, "correct"), model, prompts)
     wrong = _ids(_per_prompt(metric.wrong, prompts, "wrong"), model, prompts)
 
@@ -376,6 +639,7 @@ def _(metric: LogitDiff, model: Any, prompts: Prompts) -> Scorer:
 
 
 def _target_scorer(metric: LogProb | Prob, model: Any, prompts: Prompts) -> Scorer:
+    _check_head(model, metric)
     target = _ids(_per_prompt(metric.target, prompts, "target"), model, prompts)
     as_prob = isinstance(metric, Prob)
 
@@ -394,17 +658,25 @@ _bind.register(Prob, _target_scorer)
 
 @_bind.register
 def _(metric: RepeatLogProb, model: Any, prompts: Prompts) -> Scorer:
-    return _span_scorer(metric.mask, prompts, sign=1.0)
+    return _span_scorer(metric, model, prompts, sign=1.0)
 
 
 @_bind.register
 def _(metric: SpanLoss, model: Any, prompts: Prompts) -> Scorer:
-    return _span_scorer(metric.mask, prompts, sign=-1.0)
+    return _span_scorer(metric, model, prompts, sign=-1.0)
 
 
-def _span_scorer(mask: np.ndarray, prompts: Prompts, sign: float) -> Scorer:
+def _span_scorer(
+    metric: RepeatLogProb | SpanLoss, model: Any, prompts: Prompts, sign: float
+) -> Scorer:
     """Mean (sign x) log-prob of each prompt's marked tokens, each predicted from the one before."""
-    mask = np.asarray(mask, bool)
+    _check_head(model, metric)
+    if not model.adapter.causal:
+        raise ModelError(
+            f"{describe(metric)} scores next-token predictions, but {model.name} is a masked "
+            "LM that predicts the token it reads; use logit_diff, logprob or prob at a [MASK]"
+        )
+    mask = np.asarray(metric.mask, bool)
     if mask.ndim != 2 or mask.shape[0] != prompts.n_source:
         raise TaskError(
             f"the span mask has shape {mask.shape} but there are {prompts.n_source} "
@@ -435,3 +707,67 @@ def _span_scorer(mask: np.ndarray, prompts: Prompts, sign: float) -> Scorer:
         return sign * (logp * wts.repeat(k, 1)).sum(-1)
 
     return Scorer(pos - 1, score)
+
+
+def _check_stream(model: Any, metric: ProbeReadout | HiddenState, width: int) -> None:
+    """A one-line error unless the model has the metric's layer and its stream's width."""
+    last = model.shape.n_layers - 1
+    if not 0 <= metric.component.layer <= last:
+        raise SpecError(
+            f"{describe(metric)} reads layer {metric.component.layer}, but {model.name} has "
+            f"layers 0-{last}"
+        )
+    if width != model.d_model:
+        raise SpecError(
+            f"{describe(metric)} has {width} weights but {model.name}'s hidden states have "
+            f"{model.d_model}; use a probe fitted on this model's activations"
+        )
+
+
+@_bind.register
+def _(metric: ProbeReadout, model: Any, prompts: Prompts) -> Scorer:
+    _check_stream(model, metric, metric.coef.shape[0])
+    device = prompts.read.device
+    coef = torch.as_tensor(metric.coef, device=device)
+    intercept = torch.as_tensor(metric.intercept, device=device)
+    n = len(prompts)
+    truth = None
+    if metric.labels is not None:
+        labels = _per_prompt(metric.labels, prompts, "labels")
+        truth = torch.as_tensor([metric.classes.index(v) for v in labels], device=device)
+    binary = coef.shape[1] == 1
+
+    def score(at: torch.Tensor) -> torch.Tensor:
+        x = widen(at[:, 0])
+        decision = x @ coef.to(x.dtype) + intercept.to(x.dtype)  # (rows, columns)
+        if truth is None:
+            return decision[:, 0]
+        true = truth.repeat(decision.shape[0] // n)
+        if binary:  # one column: its positive side is classes[1]
+            signed = torch.where(true == 1, decision[:, 0], -decision[:, 0])
+            return (signed > 0).to(x.dtype) if metric.score == "accuracy" else signed
+        rows = torch.arange(decision.shape[0], device=decision.device)
+        own = decision[rows, true]
+        if metric.score == "logit":
+            return own
+        if metric.score == "accuracy":
+            return (decision.argmax(-1) == true).to(x.dtype)
+        other = decision.scatter(1, true[:, None], float("-inf")).amax(-1)
+        return own - other
+
+    return Scorer(prompts.read[:, None], score, metric.component)
+
+
+@_bind.register
+def _(metric: HiddenState, model: Any, prompts: Prompts) -> Scorer:
+    width = model.d_model if metric.direction is None else metric.direction.shape[0]
+    _check_stream(model, metric, width)
+    direction = None
+    if metric.direction is not None:
+        direction = torch.as_tensor(metric.direction, device=prompts.read.device)
+
+    def score(at: torch.Tensor) -> torch.Tensor:
+        x = widen(at[:, 0])
+        return x.norm(dim=-1) if direction is None else x @ direction.to(x.dtype)
+
+    return Scorer(prompts.read[:, None], score, metric.component)

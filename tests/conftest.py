@@ -15,6 +15,7 @@ import os
 # Tests never reach a model hub: an unknown id fails at once instead of after retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -22,6 +23,8 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
+from mechwidgets.data.splits import stratified_split
+from mechwidgets.data.tasks import Task
 from mechwidgets.models.loading import Model, load_model
 
 #: the vocabulary, one string so it stays readable
@@ -76,6 +79,36 @@ def build_tiny(
     config = TINY_CONFIGS[model_type]()
     auto = transformers.AutoModel if model_type == "bert" else transformers.AutoModelForCausalLM
     return auto.from_config(config).eval(), word_tokenizer(pad=model_type not in NO_PAD)
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm() -> Model:
+    """A random-weight BERT loaded with its masked-LM head (``BertForMaskedLM``)."""
+    torch.manual_seed(0)
+    hf = transformers.BertForMaskedLM(TINY_CONFIGS["bert"]()).eval()
+    return load_model(hf, tokenizer=word_tokenizer())
+
+
+def number_task(n: int = 40, seed: int = 0) -> tuple[Task, list[str]]:
+    """Sentences whose subject (word 1) is singular or plural (label ``plural``), read at
+    the last word, and for each a corrupt twin whose subject has the other number."""
+    rng = np.random.default_rng(seed)
+    plural = np.resize([0, 1], n)
+    nouns = rng.choice(["cat", "dog"], n)
+    words = [rng.choice(options, n) for options in (["the", "a"], ["sat", "ran"], ["on", "near"])]
+    rest = [f"{verb} {prep} the {obj}" for verb, prep, obj in zip(
+        words[1], words[2], rng.choice(["mat", "rug", "tree"], n), strict=True
+    )]  # fmt: skip
+    texts, corrupt = [], []
+    for det, noun, number, tail in zip(words[0], nouns, plural, rest, strict=True):
+        forms = (noun, noun + "s") if not number else (noun + "s", noun)
+        texts.append(f"{det} {forms[0]} {tail}")
+        corrupt.append(f"{det} {forms[1]} {tail}")
+    task = Task(
+        name="number", texts=texts, labels={"plural": plural},
+        split=stratified_split(plural, seed), positions=np.full(n, -1),
+    )  # fmt: skip
+    return task, corrupt
 
 
 @pytest.fixture(scope="session")

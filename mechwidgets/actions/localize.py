@@ -5,16 +5,21 @@ it. ``localize`` does both: it probes every candidate (residual stream, attentio
 writes, per-head writes) at the task's read token, keeps the ``top_k`` best decoded, and
 knocks each out (zero, mean or resample ablation, or noising: patching in the activation
 of a corrupt prompt, or without one of a sample of the label's other class). For
-each it measures two drops, each with a simultaneous bootstrap interval over the samples:
-the behaviour metric (e.g. the is/are logit difference, or the log-prob of the repeated
-tokens) and the accuracy of a probe read after the last block. Without a label (e.g. the
-induction task) every candidate is intervened on and ranked by causal effect alone.
+each it measures two drops side by side, each with a simultaneous bootstrap interval over
+the samples: the behaviour metric (e.g. the is/are logit difference, or the log-prob of
+the repeated tokens) and a probe metric (``probe=mw.metrics.probe(...)``; with a label and
+none given, the accuracy of a probe read after the last block). Without a label (e.g. the
+induction task) every candidate is intervened on and ranked by causal effect alone. A
+model without an output head (an encoder loaded with ``AutoModel``) has no logits: its
+candidates are ranked by the probe metric's drop, and a logit behaviour given explicitly
+is refused before any forward pass.
 Residual streams are ablated at the read token only (ablating a whole stream at every
 position removes the input itself); attention, MLP and head writes at every position.
 
 >>> res = mw.localize(model, mw.get_task("subject_number"), label="subject_number")
 >>> res.ranking.head(), res.impact_matrix
 >>> mw.localize(model, mw.get_task("induction"), components=["head"])  # task's own metric
+>>> mw.localize(encoder, task, label="number", probe=mw.metrics.probe(det, cube=cube))
 """
 
 from __future__ import annotations
@@ -25,12 +30,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction
 from mechwidgets.actions.interventions.ablation import ABLATIONS, ablation_sources
-from mechwidgets.actions.interventions.edits import READ, Cell, capture, run_cells, site_of
+from mechwidgets.actions.interventions.edits import READ, Cell, capture, run_cells
 from mechwidgets.actions.interventions.grid import check_lengths, components_of
 from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
 from mechwidgets.core.components import LayerComponent
@@ -39,7 +43,18 @@ from mechwidgets.core.registry import register_action
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract.extractor import extract
-from mechwidgets.metrics import LogitDiff, Prompts, bind, describe, logit_diff, orientation
+from mechwidgets.metrics import (
+    LogitDiff,
+    ProbeReadout,
+    Prompts,
+    Scorer,
+    bind,
+    describe,
+    logit_diff,
+    orientation,
+    output_head,
+    probe,
+)
 from mechwidgets.probes.linear import LinearProbe, fit_probe
 from mechwidgets.viz.charts import heatmap
 
@@ -47,6 +62,7 @@ INTERVENTIONS = (*ABLATIONS, "patch")
 PARAMS = (
     "label",
     "behavior",
+    "probe",
     "components",
     "top_k",
     "interventions",
@@ -64,6 +80,7 @@ def localize(
     label: str | None = None,
     *,
     behavior: Any = None,
+    probe: ProbeReadout | Any = None,
     components: str | Sequence[str] = ("resid", "attn", "mlp", "head"),
     top_k: int = 8,
     interventions: Sequence[str] | None = None,
@@ -85,7 +102,11 @@ def localize(
     behavior : the metric (:mod:`mechwidgets.metrics`); default the task's own. A logit
         difference of two fixed words with a label (``logit_diff("is", "are")`` on subject
         number) is signed per class, by the sign of its clean mean in that class, so the
-        drop measures lost preference for the right word in both classes.
+        drop measures lost preference for the right word in both classes. On a model
+        without an output head the task's own (logit) behaviour is skipped.
+    probe : a probe or hidden-state metric (:func:`mechwidgets.metrics.probe`,
+        :func:`~mechwidgets.metrics.hidden`) whose drop is reported beside the behaviour's;
+        default, with a label, the accuracy of a probe fitted after the last block.
     components : kinds ``resid``, ``attn``, ``mlp``, ``head``, ``neuron`` or selectors
         such as ``"head:1.*"``.
     top_k : with a label, how many of the best-decoded candidates to intervene on
@@ -102,7 +123,8 @@ def localize(
 
     Returns
     -------
-    LocalizeResult with ``ranking``, ``impact`` and charts.
+    LocalizeResult with ``ranking``, ``impact`` and charts. Candidates are ranked by the
+    behaviour's drop, or by the probe metric's where there is no behaviour.
 
     Examples
     --------
@@ -110,11 +132,6 @@ def localize(
     ...                   interventions=["zero", "mean", "resample"])
     """
     task, corrupt = _as_task(task, corrupt)
-    metric = behavior if behavior is not None else task.behavior
-    if metric is None:
-        raise SpecError(
-            f"task '{task.name}' has no behaviour metric; pass behavior=mw.metrics.logit_diff(...)"
-        )
     kinds = _interventions(interventions, corrupt is not None, label is not None)
     names = {k: k if k != "patch" else _patch_name(corrupt is not None) for k in kinds}
     rank_by = rank_by or ("mean" if "mean" in kinds else kinds[0])
@@ -126,17 +143,32 @@ def localize(
     if label is not None:
         task.classes(label)  # raises a one-line TaskError for an unknown label
         samples = task.indices("test")[:n]
-        scores, readout = _probe(model, task, label, candidates)
-        tested = _top(candidates, scores, top_k)
     else:
         samples = np.arange(min(n, len(task)))
-        scores, readout, tested = {}, None, list(candidates)
     if len(samples) < 2:
         raise TaskError(f"localize needs at least 2 samples to intervene on, got {len(samples)}")
-    effects = _intervene(model, task, metric, samples, tested, kinds, corrupt, label, readout, seed)
+    # every check that needs no forward pass comes first: the prompts, the metrics bound to
+    # them (an output head, labels, layers) and the corrupt prompts' token counts
+    prompts = _prompts(model, task, [task.texts[i] for i in samples], samples)
+    bad = None
+    if "patch" in kinds and corrupt is not None:
+        bad = _prompts(model, task, [corrupt[i] for i in samples], samples)
+        check_lengths(prompts, bad)
+    metrics = _metrics(model, task, behavior, probe, label)
+    scorers = {what: bind(m, model, prompts) for what, m in metrics.items()}
+    if label is not None:
+        scores, readout = _probe(model, task, label, candidates)
+        tested = _top(candidates, scores, top_k)
+        if "probe" not in metrics:
+            metrics["probe"] = probe_of(readout, model.shape.n_layers - 1, task.labels[label])
+            scorers["probe"] = bind(metrics["probe"], model, prompts)
+    else:
+        scores, tested = {}, list(candidates)
+    effects = _intervene(model, task, metrics, scorers, prompts, bad, tested, kinds, label, seed)
+    readout = metrics.get("probe")
     return _result(
         model, task, label, candidates, tested, scores, effects, names, rank_by, samples,
-        resamples, level, seed,
+        resamples, level, seed, getattr(readout, "component", None),
     )  # fmt: skip
 
 
@@ -161,11 +193,43 @@ def _as_task(task: Task | PromptPairs, corrupt: Sequence[str] | None) -> tuple[T
         texts=list(task.clean),
         labels=labels,
         split=task.split,
-        positions=np.full(len(task), task.position),
+        positions=[task.position] * len(task),
         behavior=logit_diff(correct=task.clean_answer, wrong=task.corrupt_answer),
         metadata={"classes": {k: task.metadata["classes"][k] for k in labels}},
     )
     return as_task, list(task.corrupt) if corrupt is None else corrupt
+
+
+def _prompts(model: Any, task: Task, texts: list[str], samples: np.ndarray) -> Prompts:
+    positions = None if task.positions is None else np.asarray(task.positions)[samples]
+    return Prompts.build(model, texts, positions, samples, len(task))
+
+
+def _metrics(
+    model: Any, task: Task, behavior: Any, probe_metric: Any, label: str | None
+) -> dict[str, Any]:
+    """``behavior`` and ``probe`` metrics by role; the task's own behaviour by default,
+    skipped on a model without an output head when a probe metric or label stands in."""
+    metrics = {}
+    if probe_metric is not None:
+        metrics["probe"] = probe_metric
+    chosen = behavior if behavior is not None else task.behavior
+    stands_in = probe_metric is not None or label is not None
+    if behavior is None and output_head(model) is None and stands_in:
+        chosen = None
+    if chosen is not None:
+        metrics["behavior"] = chosen
+    if not metrics and label is None:
+        raise SpecError(
+            f"task '{task.name}' has no behaviour metric and no label; pass "
+            "behavior=mw.metrics.logit_diff(...), probe=mw.metrics.probe(...) or label=..."
+        )
+    return metrics
+
+
+def probe_of(readout: LinearProbe, layer: int, labels: np.ndarray) -> ProbeReadout:
+    """The readout probe as a metric: its accuracy on the true labels at ``layer``."""
+    return probe(readout, layer=layer, labels=labels, score="accuracy")
 
 
 def _patch_name(has_corrupt: bool) -> str:
@@ -228,71 +292,52 @@ def _top(
 
 @dataclass(frozen=True)
 class _Effects:
-    """Per-sample drops, oriented so that positive means the behaviour was lost."""
+    """Per-sample drops by role (``behavior``, ``probe``) and intervention, oriented so that
+    positive means the behaviour (or the probe's readout) was lost."""
 
-    behavior: dict[str, np.ndarray]  # intervention -> (tested, n)
-    probe: dict[str, np.ndarray]  # intervention -> (tested, n), empty without a label
-    clean_behavior: float
-    clean_probe: float
-    metric: str  # the behaviour's name, and how it was signed
+    drops: dict[str, dict[str, np.ndarray]]  # role -> intervention -> (tested, n)
+    clean: dict[str, float]  # role -> clean mean (oriented)
+    names: dict[str, str]  # role -> the metric's name (and how it was signed)
 
 
 def _intervene(
     model: Any,
     task: Task,
-    metric: Any,
-    samples: np.ndarray,
+    metrics: dict[str, Any],
+    scorers: dict[str, Scorer],
+    prompts: Prompts,
+    bad: Prompts | None,
     tested: list[LayerComponent],
     kinds: tuple[str, ...],
-    corrupt: Sequence[str] | None,
     label: str | None,
-    readout: LinearProbe | None,
     seed: int,
 ) -> _Effects:
-    """Run every intervention on every tested candidate; per-sample behaviour/probe drops."""
-    positions = None if task.positions is None else np.asarray(task.positions)[samples]
-    texts = [task.texts[i] for i in samples]
-    prompts = Prompts.build(model, texts, positions, samples, len(task))
-    scorer = bind(metric, model, prompts)
+    """Run every intervention on every tested candidate; per-sample drops of each metric."""
+    roles = list(scorers)
+    bound = [scorers[r] for r in roles]
     cells = [Cell(c, READ if c.kind == "residual" else None) for c in tested]
-    last = model.shape.n_layers - 1
-    read_key = site_of(LayerComponent("residual", last))
-    acts, values = capture(model, prompts, [c.site for c in cells] + [read_key], scorer)
-    base = values.cpu().numpy()
-    truth = None if label is None else task.labels[label][samples]
-    sign, name = _signs(metric, base, truth, label)
-    base_ok = _correct(readout, acts[read_key][torch.arange(len(prompts)), prompts.read], truth)
-    behavior, probe = {}, {}
+    acts, values = capture(model, prompts, [c.site for c in cells], bound)
+    base = dict(zip(roles, values.cpu().numpy(), strict=True))
+    truth = None if label is None else task.labels[label][prompts.samples]
+    signs, names = {}, {}
+    for role in roles:
+        signs[role], names[role] = _signs(metrics[role], base[role], truth, label)
+    drops: dict[str, dict[str, np.ndarray]] = {role: {} for role in roles}
     for how in kinds:
-        if how == "patch" and corrupt is not None:
-            bad = Prompts.build(model, [corrupt[i] for i in samples], positions, samples, len(task))
-            check_lengths(prompts, bad)
-            sources, _ = capture(model, bad, [c.site for c in cells], scorer)
+        if how == "patch" and bad is not None:
+            sources, _ = capture(model, bad, [c.site for c in cells])
         elif how == "patch":
             sources = ablation_sources("resample", acts, prompts, seed, classes=truth)
         else:
             sources = ablation_sources(how, acts, prompts, seed)
-        values, reads = run_cells(
-            model, prompts, cells, sources, scorer, readout=last if readout else None
-        )
-        behavior[how] = sign * (base[None] - values.cpu().numpy())
-        if base_ok is not None and reads is not None and truth is not None:
-            ok = _correct(readout, reads.reshape(-1, reads.shape[-1]), np.tile(truth, len(cells)))
-            probe[how] = base_ok[None] - ok.reshape(len(cells), -1)
+        values, _ = run_cells(model, prompts, cells, sources, bound)
+        for role, after in zip(roles, values.cpu().numpy(), strict=True):
+            drops[role][how] = signs[role] * (base[role][None] - after)
     return _Effects(
-        behavior=behavior,
-        probe=probe,
-        clean_behavior=float((sign * base).mean()),
-        clean_probe=float("nan") if base_ok is None else float(base_ok.mean()),
-        metric=name,
+        drops=drops,
+        clean={role: float((signs[role] * base[role]).mean()) for role in roles},
+        names=names,
     )
-
-
-def _correct(readout: LinearProbe | None, x: torch.Tensor, truth: np.ndarray | None) -> Any:
-    """1.0 where the readout probe decodes the label from a row of ``x``; None without one."""
-    if readout is None or truth is None:
-        return None
-    return (readout.predict(x.float().cpu().numpy()) == truth).astype(float)
 
 
 def _signs(
@@ -330,11 +375,12 @@ def _result(
     resamples: int,
     level: float,
     seed: int,
+    readout: LayerComponent | None,
 ) -> LocalizeResult:
     """Intervals, the tidy impact table, the ranking and the dataset."""
     weights = bootstrap_weights(len(samples), resamples, np.random.default_rng([seed, 13]))
     rows = []
-    for what, per in (("behavior", effects.behavior), ("probe", effects.probe)):
+    for what, per in effects.drops.items():
         for how, drops in per.items():
             draws = drops @ weights.T / weights.sum(1)  # (tested, resamples)
             low, high, _ = simultaneous_interval(draws, level)
@@ -353,7 +399,10 @@ def _result(
                     }
                 )
     impact = pd.DataFrame(rows)
-    ranking = _ranking(candidates, tested, scores, impact, names, rank_by, label is not None)
+    main = "behavior" if "behavior" in effects.drops else "probe"
+    ranking = _ranking(
+        candidates, tested, scores, impact, names, rank_by, list(effects.drops), main
+    )
     data = xr.Dataset.from_dataframe(
         impact.set_index(["site", "metric", "intervention"])[["drop", "ci_low", "ci_high"]]
     )
@@ -363,7 +412,8 @@ def _result(
         coords={"candidate": [str(c) for c in candidates]},
     )
     data.attrs.update(
-        metric=effects.metric,
+        metric=effects.names[main],
+        probe_metric=effects.names.get("probe", ""),
         label=label or "",
         rank_by=names[rank_by],
         level=level,
@@ -375,7 +425,8 @@ def _result(
         table=ranking,
         params={
             "label": label,
-            "metric": effects.metric,
+            "metric": effects.names[main],
+            "probe_metric": effects.names.get("probe"),
             "interventions": list(names.values()),
             "rank_by": names[rank_by],
             "n": len(samples),
@@ -384,11 +435,13 @@ def _result(
             "model": model.name,
         },
         impact=impact,
-        clean_behavior=effects.clean_behavior,
-        clean_probe=effects.clean_probe,
+        clean_behavior=effects.clean.get("behavior", float("nan")),
+        clean_probe=effects.clean.get("probe", float("nan")),
         rank_by=names[rank_by],
-        metric=effects.metric,
-        readout_layer=model.shape.n_layers - 1,
+        metric=effects.names[main],
+        ranked_on=main,
+        probe_metric=effects.names.get("probe", ""),
+        readout_layer=None if readout is None else readout.layer,
     )
 
 
@@ -399,9 +452,11 @@ def _ranking(
     impact: pd.DataFrame,
     names: dict[str, str],
     rank_by: str,
-    probed: bool,
+    roles: list[str],
+    main: str,
 ) -> pd.DataFrame:
-    """One row per candidate, sorted by causal effect under ``rank_by`` (untested last)."""
+    """One row per candidate, sorted by the ``main`` metric's drop under ``rank_by``
+    (untested last), with every metric's drop under every intervention beside it."""
     table = pd.DataFrame(
         {
             "site": [str(c) for c in candidates],
@@ -411,14 +466,14 @@ def _ranking(
             "tested": [c in tested for c in candidates],
         }
     )
-    main = impact[(impact["metric"] == "behavior") & (impact["intervention"] == names[rank_by])]
-    main = main.set_index("site")
-    table["effect"] = table["site"].map(main["drop"])
-    table["ci_low"] = table["site"].map(main["ci_low"])
-    table["ci_high"] = table["site"].map(main["ci_high"])
+    ranked = impact[(impact["metric"] == main) & (impact["intervention"] == names[rank_by])]
+    ranked = ranked.set_index("site")
+    table["effect"] = table["site"].map(ranked["drop"])
+    table["ci_low"] = table["site"].map(ranked["ci_low"])
+    table["ci_high"] = table["site"].map(ranked["ci_high"])
     table["ablation"] = names[rank_by]
     for name in names.values():
-        for what in ("behavior", "probe") if probed else ("behavior",):
+        for what in [r for r in ("behavior", "probe") if r in roles]:
             part = impact[(impact["metric"] == what) & (impact["intervention"] == name)]
             table[f"{what}_drop[{name}]"] = table["site"].map(part.set_index("site")["drop"])
     order = table.sort_values(
@@ -433,10 +488,11 @@ class LocalizeResult(ActionResult):
 
     ``ranking`` (also ``table``): one row per candidate with ``site``, ``layer``,
     ``component`` (``resid``/``attn``/``mlp``/``head.H``/``neuron.N``), ``probe_score``
-    (test accuracy of a probe on it; NaN unprobed), ``tested``, ``effect`` (behaviour drop
-    under the ``ablation`` named beside it) with ``ci_low``/``ci_high``, and one
-    ``behavior_drop[...]``/``probe_drop[...]`` column per intervention. ``impact``: the
-    tidy site x metric x intervention drops with intervals.
+    (test accuracy of a probe on it; NaN unprobed), ``tested``, ``effect`` (the drop of
+    the metric ranked on, ``ranked_on``: the behaviour, or the probe metric where there is
+    none, under the ``ablation`` named beside it) with ``ci_low``/``ci_high``, and one
+    ``behavior_drop[...]``/``probe_drop[...]`` column per intervention, side by side.
+    ``impact``: the tidy site x metric x intervention drops with intervals.
     """
 
     impact: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -444,7 +500,9 @@ class LocalizeResult(ActionResult):
     clean_probe: float = float("nan")
     rank_by: str = "mean"
     metric: str = ""
-    readout_layer: int = 0
+    ranked_on: str = "behavior"
+    probe_metric: str = ""
+    readout_layer: int | None = None
 
     @property
     def ranking(self) -> pd.DataFrame:
@@ -469,8 +527,11 @@ class LocalizeResult(ActionResult):
             "ci": [float(top["ci_low"]), float(top["ci_high"])],
             "ablation": self.rank_by,
             "metric": self.metric,
+            "ranked_on": self.ranked_on,
             "clean_behavior": self.clean_behavior,
-            "clean_probe_accuracy": self.clean_probe,
+            "probe_metric": self.probe_metric,
+            "clean_probe": self.clean_probe,
+            "top_probe_drop": float(top.get(f"probe_drop[{self.rank_by}]", np.nan)),
             "readout_layer": self.readout_layer,
             "tested": int(self.table["tested"].sum()),
             "candidates": len(self.table),
@@ -480,11 +541,14 @@ class LocalizeResult(ActionResult):
     def verdict(self) -> str:
         """One line: which candidate matters most, by how much, under which ablation."""
         s = self.summary()
+        clean = s["clean_behavior"] if self.ranked_on == "behavior" else s["clean_probe"]
         line = (
             f"{s['top']} matters most: {s['ablation']} ablation lowers {s['metric']} by "
             f"{s['effect']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] (clean "
-            f"{s['clean_behavior']:.2f}, n={s['n']})"
+            f"{clean:.2f}, n={s['n']})"
         )
+        if self.ranked_on == "behavior" and self.probe_metric:
+            line += f", and {self.probe_metric} by {s['top_probe_drop']:.2f}"
         if len(self.table) > 1 and bool(self.table["tested"].iloc[1]):
             nxt = self.table.iloc[1]
             line += f"; next {nxt['site']} {nxt['effect']:.2f}"

@@ -40,13 +40,17 @@ class Adapter:
     mlp : the module whose output is the MLP's write into the residual stream: ``mlp``.
     mlp_out_proj : the MLP down projection; its input is the neuron activations (after the
         nonlinearity, and after the gate for gated MLPs).
-    final_norm, embed, unembed : the final norm, token embedding and output layer (None
-        where the family has none).
+    final_norm, embed, unembed : the final norm, token embedding and output head (None
+        where the family has none). The head maps the final norm's output (the last
+        block's where there is no final norm) to vocabulary logits; a model loaded without
+        it (``AutoModel``) has no logits.
     n_heads_key, d_model_key, max_context_key : config keys of those sizes.
     d_head_key : config key of the head size where it may differ from d_model / n_heads.
     out_proj_transposed : True when projections store weights as (in, out) (GPT-2's
         ``Conv1D``) rather than ``nn.Linear``'s (out, in).
     auto_class : the ``transformers`` auto class that loads a checkpoint of this family.
+    causal : True when the head predicts the next token; False for masked LMs, whose head
+        predicts the token it reads.
     """
 
     family: str
@@ -65,6 +69,7 @@ class Adapter:
     d_head_key: str | None = None
     out_proj_transposed: bool = False
     auto_class: str = "AutoModelForCausalLM"
+    causal: bool = True
 
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -127,11 +132,12 @@ ADAPTERS: tuple[Adapter, ...] = (
         mlp_out_proj="output.dense",
         final_norm=None,  # post-norm: every block ends in its own LayerNorm
         embed="embeddings.word_embeddings",
-        unembed=None,
+        unembed="cls.predictions",  # BertForMaskedLM's head: dense, activation, norm, decoder
         n_heads_key="num_attention_heads",
         d_model_key="hidden_size",
         max_context_key="max_position_embeddings",
         auto_class="AutoModel",
+        causal=False,
     ),
 )
 
@@ -147,6 +153,24 @@ def adapter_for(config: Any) -> Adapter:
         f"unsupported architecture '{model_type}': supported families are {families}; "
         "add a row to mechwidgets.models.adapters.ADAPTERS for a new one"
     )
+
+
+#: checkpoint class names (``config.architectures``) that carry a masked-LM head
+MASKED_LM_HEADS = ("ForMaskedLM", "ForPreTraining")
+
+
+def auto_class_for(config: Any) -> str:
+    """The ``transformers`` auto class that loads a checkpoint with the head it was saved with.
+
+    An encoder saved with its masked-LM head (``BertForMaskedLM``, ``BertForPreTraining``)
+    loads with ``AutoModelForMaskedLM``, so its logits can be read; one saved without it
+    loads as the bare encoder (never with a randomly initialised head).
+    """
+    adapter = adapter_for(config)
+    saved = getattr(config, "architectures", None) or []
+    if not adapter.causal and any(name.endswith(MASKED_LM_HEADS) for name in saved):
+        return "AutoModelForMaskedLM"
+    return adapter.auto_class
 
 
 def config_value(config: Any, key: str) -> int:

@@ -30,7 +30,13 @@ import transformers
 from mechwidgets.core.components import ModelShape
 from mechwidgets.core.errors import ModelError, TaskError
 from mechwidgets.models import zoo
-from mechwidgets.models.adapters import Adapter, adapter_for, config_value, walk
+from mechwidgets.models.adapters import (
+    Adapter,
+    adapter_for,
+    auto_class_for,
+    config_value,
+    walk,
+)
 
 #: the component sites a :class:`Model` can reach; each is a path in the adapter table
 Site = Literal["block", "attn", "mlp", "attn_out_proj", "mlp_out_proj"]
@@ -337,7 +343,7 @@ def _load_named(
             config = transformers.AutoConfig.from_pretrained(
                 where, revision=revision, local_files_only=local
             )
-            auto = getattr(transformers, adapter_for(config).auto_class)
+            auto = getattr(transformers, auto_class_for(config))
             hf = auto.from_pretrained(
                 where, revision=revision, dtype=DTYPES[dtype], local_files_only=local
             )

@@ -97,6 +97,7 @@ def ablate(
     (cells, n) metric values, and the residual stream after block ``readout`` at the read
     token (cells, n, d_model) when asked for.
     """
-    acts, _ = capture(model, prompts, [c.site for c in cells], scorer)
+    acts, _ = capture(model, prompts, [c.site for c in cells])
     sources = ablation_sources(how, acts, prompts, seed)
-    return run_cells(model, prompts, cells, sources, scorer, readout)
+    values, reads = run_cells(model, prompts, cells, sources, [scorer], readout)
+    return values[0], reads

@@ -47,7 +47,7 @@ def attribution_moves(
     backward pass of the summed metric gives each prompt's gradient (prompts do not
     interact, so the sum's gradient in row ``i`` is prompt ``i``'s own).
     """
-    acts, values = capture(model, base, [c.site for c in cells], scorer, grad=True)
+    acts, values = capture(model, base, [c.site for c in cells], [scorer], grad=True)
     keys = sorted(acts)
     grads = torch.autograd.grad(values.sum(), [acts[k] for k in keys], allow_unused=True)
     with torch.no_grad():

@@ -2,17 +2,21 @@
 
 An edit (a :class:`Cell`) replaces one component's activation with the same slice of a
 source tensor: a residual stream (block output, or at layer :data:`EMBED` = -1 the
-embeddings that enter block 0), an attention or MLP write, one head's
+embedding output that enters block 0, the cube's embedding layer), an attention or MLP
+write, one head's
 slice of the attention output projection's *input*, or one MLP neuron (a column of the
 MLP down projection's input), at one token position, at every position, or at each
 prompt's read token. Zero, mean and resample ablation and activation patching differ only
 in the source. Many edits share one forward pass: the prompts are stacked once per edit
 and edit ``k`` touches only its own block of rows, so a grid of hundreds of cells costs a
-few batched passes instead of hundreds of small ones. Components are reached only through
-the model's adapter accessors, in forward order, as nnsight requires.
+few batched passes instead of hundreds of small ones. Every pass is scored by one or more
+bound metrics (:class:`~mechwidgets.metrics.Scorer`), each read at its own site: the
+output head's logits after the last block, or the hidden state a probe or hidden-state
+metric reads, after the edits at that site. Components are reached only through the
+model's adapter accessors, in forward order, as nnsight requires.
 
->>> acts, base = capture(model, prompts, [c.site for c in cells], scorer)
->>> values, _ = run_cells(model, prompts, cells, acts, scorer)   # (cells, prompts)
+>>> acts, base = capture(model, prompts, [c.site for c in cells], [scorer])
+>>> values, _ = run_cells(model, prompts, cells, acts, [scorer])   # (1, cells, prompts)
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from typing import Any, Literal
 import nnsight
 import torch
 
-from mechwidgets.core.components import LayerComponent
-from mechwidgets.core.errors import ModelError, SelectorError
-from mechwidgets.metrics import Prompts, Scorer
+from mechwidgets.core.components import EMBED, LayerComponent
+from mechwidgets.core.errors import SelectorError
+from mechwidgets.metrics import Prompts, Scorer, output_head
 from mechwidgets.models.adapters import walk
 
 #: ``Cell.position`` value meaning "each prompt's read token"
@@ -59,10 +63,6 @@ class Cell:
     def site(self) -> SiteKey:
         """Where the edit happens."""
         return site_of(self.component)
-
-
-#: ``LayerComponent("residual", EMBED)`` is the residual stream before block 0: the embeddings
-EMBED = -1
 
 
 def site_of(component: LayerComponent) -> SiteKey:
@@ -103,18 +103,23 @@ def check_components(model: Any, components: Iterable[LayerComponent]) -> None:
                 )
 
 
-def _check_logits(model: Any) -> None:
-    if model.adapter.unembed is None or model.adapter.final_norm is None:
-        raise ModelError(
-            f"{model.name} has no output layer, so behaviour metrics cannot be read; "
-            "load it with its language-model head"
-        )
+def score_site(model: Any, scorer: Scorer) -> SiteKey:
+    """Where a scorer reads: its component's site, or for logits the final norm's output
+    (after every block), or the last block's output where the family has no final norm."""
+    if scorer.component is not None:
+        return site_of(scorer.component)
+    if model.adapter.final_norm is None:
+        return site_of(LayerComponent("residual", model.shape.n_layers - 1))
+    return (model.shape.n_layers, 0, "final_norm")
 
 
 def _tensor(model: Any, site: str, layer: int) -> torch.Tensor:
     """The activation at a site inside a trace: a projection's input or a module's output."""
     if site == "embed":
-        return walk(_base(model), model.adapter.embed).output
+        return model.embeddings()
+    if site == "final_norm":
+        out = walk(_base(model), model.adapter.final_norm).output
+        return out[0] if isinstance(out, tuple) else out
     envoy = model.envoy(site, layer)
     if site.endswith("out_proj"):
         return envoy.input
@@ -129,40 +134,60 @@ def _base(model: Any) -> Any:
     return walk(model.nn, prefix)
 
 
-def _score(model: Any, scorer: Scorer, copies: int) -> torch.Tensor:
-    """Inside a trace: the metric per row, unembedding only the positions the scorer reads."""
-    hidden = walk(_base(model), model.adapter.final_norm).output
-    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-    picked = hidden[rows, scorer.positions.repeat(copies, 1)]
-    unembed = model.hf.get_output_embeddings()
-    # the output layer's own forward would run on every position; a linear map on the few
-    # positions read gives the same logits
-    return scorer.score_at(torch.nn.functional.linear(picked, unembed.weight, unembed.bias))
+def _score(model: Any, scorer: Scorer, x: torch.Tensor, copies: int) -> torch.Tensor:
+    """Inside a trace: the metric per row from the activation ``x`` at the scorer's site.
+
+    Logits are made only at the positions the scorer reads: the output head's own forward
+    would run on every position, and the head is a plain function of each position's
+    final hidden state, so running it on the few positions read gives the same logits.
+    """
+    rows = torch.arange(x.shape[0], device=x.device)[:, None]
+    picked = x[rows, scorer.positions.repeat(copies, 1)]
+    if scorer.component is None:
+        head = output_head(model)
+        assert head is not None  # bind() refuses logit metrics on a model without a head
+        return scorer.score_at(head(picked))
+    return scorer.score_at(picked[..., columns(model, scorer.component)])
+
+
+def _scored_sites(model: Any, scorers: Sequence[Scorer]) -> dict[SiteKey, list[int]]:
+    """Site -> indices of the scorers that read there."""
+    out: dict[SiteKey, list[int]] = {}
+    for index, scorer in enumerate(scorers):
+        out.setdefault(score_site(model, scorer), []).append(index)
+    return out
 
 
 def capture(
     model: Any,
     prompts: Prompts,
     sites: Iterable[SiteKey],
-    scorer: Scorer,
+    scorers: Sequence[Scorer] = (),
     grad: bool = False,
 ) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor]:
-    """One plain forward pass: the activations (n, seq, width) at ``sites`` and the metric (n,).
+    """One plain forward pass: the activations (n, seq, width) at ``sites`` and each
+    scorer's metric, (len(scorers), n).
 
-    The pass stops after the final norm, so the output layer never runs on positions the
-    metric does not read. With ``grad`` the activations stay in the autograd graph, so the
-    metric can be differentiated with respect to them (attribution patching).
+    The pass stops after the last site it reads, so the output head never runs on
+    positions a metric does not read (and not at all without a logit metric). With
+    ``grad`` the activations stay in the autograd graph, so the metrics can be
+    differentiated with respect to them (attribution patching).
     """
-    _check_logits(model)
-    wanted = sorted(set(sites))
+    scored = _scored_sites(model, scorers)
+    wanted = sorted(set(sites) | set(scored))
+    n = len(prompts)
     with torch.set_grad_enabled(grad), model.nn.trace(**prompts.inputs) as tracer:
         acts = nnsight.save({})
+        values = nnsight.save([None] * len(scorers))
         for key in wanted:
-            acts[key] = _tensor(model, key[2], key[0])
-        values = nnsight.save(_score(model, scorer, 1))
+            x = _tensor(model, key[2], key[0])
+            acts[key] = x
+            for index in scored.get(key, []):
+                values[index] = _score(model, scorers[index], x, 1)
         tracer.stop()
-    return acts, values
+    for key in set(acts) - set(sites):
+        del acts[key]
+    return acts, torch.stack(values) if scorers else torch.zeros(0, n)
 
 
 def run_cells(
@@ -170,7 +195,7 @@ def run_cells(
     prompts: Prompts,
     cells: Sequence[Cell],
     sources: dict[SiteKey, torch.Tensor],
-    scorer: Scorer,
+    scorers: Sequence[Scorer],
     readout: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply each cell's edit in its own copy of the prompts and score every copy.
@@ -180,30 +205,39 @@ def run_cells(
     cells : the edits; cell ``k`` replaces its component's slice by the same slice of
         ``sources[cell.site]`` at its position(s), in copy ``k`` only.
     sources : site key -> (n, seq, width) source activations for the prompts.
-    scorer : from :func:`mechwidgets.metrics.bind`.
+    scorers : from :func:`mechwidgets.metrics.bind`; each reads its site after the edits
+        there (none: only ``readout`` is wanted).
     readout : also return the residual stream after block ``readout`` at the read token.
 
     Returns
     -------
-    ``(values, readouts)``: (cells, n) metric values and (cells, n, d_model) readouts (or
-    None).
+    ``(values, readouts)``: (len(scorers), cells, n) metric values and (cells, n, d_model)
+    readouts (or None).
     """
-    _check_logits(model)
-    n, read = len(prompts), scorer.positions.shape[1]
-    vocab = model.hf.get_output_embeddings().weight.shape[0]
-    per_pass = max(1, min(MAX_ROWS // n, MAX_LOGITS // (n * read * vocab)))
+    n = len(prompts)
+    width = max(
+        [1]
+        + [
+            s.positions.shape[1] * (model.d_model if s.component else _vocab(model))
+            for s in scorers
+        ]
+    )
+    per_pass = max(1, min(MAX_ROWS // n, MAX_LOGITS // (n * width)))
     values, reads = [], []
     for first in range(0, len(cells), per_pass):
         chunk = list(cells[first : first + per_pass])
-        v, r = _run_chunk(model, prompts, chunk, sources, scorer, readout)
-        values.append(v.reshape(len(chunk), n))
+        v, r = _run_chunk(model, prompts, chunk, sources, scorers, readout)
+        values.append(v.reshape(len(scorers), len(chunk), n))
         if r is not None:
             reads.append(r.reshape(len(chunk), n, -1))
-    empty = torch.zeros(0, n)
     return (
-        torch.cat(values) if values else empty,
+        torch.cat(values, 1) if values else torch.zeros(len(scorers), 0, n),
         torch.cat(reads) if readout is not None and reads else None,
     )
+
+
+def _vocab(model: Any) -> int:
+    return int(model.hf.config.vocab_size)
 
 
 def _run_chunk(
@@ -211,7 +245,7 @@ def _run_chunk(
     prompts: Prompts,
     chunk: list[Cell],
     sources: dict[SiteKey, torch.Tensor],
-    scorer: Scorer,
+    scorers: Sequence[Scorer],
     readout: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One traced pass over ``len(chunk)`` stacked copies of the prompts."""
@@ -220,19 +254,22 @@ def _run_chunk(
     by_site: dict[SiteKey, list[tuple[int, Cell]]] = {}
     for index, cell in enumerate(chunk):
         by_site.setdefault(cell.site, []).append((index, cell))
-    read_key = None if readout is None else (readout, SITES["residual"][1], "block")
-    visits = sorted(set(by_site) | ({read_key} if read_key else set()))
+    read_key = None if readout is None else site_of(LayerComponent("residual", readout))
+    scored = _scored_sites(model, scorers)
+    visits = sorted(set(by_site) | set(scored) | ({read_key} if read_key else set()))
     with torch.no_grad(), model.nn.trace(**inputs) as tracer:
-        out = nnsight.save({})
+        out = nnsight.save({"values": [None] * len(scorers)})
         for key in visits:
             x = _tensor(model, key[2], key[0])
             for index, cell in by_site.get(key, []):
                 _edit(x, index * n, cell, sources[key], prompts, columns(model, cell.component))
             if key == read_key:
                 out["read"] = x[torch.arange(k * n), prompts.read.repeat(k)].float()
-        out["values"] = _score(model, scorer, k)
+            for index in scored.get(key, []):
+                out["values"][index] = _score(model, scorers[index], x, k)
         tracer.stop()
-    return out["values"], out.get("read")
+    values = torch.stack(out["values"]) if scorers else torch.zeros(0, k * n)
+    return values, out.get("read")
 
 
 def _edit(

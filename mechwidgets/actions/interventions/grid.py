@@ -37,6 +37,7 @@ from mechwidgets.analysis.statistics import bootstrap_weights, percentile_interv
 from mechwidgets.core.components import LayerComponent, expand_selectors
 from mechwidgets.core.errors import SpecError, TaskError
 from mechwidgets.data.catalog import PromptPairs
+from mechwidgets.data.positions import as_positions
 from mechwidgets.data.tasks import Task
 from mechwidgets.metrics import Prompts, Scorer, bind, describe, logit_diff
 from mechwidgets.viz.charts import heatmap
@@ -74,7 +75,7 @@ def _texts_positions(data: Any, what: str) -> tuple[list[str], np.ndarray | None
         return list(data.texts), data.positions, data.behavior
     if isinstance(data, PromptPairs):
         metric = logit_diff(correct=data.clean_answer, wrong=data.corrupt_answer)
-        return list(data.clean), np.full(len(data), data.position), metric
+        return list(data.clean), as_positions([data.position] * len(data), len(data)), metric
     if isinstance(data, str) or not isinstance(data, Sequence):
         raise TaskError(
             f"'{what}' must be a Task, PromptPairs or a list of texts, got {type(data).__name__}"
@@ -169,11 +170,11 @@ def plan_patching(
     pairs = prepare_pairs(model, clean, corrupt, behavior, n)
     base, source = pairs.base_and_source(direction)
     cells = grid_cells(model, components, pairs.clean.width, by_position)
-    source_acts, source_values = capture(model, source, [c.site for c in cells], pairs.scorer)
-    _, base_values = capture(model, base, [], pairs.scorer)
+    source_acts, source_values = capture(model, source, [c.site for c in cells], [pairs.scorer])
+    _, base_values = capture(model, base, [], [pairs.scorer])
     return PatchPlan(
         pairs, direction, base, cells, source_acts,
-        base_values.cpu().numpy(), source_values.cpu().numpy(),
+        base_values[0].cpu().numpy(), source_values[0].cpu().numpy(),
     )  # fmt: skip
 
 

@@ -76,8 +76,8 @@ def patch(
     >>> res.agreement["pearson"]
     """
     plan = plan_patching(model, clean, corrupt, behavior, grid, components, direction, n)
-    values, _ = run_cells(model, plan.base, plan.cells, plan.source_acts, plan.pairs.scorer)
-    moves = {"activation": values.cpu().numpy() - plan.base_values}
+    values, _ = run_cells(model, plan.base, plan.cells, plan.source_acts, [plan.pairs.scorer])
+    moves = {"activation": values[0].cpu().numpy() - plan.base_values}
     if attribution:
         moves["attribution"] = attribution_moves(
             model, plan.base, plan.source_acts, plan.cells, plan.pairs.scorer

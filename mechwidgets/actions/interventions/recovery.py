@@ -42,7 +42,7 @@ from mechwidgets.analysis.statistics import (
 from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import SpecError
 from mechwidgets.data.tasks import Task
-from mechwidgets.metrics import Prompts, Scorer
+from mechwidgets.metrics import Prompts
 from mechwidgets.probes.linear import fit_probe
 
 #: keys a ``recovery=`` mapping may hold
@@ -238,7 +238,7 @@ def recovery_test(
 
     Parameters
     ----------
-    model : from :func:`mechwidgets.load_model`, with its language-model head.
+    model : from :func:`mechwidgets.load_model` (any family; no output head needed).
     task : the samples, labels, splits and read positions (all samples are run).
     label : the feature to decode.
     source_layer : the layer whose residual stream is patched in (e.g. collapse's peak).
@@ -322,13 +322,10 @@ def _patched_readouts(
         prompts = Prompts.build(
             model, texts, None if positions is None else positions[index], index, len(task)
         )
-        # the edit engine scores a behaviour metric in every pass; recovery reads the
-        # residual stream only, so it gets a scorer that reads one logit and is ignored
-        ignored = Scorer(prompts.read[:, None], lambda at: at[:, 0, 0])
-        acts, _ = capture(model, prompts, [src_key, read_key], ignored)
+        acts, _ = capture(model, prompts, [src_key, read_key])
         rows = torch.arange(len(prompts))
         sources = {cell.site: acts[src_key] for cell in cells}
-        _, reads = run_cells(model, prompts, cells, sources, ignored, readout=readout)
+        _, reads = run_cells(model, prompts, cells, sources, [], readout=readout)
         assert reads is not None
         found = {
             "before": acts[read_key][rows, prompts.read],
