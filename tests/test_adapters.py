@@ -125,3 +125,33 @@ def test_bad_load_arguments_fail_in_one_line():
     assert "tokenizer=" in one_line_error(ModelError, mw.load_model, hf)
     assert "float32" in one_line_error(ModelError, mw.load_model, "toy", dtype="float8")
     assert "model name" in one_line_error(ModelError, mw.load_model, 42)
+
+
+def test_local_folders_load_as_hf_models_unless_exactly_a_zoo_name(tmp_path, monkeypatch):
+    zoo_dir, mine = tmp_path / "zoo", tmp_path / "work"
+    for folder, family in ((zoo_dir / "tiny_zoo", "gpt2"), (mine / "tiny_zoo", "llama")):
+        hf, tok = build_tiny(family)
+        hf.save_pretrained(folder)
+        tok.save_pretrained(folder)
+    monkeypatch.setattr(zoo, "ZOO_DIR", zoo_dir)
+    monkeypatch.chdir(mine)
+    assert mw.load_model("tiny-zoo").adapter.family == "gpt2"  # exactly the zoo name
+    relative = mw.load_model("tiny_zoo")  # not the zoo name: the folder here
+    absolute = mw.load_model(str(mine / "tiny_zoo"))
+    assert relative.adapter.family == absolute.adapter.family == "llama"
+    assert absolute.source.startswith(f"local:{mine / 'tiny_zoo'}@")
+    assert mw.load_model(str(zoo_dir / "tiny_zoo")).source.startswith("local:")
+
+
+def test_a_broken_local_folder_is_named_in_one_line(tmp_path, monkeypatch):
+    broken = tmp_path / "minibert"
+    broken.mkdir()
+    (broken / "config.json").write_text(transformers.BertConfig().to_json_string())
+    message = one_line_error(ModelError, mw.load_model, str(broken))
+    assert f"cannot load the folder '{broken}'" in message and "reinstall" not in message
+    missing = one_line_error(ModelError, mw.load_model, str(tmp_path / "nowhere"))
+    assert f"no folder at '{tmp_path / 'nowhere'}'" in missing
+    monkeypatch.chdir(tmp_path)
+    assert "cannot load the folder 'minibert'" in one_line_error(
+        ModelError, mw.load_model, "minibert"
+    )

@@ -9,6 +9,8 @@ add nothing. Models are random-weight, 2 blocks, built offline (conftest).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -240,3 +242,33 @@ def test_cached_cube_keeps_its_read_tokens(models):
     assert again["token"].values.tolist() == ["Ġis", "Ġis"]
     other = mw.extract(model, CLEAN, layers=[0], components=["resid"], token="is@last")
     assert other.attrs["cache_key"] != first.attrs["cache_key"]
+
+
+def test_detect_compare_and_collapse_probe_the_embedding_layer_first(tiny_models):
+    """The embedding layer is probed like a block (only resid: attn is NaN there, skipped)
+    and sorts first; at the noun it encodes the noun's number exactly, by construction."""
+    rng = np.random.default_rng(0)
+    nouns = [("cat", 0), ("cats", 1), ("dog", 0), ("dogs", 1)]
+    rows = [nouns[i] for i in rng.integers(0, 4, 120)]
+    verbs = rng.choice(["sat", "ran", "runs", "sits"], 120)
+    task = Task(
+        "number",
+        [f"the {n} {v}" for (n, _), v in zip(rows, verbs, strict=True)],
+        {"plural": np.array([p for _, p in rows]), "verb": (verbs == "ran") | (verbs == "sat")},
+        np.array(["train", "val", "test"])[np.arange(120) % 3],
+        [1] * 120,
+    )
+    cube = mw.extract(
+        tiny_models["gpt_neox"], task, layers="embed,all", components=["resid", "attn"]
+    )
+    fast = {"seeds": 1, "permutations": 20, "resamples": 100}
+    result = mw.detect(cube, "plural", **fast)
+    assert "'embed'" in json.dumps(result.chart().to_dict())  # the axis names layer -1
+    detected = result.table
+    resid = detected[detected["component"] == "resid"].sort_values("layer")
+    assert resid["layer"].tolist()[0] == -1 and resid["score"].iloc[0] == 1.0
+    assert -1 not in detected.loc[detected["component"] == "attn", "layer"].tolist()
+    compared = mw.compare(cube, labels=["plural", "verb"], component="resid", **fast)
+    assert -1 in compared.data["layer"].values
+    collapsed = mw.collapse(cube, label="plural", component="resid", **fast)
+    assert collapsed.data["layer"].values.tolist()[0] == -1

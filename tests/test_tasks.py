@@ -234,3 +234,48 @@ def test_from_file_reads_csv_jsonl_and_parquet(tmp_path: Path, suffix: str) -> N
         Task.from_file(tmp_path / "mine.xlsx")
     with pytest.raises(TaskError, match="no file at"):
         Task.from_file(tmp_path / "other.csv")
+
+
+def test_from_frame_reads_positions_as_markers_spans_or_indices() -> None:
+    df = _frame(12).assign(
+        marker=["number", "the"] * 6,
+        start=0,
+        end=3,
+        mixed=[-1, "number", [0, 3]] * 4,
+    )
+    markers = Task.from_frame(df, text="sentence", labels="number", position="marker")
+    assert markers.positions.tolist() == ["number", "the"] * 6
+    spans = Task.from_frame(df, text="sentence", labels="number", position=("start", "end"))
+    assert spans.positions.shape == (12,) and spans.positions[0] == (0, 3)
+    mixed = Task.from_frame(df, text="sentence", labels="number", position="mixed")
+    assert mixed.positions.tolist()[:3] == [-1, "number", (0, 3)]
+    with pytest.raises(TaskError, match=r"positions\[0\] is the span \(3, 0\)"):
+        Task.from_frame(df.assign(end=0, start=3), labels="number", text="sentence",
+                        position=("start", "end"))  # fmt: skip
+
+
+def test_from_frame_word_types_and_groups_become_cube_variables(tiny_models) -> None:
+    df = _frame(12).assign(
+        sentence=["the dog sat", "the cat ran", "a bird sits"] * 4,  # the tiny vocabulary
+        noun=["dog", "cat", "bird"] * 4,
+        verb=["is", "are"] * 6,
+        template=np.arange(12) // 4,
+        tense=["past", "present", "present", "past"] * 3,
+    )
+    shared = Task.from_frame(df, text="sentence", labels=["number", "tense"], word_types="noun")
+    assert set(shared.word_types) == {"number", "tense"}
+    assert shared.metadata["word_type_names"]["tense"] == ("bird", "cat", "dog")
+    assert shared.word_types["number"].tolist() == [2, 1, 0] * 4
+    task = Task.from_frame(
+        df, text="sentence", labels=["number", "tense"],
+        word_types={"number": "noun", "tense": "verb"}, groups="template",
+    )  # fmt: skip
+    assert task.groups.tolist() == (np.arange(12) // 4).tolist()
+    cube = mw.extract(tiny_models["gpt_neox"], task, layers=[0], components=["resid"])
+    assert cube["wordtype_number"].values.tolist() == [2, 1, 0] * 4
+    assert cube["wordtype_tense"].values.tolist() == [1, 0] * 6
+    assert cube["group"].values.tolist() == task.groups.tolist()
+    with pytest.raises(TaskError, match=r"word_types names \['noun'\], which are not labels"):
+        Task.from_frame(df, text="sentence", labels="number", word_types={"noun": "noun"})
+    with pytest.raises(TaskError, match="column 'kind' is not in the table"):
+        Task.from_frame(df, text="sentence", labels="number", groups="kind")
