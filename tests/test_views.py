@@ -1,0 +1,108 @@
+"""Views below the layer: coloured tokens (probe score per position) and attention per head."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pytest
+
+import mechwidgets as mw
+from mechwidgets.viz.attention import AttentionError, attention_patterns, head_scores
+from mechwidgets.viz.chart_widget import ChartView
+from mechwidgets.viz.tokens import TokenViewError, _token_activations, token_scores
+
+# ---- attention ------------------------------------------------------------------------
+
+
+def test_head_scores_on_known_patterns():
+    ids = [5, 6, 7, 5, 6, 7]  # "a b c a b c": induction attends from the 2nd a to the 1st b
+    n = len(ids)
+    previous = np.zeros((1, 2, n, n))
+    previous[0, 0, 0, 0] = 1.0
+    for q in range(1, n):
+        previous[0, 0, q, q - 1] = 1.0  # head 0: the previous token, always
+    for q in range(n):
+        previous[0, 1, q, q] = 1.0  # head 1: itself
+    for q, k in ((3, 1), (4, 2), (5, 3)):
+        previous[0, 1, q] = 0.0
+        previous[0, 1, q, k] = 1.0  # head 1 on the repeats: the token after the first copy
+    prev, ind = head_scores(ids, previous)
+    assert prev[0].tolist() == [1.0, pytest.approx(0.0)]
+    assert ind[0].tolist() == [0.0, 1.0]
+    _, none = head_scores([1, 2, 3], previous[..., :3, :3])
+    assert np.isnan(none).all()  # no repeated token: no induction score
+    with pytest.raises(AttentionError, match="pattern is"):
+        head_scores([1, 2], previous)
+
+
+@pytest.fixture(scope="module")
+def induction():
+    model = mw.load_model("toy-induction")
+    task = mw.get_task("induction", n=20, seed=0)
+    return attention_patterns(model, task.texts[:4])
+
+
+def test_toy_induction_shows_its_known_circuit(induction):
+    # the model card's ground truth: head 0.0 is the previous-token head (0.95) and
+    # heads 1.0, 1.2, 1.3 are induction heads (prefix matching 0.87-0.91)
+    heads = induction.head_scores.set_index(["layer", "head"])
+    assert heads.loc[(0, 0), "previous_token"] > 0.8
+    assert heads["previous_token"].drop((0, 0)).max() < 0.4
+    for head in (0, 2, 3):
+        assert heads.loc[(1, head), "induction"] > 0.6
+    assert heads.loc[(1, 1), "induction"] < 0.2
+
+
+def test_attention_chart_has_a_panel_per_head_and_a_sample_menu(induction):
+    spec = induction.chart().to_dict()
+    (param,) = spec["params"]
+    assert param["name"] == "sample" and param["bind"]["input"] == "select"
+    assert len(param["bind"]["options"]) == 4
+    titles = spec["facet"]["header"]["labelExpr"]
+    assert "L0.H0  prev 0.9" in titles and titles.count("L1.H") == 4
+    weights = [np.asarray(w) for w in induction.weights]
+    assert all(np.allclose(w.sum(-1), 1.0, atol=1e-5) for w in weights)  # rows are softmaxes
+    assert isinstance(ChartView(induction.chart(heads=[(1, 2)])), ChartView)
+    with pytest.raises(AttentionError, match="no head"):
+        induction.chart(heads=[(2, 0)])
+
+
+# ---- tokens ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grammar():
+    model = mw.load_model("toy-grammar")
+    cube = mw.extract(model, mw.get_task("subject_number", n=400), selectors=["resid:all"])
+    return model, cube
+
+
+def test_every_token_is_read_as_the_cube_reads_its_own(grammar):
+    model, cube = grammar
+    for i in np.flatnonzero(cube["split"].values == "test")[:3]:
+        ids, acts = _token_activations(model, str(cube["text"].values[i]), 2, "resid")
+        read = int(cube["position"].values[i]) % len(ids)
+        cube_row = cube["act"].sel(layer=2, component="resid").values[i]
+        assert np.allclose(acts[read], cube_row, atol=1e-4)
+
+
+def test_token_view_names_classes_and_predicts_at_the_read_token(grammar):
+    model, cube = grammar
+    view = token_scores(model, cube, "subject_number", layer=2, k=20)
+    assert view.classes == ("singular", "plural")
+    right = [row["label"] == row["predicted"] for row in view.rows]
+    assert len(right) == 20 and np.mean(right) >= 0.9  # the demo decodes it above 90%
+    frame = view.frame()
+    assert frame["read"].sum() == 20 and frame["score"].between(0, 1).all()
+    page = html.unescape(view._repr_html_())
+    assert page.count("class='mw-token'") == len(frame)
+    assert "singular" in page and "plural" in page and "<script" not in page
+
+
+def test_token_view_refuses_what_it_cannot_show(grammar):
+    model, cube = grammar
+    with pytest.raises(TokenViewError, match="no label"):
+        token_scores(model, cube, "tense", layer=2)
+    with pytest.raises(TokenViewError, match="no slice"):
+        token_scores(model, cube, "subject_number", layer=2, component="mlp")
