@@ -83,9 +83,12 @@ def build_tiny(
 
 @pytest.fixture(scope="session")
 def tiny_mlm() -> Model:
-    """A random-weight BERT loaded with its masked-LM head (``BertForMaskedLM``)."""
+    """A random-weight BERT loaded with its masked-LM head (``BertForMaskedLM``), its weights
+    drawn wide enough (std 0.5, not BERT's 0.02) that its logits vary with the input."""
     torch.manual_seed(0)
-    hf = transformers.BertForMaskedLM(TINY_CONFIGS["bert"]()).eval()
+    config = TINY_CONFIGS["bert"]()
+    config.initializer_range = 0.5
+    hf = transformers.BertForMaskedLM(config).eval()
     return load_model(hf, tokenizer=word_tokenizer())
 
 

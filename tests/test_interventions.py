@@ -1,23 +1,26 @@
 """Interventions are exact: ablations equal hand-written torch hooks, patching every position
-reproduces the other run, attribution equals patching to first order; bad input fails in
-one line."""
+reproduces the other run, attribution equals patching to first order, and on encoders and
+decoders alike a patch restores a probe metric (or masked-LM logits) exactly where it must;
+bad input, and a metric the model cannot give, fail in one line before any forward pass."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import build_tiny, number_task
 
 import mechwidgets as mw
 from mechwidgets.actions.interventions.ablation import ablate, donors
 from mechwidgets.actions.interventions.edits import READ, Cell
 from mechwidgets.core.components import LayerComponent
-from mechwidgets.core.errors import SelectorError, SpecError, TaskError
+from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
 from mechwidgets.metrics import Prompts, bind
 from mechwidgets.models.loading import load_model
+from mechwidgets.probes.linear import fit_probe
 
 CLEAN = ["the cat sat on the mat", "a dog runs on the rug", "the big dog sits near the tree"]
 CORRUPT = ["the cats sat on the mat", "a dogs runs on the rug", "the big dogs sits near the tree"]
@@ -212,3 +215,78 @@ def test_bad_patching_input_fails_in_one_line(neox, kwargs, error, words):
     with pytest.raises(error) as info:
         mw.patch(neox, CLEAN, **args)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+# --- encoders and decoders alike: probe metrics, masked-LM logits, checks before work ------
+
+SUBJECT, READ_AT = 1, 5  # number_task: "the cat sat on the mat", no special tokens
+
+
+def plural_probe(model, score="margin"):
+    """A probe of the subject's number fitted after the last block at the last token, as a
+    metric of the number task's labels."""
+    task, _ = number_task(40)
+    last = model.shape.n_layers - 1
+    cube = mw.extract(model, task, layers=[last], components=["resid"], cache=False)
+    y = task.labels["plural"]
+    fitted = fit_probe(cube["act"].sel(layer=last, component="resid").values, y, task.split)
+    return mw.metrics.probe(fitted, layer=last, labels=y, score=score)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt_neox", "gpt2", "bert_mlm"])
+def test_patching_restores_the_metric_exactly_where_it_must(tiny_models, tiny_mlm, family):
+    """Exact by construction: patching the differing token's embedding makes the two inputs
+    one; patching the stream the metric reads, at the token it reads, gives it the clean
+    value. Encoders score a probe (or, with the masked-LM head, the logits), decoders a probe."""
+    model = tiny_mlm if family == "bert_mlm" else tiny_models[family]
+    task, corrupt = number_task(40)
+    if family == "bert_mlm":  # the clean subject's logit minus the corrupt one's, at the end
+        subjects = [[text.split()[SUBJECT] for text in side] for side in (task.texts, corrupt)]
+        metric = mw.metrics.logit_diff(*subjects)
+    else:
+        metric = plural_probe(model)
+    res = mw.patch(model, task, corrupt, behavior=metric, n=8, components=["resid"],
+                   resamples=100)  # fmt: skip
+    effect = res.table.set_index(["layer", "position"])["effect"]
+    last = model.shape.n_layers - 1
+    assert abs(res.clean_value - res.corrupt_value) > 1e-3
+    assert effect[(-1, SUBJECT)] == pytest.approx(1.0, abs=1e-4)
+    assert effect[(last, READ_AT)] == pytest.approx(1.0, abs=1e-4)
+    assert effect.loc[-1].drop(index=SUBJECT).abs().max() < 1e-4  # the other tokens agree
+    if family != "bert_mlm":  # a probe is linear in the stream it reads: attribution is exact
+        cell = res.table.set_index(["layer", "position"]).loc[(last, READ_AT)]
+        assert cell["attribution"] == pytest.approx(cell["effect"], abs=1e-4)
+
+
+def test_attribution_patching_runs_on_an_encoder(tiny_models):
+    bert = tiny_models["bert"]
+    task, corrupt = number_task(40)
+    metric = plural_probe(bert)
+    res = mw.attribution_patch(bert, task, corrupt, behavior=metric, n=8, resamples=100)
+    assert res.method == "attribution" and res.metric == "probe(resid:1, margin)"
+    assert {"resid", "attn", "mlp", "head.0"} <= set(res.table["component"])
+    effect = res.table.set_index(["layer", "component", "position"])["effect"]
+    assert effect[(1, "resid", READ_AT)] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_step_metric_refuses_attribution_before_any_forward_pass(tiny_models):
+    bert = tiny_models["bert"]
+    task, corrupt = number_task(40)
+    accuracy = plural_probe(bert, score="accuracy")
+    with pytest.raises(SpecError) as info:
+        mw.patch(bert, task, corrupt, behavior=accuracy, n=8, components=["resid"])
+    assert "step function" in str(info.value) and "attribution=False" in str(info.value)
+    res = mw.patch(bert, task, corrupt, behavior=accuracy, n=8, components=["resid"],
+                   attribution=False, resamples=100)  # fmt: skip
+    assert res.metric == "probe(resid:1, accuracy)"
+
+
+@pytest.mark.parametrize("action", [mw.patch, mw.attribution_patch])
+def test_a_logit_metric_on_an_encoder_without_a_head_fails_in_one_line_at_once(tiny_models, action):
+    task, corrupt = number_task(40)
+    start = time.perf_counter()
+    with pytest.raises(ModelError) as info:
+        action(tiny_models["bert"], task, corrupt, behavior=METRIC)
+    assert time.perf_counter() - start < 1.0
+    message = str(info.value)
+    assert "\n" not in message and "no output head" in message and "mw.metrics.probe" in message

@@ -240,7 +240,7 @@ def test_masked_lm_logits_come_from_its_prediction_head(tiny_mlm):
     rows = torch.arange(3)
     expected = logits[rows, prompts.read, is_] - logits[rows, prompts.read, are]
     metric = mw.metrics.logit_diff("is", "are")
-    torch.testing.assert_close(score_unpatched(tiny_mlm, prompts, metric), expected.double())
+    torch.testing.assert_close(score_unpatched(tiny_mlm, prompts, metric).float(), expected)
 
 
 def one_line(error, call, *args, **kwargs) -> str:

@@ -102,6 +102,8 @@ def attribution_patch(
     --------
     >>> mw.attribution_patch(model, clean=mw.get_task_pairs("subject_number", n=64))
     """
-    plan = plan_patching(model, clean, corrupt, behavior, grid, components, direction, n)
+    plan = plan_patching(
+        model, clean, corrupt, behavior, grid, components, direction, n, gradient=True
+    )
     moves = attribution_moves(model, plan.base, plan.source_acts, plan.cells, plan.pairs.scorer)
     return patch_result(model, plan, {"attribution": moves}, resamples, level, seed)

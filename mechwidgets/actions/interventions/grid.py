@@ -39,7 +39,7 @@ from mechwidgets.core.errors import SpecError, TaskError
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.positions import as_positions
 from mechwidgets.data.tasks import Task
-from mechwidgets.metrics import Prompts, Scorer, bind, describe, logit_diff
+from mechwidgets.metrics import Prompts, Scorer, bind, describe, differentiable, logit_diff
 from mechwidgets.viz.charts import heatmap
 
 Direction = Literal["denoise", "noise"]
@@ -117,6 +117,11 @@ def prepare_pairs(
         raise SpecError("no behaviour metric: pass behavior=mw.metrics.logit_diff(...) or similar")
     total = len(texts)
     keep = total if n is None else min(int(n), total)
+    if list(texts[:keep]) == list(bad_texts[:keep]):
+        raise TaskError(
+            f"the clean and corrupt prompts are the same in all {keep} pairs, so patching "
+            "cannot move the metric; give corrupt prompts that differ (e.g. the other number)"
+        )
     if keep < 2:
         raise TaskError(f"patching needs at least 2 prompt pairs, got {keep}")
     rows = np.arange(keep)
@@ -164,10 +169,19 @@ def plan_patching(
     components: str | Sequence[str],
     direction: Direction,
     n: int | None,
+    gradient: bool = False,
 ) -> PatchPlan:
-    """Check the inputs, build the grid and run the two unpatched passes."""
+    """Check the inputs, build the grid and run the two unpatched passes.
+
+    With ``gradient`` (attribution patching) the metric must be differentiable.
+    """
     by_position = check_grid(grid)
     pairs = prepare_pairs(model, clean, corrupt, behavior, n)
+    if gradient and not differentiable(pairs.metric):
+        raise SpecError(
+            f"{describe(pairs.metric)} is a step function, so attribution patching cannot "
+            "use its gradient; score the probe's margin or logit, or pass attribution=False"
+        )
     base, source = pairs.base_and_source(direction)
     cells = grid_cells(model, components, pairs.clean.width, by_position)
     source_acts, source_values = capture(model, source, [c.site for c in cells], [pairs.scorer])
@@ -295,7 +309,9 @@ class PatchResult(ActionResult):
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers: metric values, the strongest cell, method agreement."""
-        best = self.table.loc[self.table["effect"].abs().idxmax()] if len(self.table) else None
+        effects = self.table["effect"].abs() if len(self.table) else None
+        # all NaN when the clean and corrupt metric coincide: there is no gap to restore
+        best = None if effects is None or effects.isna().all() else self.table.loc[effects.idxmax()]
         return {
             "method": self.method,
             "direction": self.direction,
@@ -317,7 +333,7 @@ class PatchResult(ActionResult):
             f"{self.clean_value:.2f}, corrupt {self.corrupt_value:.2f})"
         )
         if s["best"] is None:
-            return f"{head}: no cells"
+            return f"{head}: no cells" if not len(self.table) else f"{head}: no gap to restore"
         line = f"{head}: {s['best']} {MEANING[self.direction]} {s['best_effect']:.2f} of the gap"
         if self.agreement:
             line += (

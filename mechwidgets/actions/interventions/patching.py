@@ -54,8 +54,11 @@ def patch(
     clean : a Task, PromptPairs (its corrupt prompts are used when ``corrupt`` is None)
         or a list of texts.
     corrupt : one prompt per clean prompt with the same number of tokens (a Task or texts).
-    behavior : the metric (:mod:`mechwidgets.metrics`); default the clean task's own, or
-        the clean-minus-corrupt answer logit difference for PromptPairs.
+    behavior : the metric (:mod:`mechwidgets.metrics`): a logit metric (needs the model's
+        output head: a decoder's language-model head, BERT's masked-LM head), or a probe
+        or hidden-state metric (any model, encoders without a head included); default
+        the clean task's own, or the clean-minus-corrupt answer logit difference for
+        PromptPairs.
     grid : ``("layer", "component", "position")`` patches one token position at a time;
         ``("layer", "component")`` patches every position at once.
     components : kinds (``resid``, ``attn``, ``mlp``, ``head``, ``neuron``) or selectors
@@ -75,7 +78,9 @@ def patch(
     >>> res = mw.patch(model, clean=mw.get_task_pairs("subject_number", n=64))
     >>> res.agreement["pearson"]
     """
-    plan = plan_patching(model, clean, corrupt, behavior, grid, components, direction, n)
+    plan = plan_patching(
+        model, clean, corrupt, behavior, grid, components, direction, n, gradient=attribution
+    )
     values, _ = run_cells(model, plan.base, plan.cells, plan.source_acts, [plan.pairs.scorer])
     moves = {"activation": values[0].cpu().numpy() - plan.base_values}
     if attribution:
