@@ -144,23 +144,28 @@ def run_spec(
     torch.manual_seed(spec.seed)  # actions seed their own draws; this covers any torch RNG use
     with _timed(timings, "task", progress):
         task = resolve_task(spec.dataset)
+        others = [resolve_task(d) for d in spec.tasks]  # compare across tasks
     check_budget(spec, task)
     with _timed(timings, "model", progress):
         model = load_model(ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype)
     check_budget(spec, task, model)
     with _timed(timings, "extract", progress):
-        cube = extract(
-            model,
-            task,
-            selectors=ex.selectors,
-            token=ex.token,
-            batch_size=ex.batch_size,
-            cache=ex.cache,
-            neurons=ex.neurons,
-            unseen=ex.unseen,
-        )
+        cubes = [
+            extract(
+                model,
+                t,
+                selectors=ex.selectors,
+                token=ex.token,
+                batch_size=ex.batch_size,
+                cache=ex.cache,
+                neurons=ex.neurons,
+                unseen=ex.unseen,
+            )
+            for t in [task, *others]
+        ]
+    cube = cubes[0]
     context = RunContext(
-        cube=cube,
+        cube=cubes if others else cube,
         model=model,
         task=task,
         params=dict(spec.action.params),
@@ -176,6 +181,10 @@ def run_spec(
         **activations_index(cube),
         "task": {"name": task.name, "n": len(task), "data_hash": task_hash(task)},
     }
+    if others:
+        result.activations["tasks"] = [
+            {"name": t.name, "n": len(t), "data_hash": task_hash(t)} for t in [task, *others]
+        ]
     if out is not None:
         write_bundle(result, out)
     if progress is not None:

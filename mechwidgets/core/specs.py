@@ -144,6 +144,7 @@ class ActionSpec(_Spec):
                 raise PydanticCustomError(
                     "spec", f"bad value {value!r} for '{self.name}' parameter '{key}': {problem}"
                 )
+        _check_protocol(self.params, table)
         return self
 
 
@@ -178,6 +179,21 @@ class RunSpec(_Spec):
     action: ActionSpec
     controls: list[ControlSpec] | None = None
     output_dir: str | None = None
+    tasks: list[DatasetSpec] = Field(
+        default_factory=list,
+        description="compare across tasks: further tasks, each extracted like `dataset` "
+        "from the same model; the labels name one label per task, `dataset`'s first",
+    )
+
+    @model_validator(mode="after")
+    def _tasks_for_compare(self) -> RunSpec:
+        if self.tasks and self.action.name != "compare":
+            raise PydanticCustomError(
+                "spec",
+                f"'tasks' (several datasets) is for compare across tasks, not "
+                f"{self.action.name}; give one dataset",
+            )
+        return self
 
     @field_validator("controls", mode="before")
     @classmethod
@@ -268,6 +284,21 @@ def action_params(name: str) -> dict[str, tuple[Any, Any]] | None:
     return table
 
 
+def _check_protocol(params: dict[str, Any], table: dict[str, tuple[Any, Any]]) -> None:
+    """Build the probing protocol from ``params`` now, when the action takes it, so its
+    range checks (``level`` in (0, 1), a known ``probe``, ...) fail on parse."""
+    from mechwidgets.probes.sweep import Protocol
+
+    fields = set(Protocol.__dataclass_fields__) - SUPPLIED
+    if not fields <= set(table):
+        return
+    given = {k: v for k, v in params.items() if k in fields}
+    try:
+        Protocol.from_context(types.SimpleNamespace(params=given, controls=None, seed=0))
+    except SpecError as exc:
+        raise PydanticCustomError("spec", str(exc)) from None
+
+
 def _check_value(value: Any, hint: Any, default: Any) -> str | None:
     """What is wrong with ``value`` for a parameter typed ``hint``, or None.
 
@@ -350,6 +381,13 @@ def _nest(data: dict[str, Any], action_name: str | None) -> dict[str, Any]:
             out.setdefault(section, {})
             if isinstance(out[section], dict):
                 out[section] = {**out[section], name: data[key]}
+    names = data.get("task")
+    names = names.split(",") if isinstance(names, str) and "," in names else names
+    if isinstance(names, list) and isinstance(out.get("dataset"), dict):
+        # flat "task: a,b": the first task is the dataset, the rest compare's further tasks
+        first, *rest = [str(name).strip() for name in names]
+        out["dataset"] = {**out["dataset"], "name": first}
+        out["tasks"] = [{**out["dataset"], "name": name} for name in rest]
     if isinstance(out.get("action"), str):
         out["action"] = {"name": out["action"]}
     action = out.get("action")

@@ -27,9 +27,7 @@ UNSEEN = ("error", "exclude")
 CHUNK = 512
 
 
-def visible(
-    tokenizer: Any, texts: Sequence[str], unseen: Unseen = "error"
-) -> np.ndarray | None:
+def visible(tokenizer: Any, texts: Sequence[str], unseen: Unseen = "error") -> np.ndarray | None:
     """Which texts the model can see; None when all of them can.
 
     Parameters

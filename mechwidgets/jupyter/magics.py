@@ -21,7 +21,6 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from mechwidgets.cli import usage_message
 from mechwidgets.core.errors import MechError
 from mechwidgets.core.registry import list_actions
 from mechwidgets.core.specs import ACTION_ALIASES, RunSpec
@@ -31,6 +30,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises a one-line UsageError instead of exiting."""
 
     def error(self, message: str) -> Any:  # type: ignore[override]
+        from mechwidgets.cli import usage_message  # not at import: `python -m` runs the CLI
+
         raise UsageError(f"{self.prog}: {usage_message(self, message)}")
 
 
@@ -48,7 +49,21 @@ def _controls(text: str) -> list[str]:
 
 def build_parser() -> _Parser:
     """The parser behind ``%mechinterp``; ``%mechinterp ACTION --help`` prints its options."""
-    parser = _Parser(prog="%mechinterp", description="Run a mechwidgets action.")
+    from mechwidgets.data.catalog import list_tasks
+    from mechwidgets.models.zoo import list_models
+
+    parser = _Parser(
+        prog="%mechinterp",
+        description="Run a mechwidgets action; `%mechinterp ACTION --help` lists its options.",
+        epilog=(
+            f"models: {', '.join(list_models())}, or any Hugging Face model id\n"
+            f"tasks: {', '.join(list_tasks())}, or a CSV/JSONL/Parquet file\n"
+            "cell magic: %%mechinterp [VAR] with a YAML RunSpec as the cell body, e.g.\n"
+            "  %%mechinterp res\n  action: detect\n  model: toy-grammar\n"
+            "  task: subject_number"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     run = sub.add_parser("run", help="run a YAML config or a bundle's artifacts.json")
     run.add_argument("config", help="path to a YAML RunSpec or an artifacts.json")
@@ -56,7 +71,11 @@ def build_parser() -> _Parser:
     for name in list_actions():
         action = sub.add_parser(name, help=f"run the {name} action")
         action.add_argument("--model", default="toy-grammar", help="zoo name or HF model id")
-        action.add_argument("--task", default="subject_number", help="built-in task or file path")
+        action.add_argument(
+            "--task",
+            default="subject_number",
+            help="built-in task or file path; compare across tasks: a,b (one label per task)",
+        )
         action.add_argument("--layers", default="all", help="'all', '3', '0-5' or '1,3'")
         action.add_argument(
             "--components", type=_csv, default=None, help="comma list: resid,attn,mlp,head"
@@ -72,6 +91,11 @@ def build_parser() -> _Parser:
         action.add_argument("--top-k", type=int, help="candidates to intervene on (localize)")
         action.add_argument("--n", type=int, help="samples to draw from a built-in task")
         action.add_argument("--batch-size", type=int, help="texts per forward pass")
+        action.add_argument(
+            "--unseen",
+            choices=["error", "exclude"],
+            help="texts the model cannot see (empty, blank, <unk>): error (default) or exclude",
+        )
         action.add_argument("--seed", type=int, default=0, help="run seed")
         action.add_argument("--out-dir", help="write the artifact bundle here")
         action.add_argument("-o", "--out-var", help="store the result in this notebook variable")
@@ -96,6 +120,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "permutations": args.permutations,
         "resamples": args.resamples,
         "batch_size": args.batch_size,
+        "unseen": args.unseen,
         "top_k": args.top_k,
         "n": args.n,
         "output_dir": args.out_dir,
