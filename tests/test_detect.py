@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from scipy.stats import binomtest
 
 import mechwidgets as mw
 from mechwidgets.actions.base import RunContext
@@ -188,3 +189,149 @@ def test_lazy_netcdf_cube_gives_the_same_numbers(cube, tmp_path):
         assert lazy["act"].chunks is not None  # dask-backed: slices load one at a time
         from_disk = mw.detect(lazy, **small)
     np.testing.assert_allclose(from_disk.table["score"], mw.detect(cube, **small).table["score"])
+
+
+def clustered_cube(
+    rng: np.random.Generator, n_types: int = 40, per_type: int = 10, offset: float = 1.0
+) -> xr.Dataset:
+    """Items nested in word types split 60/20/20, the label one coin per type (balanced per
+    split) and each type a random offset: nothing transfers to new types (truth: chance)."""
+    counts = (np.array([0.6, 0.2, 0.2]) * n_types).astype(int)
+    type_split = rng.permutation(np.repeat(np.array(["train", "val", "test"]), counts))
+    type_y = np.empty(n_types, int)
+    for part in ("train", "val", "test"):
+        where = np.flatnonzero(type_split == part)
+        type_y[where] = rng.permutation(np.arange(where.size) % 2)
+    types = np.repeat(np.arange(n_types), per_type)
+    act = rng.standard_normal((types.size, 2, 1, 16))
+    act += offset * rng.standard_normal((n_types, 1, 1, 16))[types]
+    return xr.Dataset(
+        {
+            "act": (("sample", "layer", "component", "dim"), act.astype(np.float32)),
+            "y": ("sample", type_y[types]),
+            "wordtype_y": ("sample", types),
+            "split": ("sample", type_split[types]),
+        },
+        coords={"layer": [0, 1], "component": ["resid"]},
+    )
+
+
+def test_clustered_null_false_positive_rate_stays_nominal():
+    """Word types as the unit: on labels that do not transfer to new types the
+    family-wise false-positive rate stays at 5% (binomial allowance), where treating items
+    as independent called such labels significant in 13-99% of cubes."""
+    rng = np.random.default_rng(11)
+    reps, hits, covered = 30, 0, 0
+    for rep in range(reps):
+        res = mw.detect(
+            clustered_cube(rng), label="y", seeds=1, permutations=50, resamples=100, seed=rep
+        )
+        hits += res.summary()["n_significant"] > 0
+        first = res.real.iloc[0]
+        covered += first["ci_low"] <= 0.5 <= first["ci_high"]
+    assert binomtest(hits, reps, 0.05, alternative="greater").pvalue > 1e-3, hits
+    assert binomtest(covered, reps, 0.93, alternative="less").pvalue > 1e-3, covered
+    assert set(res.table["unit"]) == {"word type"} and set(res.table["n_units"]) == {8}
+    assert "unit: word type, 8 test word types" in res.verdict()
+
+
+def test_groups_names_the_unit_and_too_few_units_are_said():
+    cube = clustered_cube(np.random.default_rng(12), n_types=20)  # 4 test types
+    small = dict(label="y", seeds=1, permutations=20, resamples=100)
+    res = mw.detect(cube, **small)
+    verdict = res.verdict()
+    assert res.summary()["few_units"] and "only 4 test word types: too few" in verdict
+    first = res.real.iloc[0]
+    assert first["ci_high"] - first["ci_low"] > 0.4  # four units cannot give a narrow interval
+    items = mw.detect(cube, groups="items", **small)
+    assert set(items.table["unit"]) == {"item"} and set(items.table["n_units"]) == {40}
+    first_items = items.real.iloc[0]
+    assert first_items["ci_high"] - first_items["ci_low"] < first["ci_high"] - first["ci_low"]
+    noun = cube["wordtype_y"].values // 2
+    by_noun = mw.detect(cube.assign(noun=("sample", noun)), groups="noun", **small)
+    n_nouns = np.unique(noun[cube["split"].values == "test"]).size
+    assert set(by_noun.table["unit"]) == {"group 'noun'"}
+    assert set(by_noun.table["n_units"]) == {n_nouns}
+    with pytest.raises(CubeError) as exc:
+        mw.detect(cube, groups="lemma", **small)
+    assert "groups 'lemma' is not a variable" in one_line(exc)
+
+
+def test_random_subspace_null_familywise_rate():
+    """Pure noise, a coin per item: the random-subspace p-values stay at 5% family-wise
+    (binomial allowance); before, ties at the majority rate gave 8-25%."""
+    rng = np.random.default_rng(13)
+    reps, hits = 25, 0
+    for rep in range(reps):
+        n = 200
+        split = rng.permutation(np.repeat(["train", "val", "test"], [120, 40, 40]))
+        cube = xr.Dataset(
+            {
+                "act": (
+                    ("sample", "layer", "component", "dim"),
+                    rng.standard_normal((n, 6, 1, 16)),
+                ),
+                "y": ("sample", rng.integers(0, 2, n)),
+                "split": ("sample", split),
+            },
+            coords={"layer": np.arange(6), "component": ["resid"]},
+        )
+        res = mw.detect(
+            cube, label="y", controls=["random_subspace"], seeds=1, permutations=100,
+            resamples=100, seed=rep,
+        )  # fmt: skip
+        rows = res.table[res.table["control"] == "random_subspace"]
+        hits += bool((rows["p_adj"] < 0.05).any())
+    assert "label_shuffle" in set(res.table["control"])  # brought along for its p-value
+    assert binomtest(hits, reps, 0.05, alternative="greater").pvalue > 1e-3, hits
+
+
+def test_many_slices_are_resolved_beyond_the_permutation_floor():
+    """72 strongly decodable slices with 50 permutations: the permutation floor 1/51 could
+    never pass Holm; the fitted tail resolves them and all are significant."""
+    cube = planted_cube(
+        {"f": {layer: 3.0 for layer in range(24)}}, n_layers=24, n_samples=400, dim=8, seed=3
+    )
+    res = mw.detect(cube, label="f", controls=["label_shuffle"], seeds=1, permutations=50,
+                    resamples=100)  # fmt: skip
+    s = res.summary()
+    assert s["n_slices"] == 72 and s["n_significant"] == 72
+    assert res.real["p_value"].max() < 1 / 51
+
+
+def test_chance_is_the_control_baseline_and_majority_has_its_own_column(result):
+    table = result.table
+    shuffled = table[table["control"] == "label_shuffle"]
+    assert table["chance"].iloc[0] == pytest.approx(
+        float(result.data["null"].sel(control="label_shuffle").mean())
+    )
+    assert abs(table["chance"].iloc[0] - 0.5) < 0.01  # balanced classes: 1/2, by design
+    assert (shuffled["chance"] == table["chance"].iloc[0]).all()
+    test = result.predictions[(result.predictions["layer"] == 0)]
+    majority = test["y_true"].value_counts(normalize=True).max()
+    assert table["majority"].iloc[0] == pytest.approx(majority)
+
+
+def test_control_task_close_to_the_probe_warns_of_memorised_word_types():
+    """Types shared between splits and labels carried by the type: a control task scores
+    as well as the probe, and the verdict says the probe can memorise word types."""
+    rng = np.random.default_rng(14)
+    n, n_types = 600, 30
+    types = rng.integers(0, n_types, n)
+    y = (types % 2).astype(int)
+    act = rng.standard_normal((n, 1, 1, 16)) + 3.0 * rng.standard_normal((n_types, 1, 1, 16))[types]
+    split = rng.permutation(np.repeat(["train", "val", "test"], [360, 120, 120]))
+    cube = xr.Dataset(
+        {
+            "act": (("sample", "layer", "component", "dim"), act),
+            "y": ("sample", y),
+            "wordtype_y": ("sample", types),
+            "split": ("sample", split),
+        },
+        coords={"layer": [0], "component": ["resid"]},
+    )
+    res = mw.detect(cube, label="y", controls=["control_task"], seeds=2, permutations=20,
+                    resamples=100)  # fmt: skip
+    s = res.summary()
+    assert s["memorises"] and s["controls"]["control_task"]["score"] > s["best"]["score"] - 0.05
+    assert "the probe can memorise word types: selectivity ~0" in res.verdict()

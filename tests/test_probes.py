@@ -159,3 +159,23 @@ def test_unknown_control_and_label_problems_are_one_line_errors():
         LabelEncoding.infer(np.arange(10) % 2).check_metric("r2")
     with pytest.raises(SpecError, match="'permutations'"):
         Protocol(permutations=0)
+
+
+def test_label_permutations_respect_units():
+    rng = np.random.default_rng(1)
+    split = np.repeat(["train", "test"], 30)
+    units = np.repeat(np.arange(12), 5)  # 12 units of 5 items, nested in the splits
+    per_unit = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0])
+    codes = per_unit[units]  # the label is constant within every unit
+    cols = shuffled_labels(codes, split, 50, rng, units)
+    for col in cols.T:
+        assert all(len(set(col[units == u])) == 1 for u in range(12))  # whole units swap
+        for part in ("train", "test"):  # and only within their split
+            mask = split[::5] == part
+            assert sorted(col[::5][mask]) == sorted(per_unit[mask])
+    assert len({tuple(c[::5]) for c in cols.T}) > 10  # it does permute
+    mixed = np.tile([0, 1, 1, 0, 1], 12)  # the label varies within units
+    cols = shuffled_labels(mixed, split, 50, rng, units)
+    for col in cols.T:  # each unit keeps its own label mix: permuted within units
+        assert all(sorted(col[units == u]) == sorted(mixed[units == u]) for u in range(12))
+    assert (cols != mixed[:, None]).any()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 
 from mechwidgets.analysis.statistics import (
@@ -11,8 +12,12 @@ from mechwidgets.analysis.statistics import (
     batch_score,
     bootstrap_pvalue,
     bootstrap_weights,
+    cluster_bootstrap_weights,
+    effective_n,
+    normal_tail_fits,
     percentile_interval,
     permutation_pvalue,
+    proportion_interval,
     score,
     simultaneous_interval,
 )
@@ -119,3 +124,85 @@ def test_holm_controls_familywise_error_on_null_pvalues():
     holm_any = np.mean([(adjust_pvalues(f, "holm") < 0.05).any() for f in families])
     assert raw_any > 0.4  # thirty-ish unadjusted tests reject somewhere most of the time
     assert holm_any <= 0.06
+
+
+def test_cluster_bootstrap_resamples_whole_units():
+    rng = np.random.default_rng(4)
+    units = np.repeat([3, 7, 1, 9, 4], [2, 5, 1, 3, 4])
+    w = cluster_bootstrap_weights(units, 200, rng)
+    for u in np.unique(units):
+        block = w[:, units == u]
+        assert (block == block[:, :1]).all()  # a unit's items travel together
+    firsts = np.unique(units, return_index=True)[1]
+    assert (w[:, firsts].sum(axis=1) == 5).all()  # five unit draws per resample
+    items = np.arange(30)  # every item its own unit: the item bootstrap, draw for draw
+    np.testing.assert_array_equal(
+        cluster_bootstrap_weights(items, 50, np.random.default_rng(5)),
+        bootstrap_weights(30, 50, np.random.default_rng(5)),
+    )
+
+
+def test_exact_interval_has_width_at_the_ceiling_and_matches_scipy():
+    lo, hi = proportion_interval(1.0, 40.0)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 40))  # [0.912, 1], not a point
+    for k, n in [(39, 40), (20, 40), (0, 40), (113, 120)]:
+        ref = binomtest(k, n).proportion_ci(0.95, method="exact")
+        got = proportion_interval(k / n, float(n))
+        assert got == pytest.approx((ref.low, ref.high), abs=1e-9)
+
+
+def test_effective_n_counts_units_not_items_when_they_cluster():
+    p, n = 0.8, 400
+    binomial = p * (1 - p) / n
+    assert effective_n(p, binomial * 199 / 200, n, n_units=n) == pytest.approx(n)
+    clustered = effective_n(p, 4 * binomial * 39 / 40, n, n_units=40)
+    assert 60 < clustered < 100  # deff 4, then t with 39 df
+    assert effective_n(p, 100 * binomial, n, n_units=40) < 40  # never more spread than units
+    assert effective_n(p, binomial, n, n_units=5) == 5  # too few units: each one counts once
+    assert effective_n(1.0, 0.0, n, n_units=n) == n  # ceiling: nothing says items cluster
+
+
+def test_permutation_pvalue_resolves_below_one_over_draws_with_a_checked_tail():
+    rng = np.random.default_rng(6)
+    null = rng.normal(0.5, 0.035, size=(3, 1000))
+    p = permutation_pvalue(np.array([0.99, 0.62, 0.5]), null, tail=True)
+    assert p[0] < 1e-20  # 14 sd above the null: far below 1 / 1001
+    assert p[1] == pytest.approx(permutation_pvalue(np.array(0.62), null[1]))  # within draws
+    assert p[2] > 0.3
+    # a null whose tail is heavier than a normal's is not extrapolated: the floor stays
+    lumpy = np.r_[np.full(600, 0.5), rng.normal(0.5, 0.05, 400)]
+    assert not normal_tail_fits(lumpy)
+    assert permutation_pvalue(np.array(0.99), lumpy, tail=True) == pytest.approx(1 / 1001)
+
+
+def test_mid_p_counts_ties_half():
+    null = np.r_[np.full(60, 0.5), np.linspace(0.3, 0.45, 20), np.linspace(0.55, 0.7, 20)]
+    assert permutation_pvalue(np.array(0.5), null) == pytest.approx(81 / 101)
+    assert permutation_pvalue(np.array(0.5), null, ties="mid") == pytest.approx(50.5 / 101)
+    with pytest.raises(SpecError, match="ties"):
+        permutation_pvalue(np.array(0.5), null, ties="random")
+
+
+def test_144_strong_slices_all_significant_after_holm_at_the_defaults():
+    rng = np.random.default_rng(7)
+    null = rng.binomial(80, 0.5, size=(144, 1000)) / 80  # 5 seeds x 200 permutations
+    observed = np.full(144, 0.99)
+    assert (adjust_pvalues(permutation_pvalue(observed, null), "holm") > 0.05).all()  # floor
+    assert (adjust_pvalues(permutation_pvalue(observed, null, tail=True), "holm") < 0.05).all()
+
+
+def test_ceiling_coverage_of_the_exact_effective_n_interval():
+    """Coverage >= 0.93 at accuracies 0.97-0.999 with 40 and 120 test items (Monte Carlo,
+    binomial allowance), where percentile bootstrap intervals covered 0.48-0.85."""
+    rng = np.random.default_rng(8)
+    reps = 300
+    for acc in (0.97, 0.99, 0.999):
+        for n in (40, 120):
+            correct = (rng.random((reps, n)) < acc).astype(float)
+            w = bootstrap_weights(n, 500, rng)
+            boot = w @ correct.T / n  # (resamples, reps)
+            est = correct.mean(axis=1)
+            lo, hi = proportion_interval(est, effective_n(est, boot.var(axis=0), n, n))
+            hits = int(((lo <= acc) & (acc <= hi)).sum())
+            assert binomtest(hits, reps, 0.93, alternative="less").pvalue > 1e-3, (acc, n, hits)
+            assert (hi > lo).all()

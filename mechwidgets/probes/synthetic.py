@@ -39,8 +39,9 @@ def planted_cube(
         ``strength * signal * u`` added to unit-variance Gaussian noise, with ``u`` a random
         unit direction per (label, slice) and ``signal`` the +-1 class code (binary), a class
         mean (multiclass) or the standardised value (continuous); classes are balanced
-        within every split, so chance is exactly 1 / classes. Strength 2 gives about
-        84% accuracy for a binary label, 3 about 93%.
+        within every split, so chance is exactly 1 / classes. For a binary label the
+        default ridge probe scores about 80% at strength 1, 96% at 2 and 99.6% at 3 (mean
+        test accuracy over 20 seeds at the default size).
     n_samples, dim, n_layers, components : the cube's shape.
     classes : label name -> number of classes (default 2; 0 = continuous label).
     types_per_class : word types per class and split for ``wordtype_<label>`` (types are
