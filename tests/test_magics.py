@@ -5,6 +5,8 @@ from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
 from mechwidgets.actions.base import ActionResult
+from mechwidgets.data.catalog import list_tasks
+from mechwidgets.models.zoo import list_models
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,11 @@ def test_help_prints_options_and_runs_nothing(ip, capsys):
     assert ip.run_line_magic("mechinterp", "detect --help") is None
     out = capsys.readouterr().out
     assert "ACTION" in out and "--layers" in out
+    # first contact: the top-level help lists the actions, models, tasks and the cell magic
+    ip.run_line_magic("mechinterp", "--help")
+    top = capsys.readouterr().out
+    for name in [*list_models(), *list_tasks(), "detect", "compare", "%%mechinterp"]:
+        assert name in top, name
 
 
 @pytest.mark.parametrize(
