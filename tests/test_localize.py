@@ -4,21 +4,29 @@ toy-induction: the circuit is the heads whose previous-token or prefix-matching 
 the model card exceeds 0.5 (RECIPES.md, "Induction heads in 2 layers"). toy-grammar: the
 verb's number comes from the subject noun alone, so patching the subject's embedding
 restores the whole logit difference, and with depth the information flows from the
-subject to the read token (the last one), not back and not elsewhere.
+subject to the read token (the last one), not back and not elsewhere. Random-weight BERTs
+(with and without the masked-LM head): localize ranks by a probe metric where there are
+no logits, reports both drops side by side where there are, and checks every metric
+before extracting.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import number_task
 
 import mechwidgets as mw
 from mechwidgets.actions.base import RunContext, run_action
-from mechwidgets.core.errors import SelectorError, SpecError, TaskError
+from mechwidgets.actions.interventions.edits import capture
+from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
+from mechwidgets.metrics import Prompts, bind
 from mechwidgets.models.zoo import model_dir
+from mechwidgets.probes.linear import fit_probe
 from mechwidgets.runner import run_spec
 
 THRESHOLD = 0.5
@@ -199,3 +207,68 @@ def test_bad_localize_input_fails_in_one_line(toy_induction, kwargs, error, word
     with pytest.raises(error) as info:
         mw.localize(toy_induction, mw.get_task("induction", n=40), **kwargs)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+# --- encoders: probe metric drop beside behaviour drop, checks before extraction ----------
+
+
+def test_localize_on_an_encoder_without_a_head_ranks_by_the_probe_metric(tiny_models):
+    bert = tiny_models["bert"]
+    task, _ = number_task(60)
+    task.behavior = mw.metrics.logit_diff("is", "are")  # unreadable without a head: skipped
+    res = mw.localize(bert, task, label="plural", components=["resid", "attn", "mlp"],
+                      top_k=3, interventions=["mean", "zero"], resamples=200)  # fmt: skip
+    assert res.ranked_on == "probe" and set(res.impact["metric"]) == {"probe"}
+    assert res.metric == res.probe_metric == "probe(resid:1, accuracy)"
+    assert res.ranking["tested"].sum() == 3 and res.readout_layer == 1
+    assert {"probe_drop[mean]", "probe_drop[zero]"} <= set(res.ranking)
+    assert not any(c.startswith("behavior_drop") for c in res.ranking)
+    assert res.ranking["effect"].iloc[0] == res.ranking["probe_drop[mean]"].iloc[0]
+
+
+def test_localize_reports_behaviour_and_probe_drops_side_by_side(tiny_mlm):
+    """Noising the last block's stream at the read token with the corrupt prompt's gives
+    both metrics, which read there, the corrupt prompt's values: exact drops."""
+    task, corrupt = number_task(60)
+    subjects = [[text.split()[1] for text in side] for side in (task.texts, corrupt)]
+    behavior = mw.metrics.logit_diff(*subjects)
+    cube = mw.extract(tiny_mlm, task, layers=[1], components=["resid"], cache=False)
+    y = task.labels["plural"]
+    fitted = fit_probe(cube["act"].sel(layer=1, component="resid").values, y, task.split)
+    probe = mw.metrics.probe(fitted, layer=1, labels=y, score="margin")
+    res = mw.localize(tiny_mlm, task, behavior=behavior, probe=probe, corrupt=corrupt,
+                      components=["resid:1", "attn"], interventions=["patch"], n=20,
+                      resamples=200)  # fmt: skip
+    assert res.ranked_on == "behavior" and set(res.impact["metric"]) == {"behavior", "probe"}
+    assert "and probe(resid:1, margin) by" in res.verdict()
+    drops = res.ranking.set_index("site")
+    rows = np.arange(20)
+    for metric, column in ((behavior, "behavior"), (probe, "probe")):
+        clean, bad = (
+            Prompts.build(tiny_mlm, [texts[i] for i in rows], task.positions[rows], rows, 60)
+            for texts in (task.texts, corrupt)
+        )
+        scorer = bind(metric, tiny_mlm, clean)
+        gap = capture(tiny_mlm, clean, [], [scorer])[1] - capture(tiny_mlm, bad, [], [scorer])[1]
+        expected = float(gap.mean())
+        assert drops.loc["resid:1", f"{column}_drop[patch:noise(corrupt)]"] == pytest.approx(
+            expected, abs=1e-4
+        )
+
+
+def test_a_metric_the_model_cannot_give_fails_before_extraction(tiny_models):
+    bert = tiny_models["bert"]
+    task, corrupt = number_task(60)
+    cases = [
+        ({"label": "plural", "behavior": mw.metrics.logit_diff("is", "are")}, "no output head"),
+        ({"probe": mw.metrics.hidden(5)}, "layers 0-1"),
+        ({"corrupt": corrupt[:-1] + ["the cat"], "interventions": ["patch"],
+          "probe": mw.metrics.hidden(1)}, "pair 59"),
+        ({}, "no behaviour metric and no label"),
+    ]  # fmt: skip
+    for kwargs, words in cases:
+        start = time.perf_counter()
+        with pytest.raises((ModelError, SpecError, TaskError)) as info:
+            mw.localize(bert, task, n=60, **kwargs)
+        assert time.perf_counter() - start < 1.0, kwargs
+        assert words in str(info.value) and "\n" not in str(info.value)
