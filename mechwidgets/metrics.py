@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechwidgets.core.components import PREFIXES, LayerComponent
+from mechwidgets.core.components import EMBED, PREFIXES, LayerComponent
 from mechwidgets.core.errors import ModelError, SpecError, TaskError
 from mechwidgets.data.positions import Position, resolve_positions
 from mechwidgets.data.tasks import LogitDiff, RepeatLogProb
@@ -191,13 +191,18 @@ class HiddenState:
 
 
 def _component(layer: Any, component: str) -> LayerComponent:
-    """The stream a probe or hidden-state metric reads (layer checked against a model at bind)."""
+    """The stream a probe or hidden-state metric reads: a block's output or write, or the
+    embedding output (``"embed"`` or -1, the cube's embedding layer); checked at bind."""
     if component not in READABLE:
         raise SpecError(
             f"a probe or hidden-state metric reads one of {', '.join(READABLE)}, got {component!r}"
         )
+    if layer == "embed":
+        layer = EMBED
     if not isinstance(layer, int | np.integer) or isinstance(layer, bool):
-        raise SpecError(f"layer must be a block index (an integer), got {layer!r}")
+        raise SpecError(f"layer must be a block index (an integer) or 'embed', got {layer!r}")
+    if layer == EMBED and component != "resid":
+        raise SpecError(f"the embedding layer has no {component} write; read component='resid'")
     return LayerComponent(PREFIXES[component], int(layer))
 
 
@@ -219,8 +224,9 @@ def probe(
     kind and strengths; the labels default to the cube's label), a fitted
     :class:`~mechwidgets.probes.linear.LinearProbe` read at ``layer``, or a ``direction``
     (d_model,) and ``bias`` read at ``layer``. The probe reads the residual stream after
-    block ``layer`` (or the attention or MLP write, ``component="attn"``/``"mlp"``) at each
-    prompt's read token, the token the cube was extracted at.
+    block ``layer`` (``"embed"`` or -1: the embedding output; or the attention or MLP
+    write, ``component="attn"``/``"mlp"``) at each prompt's read token, the token the
+    cube was extracted at.
 
     Parameters
     ----------
@@ -346,7 +352,7 @@ def hidden(layer: int, *, component: str = "resid", direction: Any = None) -> Hi
     Parameters
     ----------
     layer : the block whose output (``component="resid"``), attention write (``"attn"``)
-        or MLP write (``"mlp"``) is read.
+        or MLP write (``"mlp"``) is read; ``"embed"`` (or -1) for the embedding output.
 
     Examples
     --------
@@ -712,10 +718,10 @@ def _span_scorer(
 def _check_stream(model: Any, metric: ProbeReadout | HiddenState, width: int) -> None:
     """A one-line error unless the model has the metric's layer and its stream's width."""
     last = model.shape.n_layers - 1
-    if not 0 <= metric.component.layer <= last:
+    if not EMBED <= metric.component.layer <= last:
         raise SpecError(
             f"{describe(metric)} reads layer {metric.component.layer}, but {model.name} has "
-            f"layers 0-{last}"
+            f"layers 0-{last} (and {EMBED}, the embedding output)"
         )
     if width != model.d_model:
         raise SpecError(

@@ -280,3 +280,17 @@ def test_what_a_model_cannot_give_fails_in_one_line(tiny_models, tiny_mlm):
 )
 def test_bad_probe_metrics_fail_in_one_line(kwargs, words):
     assert words in one_line(SpecError, mw.metrics.probe, **kwargs)
+
+
+def test_a_probe_reads_the_embedding_layer_as_the_cube_stores_it(tiny_models):
+    model = tiny_models["gpt2"]  # the embedding output adds position embeddings
+    task, _ = number_task(40)
+    cube = mw.extract(model, task, layers="embed", components=["resid"], cache=False)
+    x = cube["act"].sel(layer=-1, component="resid").values
+    fitted = fit_probe(x, task.labels["plural"], task.split)
+    prompts = Prompts.build(model, task.texts, task.positions)
+    metric = mw.metrics.probe(fitted, layer="embed")
+    assert describe(metric) == "probe(resid:-1, logit)"
+    np.testing.assert_allclose(
+        score_unpatched(model, prompts, metric), fitted.decision(x)[:, 0], atol=1e-4
+    )
