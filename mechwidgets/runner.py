@@ -105,6 +105,9 @@ def resolve_task(dataset: DatasetSpec) -> Task:
             text=dataset.text,
             labels=dataset.labels or None,
             split=dataset.split,
+            position=dataset.position,
+            word_types=dataset.word_types,
+            groups=dataset.groups,
             seed=dataset.seed,
         )
     return get_task(dataset.name, n=dataset.n, seed=dataset.seed)

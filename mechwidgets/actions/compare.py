@@ -8,6 +8,14 @@ resampled items in each draw). Labels from different cubes (different tasks and 
 same model and layers) are compared *unpaired*: each cube is resampled on its own and the
 draws are matched at random, so a difference's spread adds both tasks' sampling noise.
 
+The bootstrap resamples test items (whole units when items share one) given the fitted
+probes; it does not refit them, so the noise of a finite training set is not in it. On
+one cube that noise is shared by the labels' curves; across tasks it is not, and with few
+training items per dimension the unpaired intervals are too narrow. Measured on planted
+cubes with the same planting in both (d = 16, 30 pairs): with 1,200 training items the
+area difference's SD was 0.016 against a bootstrap SE of 0.018 (1/30 significant at 5%);
+with 240, 0.035 against 0.024 (5/30). Give each task many training items per dimension.
+
 >>> res = mw.compare(cube, labels=["subject_number", "tense"], seeds=5)
 >>> res.summary()["earliest"], res.summary()["tests"][0]["onset_p_adj"]
 >>> mw.compare([syntax_cube, semantics_cube], labels=["subject_number", "sentiment"])

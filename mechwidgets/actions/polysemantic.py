@@ -5,8 +5,10 @@ For every MLP neuron of every layer (the cube's ``neurons`` variable) and every 
 - ``loading``: how the neuron's activity follows the feature, in correlation units: the
   activation pattern of a linear probe (Haufe et al. 2014), as the neuron's standardised
   partial regression on all features (see :mod:`mechwidgets.analysis.neurons` for why the
-  pattern and not the decoder weights), with a z-score and p-value against its exact
-  shuffled-label null, and ``p_perm`` from sampled shuffles as a check;
+  pattern and not the decoder weights); ``loading_z`` and ``p_value`` test it as a rank
+  statistic (the same loading on normal scores, so heavy-tailed activations and features
+  cannot fake significance) against its exact shuffled-label null, and ``p_perm`` from
+  sampled shuffles of that statistic is a check;
 - ``cosine`` and ``mass``: how the feature's probe direction (ridge on the standardised
   neurons, strength chosen on the val split) sits on the neuron's basis vector;
 - ``auroc``: the neuron's selectivity for a 0/1 feature, a rank-based cross-check.
@@ -40,7 +42,7 @@ from mechwidgets.analysis.neurons import (
     decoder_alignment,
     feature_loadings,
     loading_index,
-    loading_z,
+    rank_loading_z,
     shuffled_loading_z,
     two_sided_p,
 )
@@ -68,6 +70,8 @@ CHART_FALLBACK = 10
 CHART_MAX = 40
 #: the random stream of the shuffled labellings, per seed
 _SHUFFLE_STREAM = 7
+#: the random stream that breaks ties in the neurons' ranks, per layer
+_TIE_STREAM = 8
 #: layers of at most this many values (samples x neurons) run on one BLAS thread
 _SMALL_LAYER = 1 << 20
 
@@ -313,8 +317,10 @@ def _layer_stats(plan: NeuronPlan, layer: int, orders: np.ndarray) -> dict[str, 
     labs = [plan.view.labels[name] for name in plan.labels]
     y = np.stack([lab.codes.astype(np.float64) for lab in labs], axis=1)
     load = feature_loadings(x, y, list(plan.labels))
-    z = loading_z(load, len(x))
-    null = shuffled_loading_z(x, y, orders)  # (draws, features, neurons)
+    # the test runs on normal scores (rank-based), whose Gaussian tail holds under heavy tails
+    ties = np.random.default_rng([plan.protocol.seeds[0], _TIE_STREAM, layer])
+    z, xs, ys = rank_loading_z(x, y, ties, list(plan.labels))
+    null = shuffled_loading_z(xs, ys, orders)  # (draws, features, neurons)
     p_perm = permutation_pvalue(np.abs(z), np.abs(np.moveaxis(null, 0, -1)))
     p_perm[np.isnan(z)] = np.nan
     weights, probe_score, alpha = _probes(plan, x)
@@ -409,7 +415,8 @@ def _assemble(plan: NeuronPlan, per_layer: list[dict[str, np.ndarray]], draws: i
         # the sampled shuffles' z-scores should have unit spread (exact null moments)
         "null_sd": float(np.sqrt(null_sq[0] / null_sq[1])),
         "loading": "standardised partial regression of each neuron on all features",
-        "p_value": "two-sided, exact permutation moments with a normal tail",
+        "p_value": "two-sided, normal-scores (rank) loading, exact permutation moments, "
+        "normal tail",
         "p_perm": f"two-sided, {draws} sampled label shuffles",
         "poly_p": "partial conjunction (Benjamini-Heller, Bonferroni) for >= 2 features",
     }

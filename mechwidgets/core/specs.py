@@ -35,7 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from mechwidgets.core.components import parse_selector
+from mechwidgets.core.components import parse_selector, without_embed
 from mechwidgets.core.errors import SpecError
 
 #: names from the seed design accepted as aliases of the action names
@@ -68,6 +68,15 @@ class DatasetSpec(_Spec):
     split: str | None = Field(
         None, description="split column of train/val/test values, for a file; default: drawn"
     )
+    position: str | tuple[str, str] | None = Field(
+        None,
+        description="column of the token to read (an index, a marker or a span), or two "
+        "columns of character spans, for a file; see mechwidgets.data.positions",
+    )
+    word_types: str | dict[str, str] | None = Field(
+        None, description="word-type column for every label, or {label: column}, for a file"
+    )
+    groups: str | None = Field(None, description="column of the independent unit, for a file")
     # the seed design's split names; tasks and files name their splits train/val/test
     train_split: Literal["train"] = "train"
     val_split: Literal["val"] = "val"
@@ -80,10 +89,11 @@ class ExtractionSpec(_Spec):
     model_name: str
     revision: str | None = None
     selectors: list[str] = Field(default_factory=lambda: ["resid:all", "attn:all", "mlp:all"])
-    token: Literal["last", "mean"] | StrictInt | None = Field(
+    token: Literal["last", "mean"] | StrictInt | str | tuple[StrictInt, StrictInt] | None = Field(
         None,
-        description="token policy: last, mean or an index; None reads the task's positions, "
-        "else the last token; the seed design's `token_index` is an alias",
+        description="token policy: last, mean, an index, a marker such as '[MASK]' or a "
+        "[start, end] character span (mechwidgets.data.positions); None reads the task's "
+        "positions, else the last token; the seed design's `token_index` is an alias",
         validation_alias=AliasChoices("token", "token_index"),
     )
     batch_size: StrictInt = Field(32, gt=0)
@@ -105,7 +115,9 @@ class ExtractionSpec(_Spec):
         for item in items:
             prefix, sep, rest = str(item).partition(":")
             item = SELECTOR_ALIASES.get(prefix, prefix) + sep + rest
-            parse_selector(item)  # raises a one-line SelectorError
+            blocks, _ = without_embed(item)  # "embed": the embedding layer, for extraction
+            if blocks is not None:
+                parse_selector(blocks)  # raises a one-line SelectorError
             out.append(item)
         return out
 
@@ -208,7 +220,10 @@ class RunSpec(_Spec):
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         """Validate a nested or flat (magic-style) dict; errors are one-line SpecErrors."""
         if not isinstance(data, dict):
-            raise SpecError(f"a run config must be a mapping of fields, got {type(data).__name__}")
+            raise SpecError(
+                f"a run config must be a mapping of fields (key: value lines), got "
+                f"{type(data).__name__}; write it as in configs/feature_detection_toy.yaml"
+            )
         action = _action_name(data)
         try:
             return cls.model_validate(_nest(data, action))
@@ -422,8 +437,16 @@ def _one_line(exc: ValidationError, action_name: str | None) -> str:
     """The most useful error of a validation as one line: unknown keys come first."""
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    field_loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+    loc = ".".join(str(p) for p in field_loc) or "config"
     msg = err["msg"].removeprefix("Value error, ")
+    if len(field_loc) < len(err["loc"]):  # a union (e.g. token): say what each member takes
+        members = [
+            e["msg"].removeprefix("Input should be ")
+            for e in errors
+            if tuple(p for p in e["loc"] if not _is_union_tag(p)) == field_loc
+        ]
+        msg = "Input should be " + " or ".join(dict.fromkeys(members))
     if err["type"] == "spec":
         return msg
     if err["type"] == "extra_forbidden":
@@ -436,6 +459,11 @@ def _one_line(exc: ValidationError, action_name: str | None) -> str:
     if err["type"] == "literal_error":
         msg += _did_you_mean(str(bad), re.findall(r"'([^']*)'", err["ctx"]["expected"]))
     return f"bad value {bad!r} for '{loc}': {msg}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Whether a location part names a union member (``literal['a','b']``, ``int``)."""
+    return isinstance(part, str) and ("[" in part or part in ("int", "str", "float", "none"))
 
 
 def _allowed_keys(loc: tuple[Any, ...], action_name: str | None) -> list[str]:

@@ -155,7 +155,7 @@ class MechMagics(Magics):
                 return None
             if args.action is None:
                 raise UsageError(
-                    f"%mechinterp needs an action: one of run, {', '.join(list_actions())}"
+                    f"%mechinterp needs an action: choose one of run, {', '.join(list_actions())}"
                 )
             source = (
                 args.config if args.action == "run" else RunSpec.from_dict(spec_from_args(args))
