@@ -7,17 +7,26 @@ from __future__ import annotations
 
 import time
 
+import conftest
 import numpy as np
 import pytest
 import torch
 import transformers
 from conftest import number_task
+from transformers import BertModel
 
 import mechwidgets as mw
 from mechwidgets.actions.interventions.edits import capture
 from mechwidgets.core.errors import ModelError, SpecError, TaskError
 from mechwidgets.data.tasks import LogitDiff, RepeatLogProb
-from mechwidgets.metrics import Prompts, bind, describe, normalized_effect, orientation
+from mechwidgets.metrics import (
+    Prompts,
+    bind,
+    describe,
+    normalized_effect,
+    orientation,
+    output_head,
+)
 from mechwidgets.models.loading import load_model
 from mechwidgets.models.zoo.train import build_tokenizer
 from mechwidgets.probes.linear import LabelEncoding, LinearProbe, fit_probe
@@ -294,3 +303,13 @@ def test_a_probe_reads_the_embedding_layer_as_the_cube_stores_it(tiny_models):
     np.testing.assert_allclose(
         score_unpatched(model, prompts, metric), fitted.decision(x)[:, 0], atol=1e-4
     )
+
+
+def test_an_encoder_folder_loads_with_the_head_it_was_saved_with(tmp_path):
+    config = conftest.TINY_CONFIGS["bert"]()
+    for name, hf in [("mlm", transformers.BertForMaskedLM(config)), ("bare", BertModel(config))]:
+        hf.save_pretrained(tmp_path / name)
+        conftest.word_tokenizer().save_pretrained(tmp_path / name)
+    with_head, bare = (mw.load_model(str(tmp_path / name)) for name in ("mlm", "bare"))
+    assert type(with_head.hf).__name__ == "BertForMaskedLM" and output_head(with_head) is not None
+    assert type(bare.hf).__name__ == "BertModel" and output_head(bare) is None  # never random
