@@ -138,7 +138,7 @@ def run_spec(
     spec = load_spec(source)
     out = output_dir if output_dir is not None else spec.output_dir
     if out is not None:  # checked before the work, not after it
-        out = output_folder(out)
+        out = output_folder(out, spec.action.name)
         spec = spec.model_copy(update={"output_dir": str(out)})
     ex = spec.extraction
     if ex.cache:
@@ -195,10 +195,11 @@ def run_spec(
     return result
 
 
-def output_folder(path: str | Path) -> Path:
-    """``path`` with ``~`` expanded, checked to take a bundle: a one-line error otherwise."""
+def output_folder(path: str | Path, action: str | None = None) -> Path:
+    """``path`` with ``~`` expanded, checked to take a bundle of ``action``: a one-line error
+    otherwise (a folder holding the user's files or another action's bundle is never replaced)."""
     folder = Path(path).expanduser()
-    check_target(folder)  # a folder of the user's that is not a bundle is never replaced
+    check_target(folder, action)
     check_writable(folder.parent, "the bundle", "choose another folder with -o/output_dir")
     return folder
 
