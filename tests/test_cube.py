@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
 
 from mechwidgets.core.errors import CubeError
+from mechwidgets.extract import cube as cube_mod
 from mechwidgets.extract.cube import CubeLayout, CubeWriter, check_cube, open_cube
 
 LAYOUT = CubeLayout(
@@ -61,3 +63,57 @@ def test_contract_check_names_the_problem():
     wrong = xr.Dataset({"act": (("sample", "dim"), np.zeros((3, 2)))})
     with pytest.raises(CubeError, match="expected"):
         check_cube(wrong)
+
+
+def write_cube(path, act):
+    layout = CubeLayout(len(act), (1, 3), ("resid", "head.2"), 4)
+    with CubeWriter(path, layout, {"sample_id": np.arange(len(act))}, {}) as w:
+        for start in range(0, len(act), 2):
+            w.write(start, act[start : start + 2])
+    return layout
+
+
+def test_changed_data_fail_their_checksum_on_open(tmp_path):
+    act = np.random.default_rng(1).normal(size=(5, 2, 2, 4)).astype(np.float32)
+    path = tmp_path / "cube.nc"
+    layout = write_cube(path, act)
+    np.testing.assert_array_equal(open_cube(path, layout)["act"].values, act)
+    with netCDF4.Dataset(path, "a") as f:
+        f["act"][4, 1, 1, 3] = np.nan
+    with pytest.raises(CubeError, match=r"fails its checksum \('act', samples from 0\)"):
+        open_cube(path, layout)
+
+
+def test_large_cubes_are_checked_per_block_as_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(cube_mod, "VERIFY_ON_OPEN_BYTES", 0)
+    monkeypatch.setattr(cube_mod, "CHUNK_BYTES", 2 * 2 * 2 * 4 * 4)  # two samples per block
+    act = np.random.default_rng(2).normal(size=(5, 2, 2, 4)).astype(np.float32)
+    path = tmp_path / "cube.nc"
+    layout = write_cube(path, act)
+    with netCDF4.Dataset(path, "a") as f:
+        f["act"][3, 1, 0, 0] = 0.0  # block 1 (samples 2-3), layer 3, resid
+    found = []
+    cube = open_cube(path, layout, on_corrupt=lambda p, message: found.append(message))
+    assert cube["act"].chunks == ((2, 2, 1), (1, 1), (1, 1), (4,))
+    np.testing.assert_array_equal(cube["act"].sel(layer=1).values, act[:, 0])  # intact
+    np.testing.assert_array_equal(cube["act"].sel(component="head.2").values, act[:, :, 1])
+    with pytest.raises(CubeError, match=r"samples from 2\)"):
+        cube["act"].sel(layer=3, component="resid").compute()
+    assert len(found) == 1 and "\n" not in found[0]
+
+
+def test_writer_refuses_rows_out_of_order_or_missing(tmp_path):
+    act = np.zeros((5, 2, 2, 4), np.float32)
+    layout = CubeLayout(5, (1, 3), ("resid", "head.2"), 4)
+    with (
+        pytest.raises(ValueError, match="in order"),
+        CubeWriter(tmp_path / "a.nc", layout, {}, {}) as w,
+    ):
+        w.write(2, act[2:])
+    with (
+        pytest.raises(ValueError, match="3 of 5 rows"),
+        CubeWriter(tmp_path / "b.nc", layout, {}, {}) as w,
+    ):
+        w.write(0, act[:3])
+    with pytest.raises(CubeError, match="not finished"):
+        open_cube(tmp_path / "b.nc")
