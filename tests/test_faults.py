@@ -226,6 +226,23 @@ def test_cache_clear_racing_an_extraction_lets_it_finish(toy, cache, tmp_path, c
     assert "removed 1 file(s)" in capsys.readouterr().out
 
 
+def test_two_processes_asking_for_one_cube_compute_it_once(toy, cache, tmp_path):
+    model, task = toy
+    reports = [tmp_path / "a.json", tmp_path / "b.json"]
+    children = [
+        FORK.Process(target=_child, args=(extract_and_report, model, [task.texts], r, 0.2))
+        for r in reports
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [c.exitcode for c in children] == [0, 0]
+    runs = [json.loads(r.read_text())["runs"][0] for r in reports]
+    assert sorted(r["passes"] for r in runs) == [0, N // BATCH]  # the second waited, then read
+    assert all(r["equal"] for r in runs) and statuses() == ["cube"]
+
+
 def test_read_only_folders_are_one_line_errors(toy, tmp_path, monkeypatch):
     model, task = toy
     result = run_spec(SPEC)
