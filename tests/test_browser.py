@@ -1,12 +1,15 @@
 """LayerExplorer in a real browser: JupyterLab driven by headless Debian Chromium.
 
 Starts JupyterLab on a free localhost port in a temporary folder, opens a notebook that
-builds a LayerExplorer over a synthetic result (no model needed) and a project chart, runs
-all cells, and checks that every heatmap cell is drawn, that hovering shows the CI and
-that a click changes ``selected`` in the kernel (an observer there writes it to a file)
-and brings the probe's histograms back. Screenshots go to docs/img/. Needs Debian's
-chromium (scripts/browser_setup.sh installs it; MECHWIDGETS_CHROMIUM names another
-binary) and fails, never skips, without it.
+builds a LayerExplorer over a synthetic result (no model needed), a detect result's rich
+display, toy-induction's attention view and toy-grammar's token view, runs all cells, and
+checks that every heatmap cell is drawn, that hovering shows the CI and that a click
+changes ``selected`` in the kernel (an observer there writes it to a file) and brings the
+probe's histograms back; that the result's chart widget (vega bundled, no CDN) shows a
+tooltip on hover, offers its export menu and clips no text, with no request leaving
+localhost; and that the attention and token views render. Screenshots go to docs/img/.
+Needs Debian's chromium (scripts/browser_setup.sh installs it; MECHWIDGETS_CHROMIUM names
+another binary) and fails, never skips, without it.
 """
 
 from __future__ import annotations
@@ -38,13 +41,10 @@ CLICKED = {"layer": 5, "component": "attn"}  # last column: the hover tooltip hi
 SETUP = f"""\
 import json, types
 from pathlib import Path
-import altair as alt
 import numpy as np
 import pandas as pd
 import mechwidgets as mw
-from mechwidgets.viz.charts import layer_curve_chart
 
-alt.renderers.enable("svg")  # rendered by vl-convert in the kernel: no CDN needed
 rng = np.random.default_rng(0)
 rows, preds = [], []
 for layer in range({N_LAYERS}):
@@ -78,10 +78,38 @@ grid_ex = mw.widgets.LayerExplorer(Patched(table=res.table))
 grid_ex.selected = {"layer": 4, "component": "resid"}  # selected from Python, drawn in JS
 grid_ex
 """
-CHART = """\
-streams = res.table[res.table["component"].isin(["resid", "attn", "mlp"])]
-layer_curve_chart(streams, chance=0.5, metric="accuracy")
+RESULT = """\
+from mechwidgets.probes.synthetic import planted_cube
+cube = planted_cube({"number": {(2, "resid"): 3.0}}, n_samples=400, n_layers=5, seed=2)
+det = mw.detect(cube, label="number", seeds=1, permutations=20, resamples=100)
+det  # verdict, chart widget, compact table, details
 """
+ATTENTION = """\
+induction_model = mw.load_model("toy-induction")
+texts = mw.get_task("induction", n=20, seed=0).texts[:2]
+mw.viz.attention_patterns(induction_model, texts)
+"""
+TOKENS = """\
+grammar_model = mw.load_model("toy-grammar")
+grammar = mw.extract(grammar_model, mw.get_task("subject_number", n=300), selectors=["resid:2"])
+mw.viz.token_scores(grammar_model, grammar, "subject_number", layer=2, k=6)
+"""
+#: toy-induction's sequences: 16 tokens, so a head's causal pattern has 16 * 17 / 2 cells
+INDUCTION_CELLS = 8 * 16 * 17 // 2
+#: text elements of the charts whose box is not inside their SVG's box
+CLIPPED_TEXT = """() => {
+  const out = [];
+  for (const svg of document.querySelectorAll(".mw-chart svg")) {
+    const box = svg.getBoundingClientRect();
+    for (const text of svg.querySelectorAll("text")) {
+      const r = text.getBoundingClientRect();
+      if (!text.textContent.trim() || r.width === 0) continue;
+      if (r.left < box.left - 0.5 || r.right > box.right + 0.5 ||
+          r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5) out.push(text.textContent);
+    }
+  }
+  return out;
+}"""
 
 
 def _free_port() -> int:
@@ -136,7 +164,9 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     work = tmp_path / "nb"
     work.mkdir()
     notebook = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(c) for c in (SETUP, EXPLORER, GRID, CHART)],
+        cells=[
+            nbformat.v4.new_code_cell(c) for c in (SETUP, EXPLORER, GRID, RESULT, ATTENTION, TOKENS)
+        ],
         metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
         },
@@ -206,6 +236,7 @@ def _drive(page, expect, url: str, work: Path) -> None:
     page.locator(".jp-Notebook .jp-Cell").first.wait_for()
     # "Run All" before the kernel is connected runs nothing: wait for it to be idle
     page.get_by_text(re.compile(r"\(ipykernel\) \| Idle$")).first.wait_for()
+    page.keyboard.press("Control+b")  # hide the file browser: the charts get the width
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
 
@@ -226,7 +257,8 @@ def _drive(page, expect, url: str, work: Path) -> None:
 
     target.click()
     written = work / "selected.json"
-    deadline = time.monotonic() + 15
+    # the kernel answers once the later cells (models, extraction) have run
+    deadline = time.monotonic() + 180
     while not written.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert written.exists(), "the click never reached the kernel's `selected` trait"
@@ -238,9 +270,52 @@ def _drive(page, expect, url: str, work: Path) -> None:
     target.hover()
     explorer.screenshot(path=str(SHOTS / "layer_explorer.png"))
 
-    chart = page.locator('.jp-OutputArea-output[data-mime-type="image/svg+xml"]').first
-    expect(chart).to_be_visible()
-    chart.screenshot(path=str(SHOTS / "chart.png"))
+    _check_views(page, expect)
+
+
+def _shot_with_tooltip(page, element, path: Path) -> None:
+    """Screenshot ``element`` together with the vega tooltip showing beside it."""
+    box = element.bounding_box()
+    tip = page.locator("#vg-tooltip-element").bounding_box() or box
+    left, top = min(box["x"], tip["x"]), min(box["y"], tip["y"])
+    right = max(box["x"] + box["width"], tip["x"] + tip["width"])
+    bottom = max(box["y"] + box["height"], tip["y"] + tip["height"])
+    clip = {"x": left - 4, "y": top - 4, "width": right - left + 8, "height": bottom - top + 8}
+    page.screenshot(path=str(path), clip=clip)
+
+
+def _check_views(page, expect) -> None:
+    """The result's chart widget, the attention view and the token view."""
+    charts = page.locator(".mw-chart")
+    expect(charts).to_have_count(2, timeout=120_000)  # the detect result's, the attention's
+    result_chart = charts.first
+    points = result_chart.locator("g.mark-symbol path")
+    expect(points.first).to_be_visible(timeout=30_000)
+    expect(result_chart.locator("details summary")).to_have_count(1)  # the export menu
+    points.nth(2).hover()
+    tooltip = page.locator("#vg-tooltip-element.visible")
+    expect(tooltip).to_be_visible()
+    expect(tooltip).to_contain_text("score")
+    _shot_with_tooltip(page, result_chart, SHOTS / "chart.png")
+
+    attention = charts.nth(1)
+    expect(attention.locator("g.mark-rect.role-mark path")).to_have_count(INDUCTION_CELLS, timeout=30_000)
+    expect(attention).to_contain_text("L0.H0")
+    attention.locator("g.mark-rect.role-mark path").nth(40).hover()
+    expect(tooltip).to_contain_text("weight")
+    _shot_with_tooltip(page, attention, SHOTS / "attention_view.png")
+
+    tokens = page.locator(".mw-tokens")
+    expect(tokens.locator("span.mw-token").first).to_be_visible(timeout=120_000)
+    assert tokens.locator("tr").count() == 6
+    colour = (
+        tokens.locator("span.mw-token").nth(2).evaluate("t => getComputedStyle(t).backgroundColor")
+    )
+    assert colour not in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)"), colour
+    tokens.screenshot(path=str(SHOTS / "token_view.png"))
+
+    clipped = page.evaluate(CLIPPED_TEXT)
+    assert clipped == [], f"chart text outside its SVG: {clipped[:10]}"
 
 
 def test_layer_explorer_renders_and_syncs_selection_in_jupyterlab(jupyterlab, tmp_path):
@@ -257,10 +332,14 @@ def test_layer_explorer_renders_and_syncs_selection_in_jupyterlab(jupyterlab, tm
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 1400})
             page.set_default_timeout(30_000)
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
             page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
             page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
             try:
                 _drive(page, expect, url, work)
+                outside = [u for u in requests if not u.startswith((url, "blob:", "data:"))]
+                assert outside == [], f"requests left localhost (a CDN?): {outside[:5]}"
             except AssertionError as exc:
                 page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
                 errors = [line for line in console if line.startswith(("error", "pageerror"))]

@@ -60,7 +60,7 @@ class AttentionPatterns:
         return self.scores.groupby(["layer", "head"], as_index=False)[cols].mean()
 
     def chart(
-        self, heads: Sequence[tuple[int, int]] | None = None, cell: int = 13, columns: int = 4
+        self, heads: Sequence[tuple[int, int]] | None = None, cell: int = 11, columns: int = 4
     ) -> alt.FacetChart:
         """One query x key heatmap per head; a menu picks the sample.
 
