@@ -22,7 +22,7 @@ from mechwidgets.models.loading import Model
 TEXTS = [
     "the cat sat on the mat",
     "a dog runs",
-    "the big red bird sits near the tree and the small blue bird sits under it",
+    "the big red bird sits near the tree and the small blue bird sits under a rug",
     "cats",
     "the dogs were quickly under a rug",
 ]

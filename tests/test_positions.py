@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import transformers
@@ -26,6 +27,7 @@ from mechwidgets.core.errors import SelectorError, TaskError
 from mechwidgets.data.positions import Position, as_positions, resolve_positions
 from mechwidgets.data.tasks import Task
 from mechwidgets.models.loading import Model
+from mechwidgets.runner import run_spec
 
 FAMILIES = ("gpt_neox", "gpt2", "llama", "qwen2", "bert")
 SPECIALS = ["[PAD]", "[UNK]", "[EOS]", "[CLS]", "[SEP]", "[MASK]", "<s>"]
@@ -272,3 +274,26 @@ def test_detect_compare_and_collapse_probe_the_embedding_layer_first(tiny_models
     assert -1 in compared.data["layer"].values
     collapsed = mw.collapse(cube, label="plural", component="resid", **fast)
     assert collapsed.data["layer"].values.tolist()[0] == -1
+
+
+def test_a_config_reads_a_marker_column_and_the_embedding_layer(models, tmp_path):
+    """From YAML/dict: a file's position column of markers, the embed layer, a local folder."""
+    folder = tmp_path / "tinybert"
+    models["bert"].hf.save_pretrained(folder)
+    models["bert"].tokenizer.save_pretrained(folder)
+    rows = [("the cat is red", 0, "cat"), ("the cats are red", 1, "cats")] * 30
+    frame = pd.DataFrame(rows, columns=["text", "plural", "noun"])
+    frame.assign(read=["is", "are"] * 30).to_csv(tmp_path / "data.csv", index=False)
+    spec = {
+        "dataset": {"name": str(tmp_path / "data.csv"), "labels": ["plural"], "position": "read",
+                    "word_types": "noun"},
+        "extraction": {"model_name": str(folder), "selectors": ["resid:embed,all"]},
+        "action": {"name": "detect", "params": {"permutations": 20, "resamples": 100}},
+        "controls": ["label_shuffle"],
+        "seed": 0,
+    }  # fmt: skip
+    table = run_spec(spec).table
+    assert sorted(set(table["layer"])) == [-1, 0, 1]
+    cube = mw.extract(mw.load_model(str(folder)), mw.Task.from_file(
+        tmp_path / "data.csv", labels="plural", position="read"), layers="embed")  # fmt: skip
+    assert cube["token"].values.tolist()[:2] == ["is", "are"]

@@ -29,6 +29,9 @@ PREFIXES: dict[str, Kind] = {
     "head": "attention_head",
     "neuron": "mlp_neuron",
 }
+#: the layer index of the embedding output: the residual stream entering block 0 (token
+#: embeddings, plus position embeddings and LayerNorm where the family has them)
+EMBED = -1
 _ALIASES = {"residual": "resid", "attention": "attn", "heads": "head", "neurons": "neuron"}
 _HELP = (
     "use KIND:LAYERS with KIND in resid|attn|mlp|head|neuron and LAYERS like 'all', '3', "
@@ -93,7 +96,7 @@ class Selector:
             which = f"layer {bad[0]} is" if len(bad) == 1 else f"layers {bad[0]}-{bad[-1]} are"
             raise SelectorError(
                 f"selector '{self.text}': {which} out of range; "
-                f"this model has layers 0-{shape.n_layers - 1}"
+                f"this model has layers 0-{shape.n_layers - 1}: choose among them"
             )
         if self.kind == "attention_head":
             return [
@@ -115,7 +118,7 @@ class Selector:
         if not 0 <= self.index < size:
             raise SelectorError(
                 f"selector '{self.text}': {what} {self.index} is out of range; "
-                f"this model has {what}s 0-{size - 1}"
+                f"this model has {what}s 0-{size - 1}: choose among them"
             )
         return (self.index,)
 
@@ -147,11 +150,13 @@ def parse_selector(text: str) -> Selector:
     if not isinstance(text, str) or not text.strip():
         raise SelectorError(f"empty or non-string selector {text!r}: {_HELP}")
     raw = text.strip()
-    prefix, _, rest = raw.partition(":")
+    prefix, colon, rest = raw.partition(":")
     prefix = _ALIASES.get(prefix, prefix)
     if prefix not in PREFIXES:
         raise SelectorError(f"unknown component kind '{prefix}' in '{raw}': {_HELP}")
     kind = PREFIXES[prefix]
+    if colon and not rest.strip():  # "resid:" (e.g. from layers='') is a slip, not "all"
+        raise SelectorError(f"no layers after ':' in '{raw}': {_HELP}")
     rest = rest or "all"
     if kind in ("attention_head", "mlp_neuron") and "." in rest:
         layer_text, _, index_text = rest.partition(".")
@@ -162,6 +167,21 @@ def parse_selector(text: str) -> Selector:
             raise SelectorError(f"bad index '{index_text}' in '{raw}': {_HELP}")
         return Selector(kind, layers, int(index_text), raw)
     return Selector(kind, parse_layers(rest, context=raw), None, raw)
+
+
+def without_embed(selector: str) -> tuple[str | None, bool]:
+    """The selector without ``embed`` among its layers (None when nothing is left), and
+    whether it named ``embed``: ``"resid:embed,0-3"`` -> ``("resid:0-3", True)``.
+
+    ``embed`` is the embedding layer (:data:`EMBED`), which only extraction reads; the
+    other layers parse as usual.
+    """
+    kind, colon, rest = selector.strip().partition(":")
+    parts = rest.split(",")
+    if not colon or "embed" not in parts:
+        return selector, False
+    left = [p for p in parts if p != "embed"]
+    return (f"{kind}:{','.join(left)}" if left else None), True
 
 
 def expand_selectors(selectors: str | list[str], shape: ModelShape) -> list[LayerComponent]:

@@ -31,7 +31,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from mechwidgets.core.components import EMBED, expand_selectors
+from mechwidgets.core.components import EMBED, expand_selectors, without_embed
 from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
 from mechwidgets.data.positions import (
     Position,
@@ -51,6 +51,7 @@ from mechwidgets.extract.cube import (
     CubeWriter,
     open_cube,
 )
+from mechwidgets.extract.unseen import Unseen, visible
 from mechwidgets.models.loading import Model
 from mechwidgets.probes.controls import WORDTYPE_PREFIX
 
@@ -111,7 +112,7 @@ def plan_extraction(
     items = selectors.split(";") if isinstance(selectors, str) else list(selectors)
     kept, embed = [], []
     for item in items:
-        rest, named = _without_embed(item)
+        rest, named = without_embed(item) if isinstance(item, str) else (item, False)
         embed += [item] if named else []
         kept += [rest] if rest else []
     parsed = expand_selectors(kept, model.shape) if kept else []
@@ -132,19 +133,6 @@ def plan_extraction(
         heads=tuple(sorted({c.head for c in parsed if c.head is not None})),
         neurons=tuple(neuron_ids) if neuron_ids else None,
     )
-
-
-def _without_embed(selector: str) -> tuple[str | None, bool]:
-    """The selector without ``embed`` among its layers (None if nothing is left), and
-    whether it named ``embed``."""
-    if not isinstance(selector, str):
-        return selector, False  # expand_selectors reports it
-    kind, colon, rest = selector.strip().partition(":")
-    parts = rest.split(",")
-    if not colon or "embed" not in parts:
-        return selector, False
-    left = [p for p in parts if p != "embed"]
-    return (f"{kind}:{','.join(left)}" if left else None), True
 
 
 def _layer_text(layers: int | str | Sequence[int | str]) -> str:
@@ -172,6 +160,7 @@ def extract(
     cache: bool = True,
     padding_side: Literal["left", "right"] | None = None,
     progress: bool | None = None,
+    unseen: Unseen = "error",
 ) -> xr.Dataset:
     """Run the model over texts and return the activation cube (lazy, on disk).
 
@@ -198,6 +187,10 @@ def extract(
     padding_side : ``"left"`` or ``"right"``; the tokenizer's own by default. Results
         do not depend on it.
     progress : show a progress bar; by default only for more than a few batches.
+    unseen : texts the model cannot see (only special tokens, e.g. empty or blank, or an
+        ``<unk>`` token): ``"error"`` (default) raises before any forward pass;
+        ``"exclude"`` leaves them out and records how many in the cube's
+        ``unseen_excluded`` attribute (see :mod:`mechwidgets.extract.unseen`).
 
     Returns
     -------
@@ -218,6 +211,12 @@ def extract(
     policy, specs = _positions(
         token, task_positions if positions is None else positions, len(texts)
     )
+    n_given = len(texts)
+    keep = visible(model.tokenizer, texts, unseen)  # texts the model cannot see: before any pass
+    if keep is not None:
+        texts = [t for t, k in zip(texts, keep, strict=True) if k]
+        per_sample = {k: v[keep] for k, v in per_sample.items()}
+        specs = None if specs is None else specs[keep]
     layout = plan.layout(len(texts), model.d_model)
     request = _request(model, texts, plan, policy, specs)
     key = cache_store.cache_key(request)
@@ -255,7 +254,9 @@ def extract(
     result = (
         cube.drop_vars(stale)
         .assign_coords({k: ("sample", v) for k, v in per_sample.items()})
-        .assign_attrs(task=data.name if isinstance(data, Task) else "")
+        .assign_attrs(
+            task=data.name if isinstance(data, Task) else "", unseen_excluded=n_given - len(texts)
+        )
     )
     result.set_close(cube.close)
     return result
