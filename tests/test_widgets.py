@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import sys
@@ -199,6 +200,16 @@ def test_polysemantic_results_show_probe_scores_and_each_layers_top_neurons():
     ex.selected = {"layer": 1, "component": "neurons"}
     assert ex.detail_kind == "grid" and ex.detail_cols == ["a", "b"]
     assert len(ex.detail_rows) == 6 and all(r.startswith("N") for r in ex.detail_rows)
+
+
+def test_explorer_has_a_static_fallback_and_a_readable_repr():
+    ex = LayerExplorer(result())
+    data, meta = ex._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert base64.b64decode(data["image/png"]).startswith(b"\x89PNG")  # nbconvert, GitHub
+    assert meta["image/png"]["width"] > 0
+    assert data["text/plain"] == repr(ex) and "0x" not in repr(ex)
+    assert repr(ex).startswith("LayerExplorer(label=")
 
 
 def test_a_table_without_predictions_says_so_instead_of_drawing():

@@ -53,26 +53,25 @@ class ChartView(anywidget.AnyWidget):
         self._title = title or _spec_title(spec)
         super().__init__(spec=spec, **kwargs)
 
-    def png(self) -> bytes:
-        """The chart as PNG bytes at :data:`PNG_SCALE`, rendered by vl-convert."""
-        return vl_convert.vegalite_to_png(self.spec, scale=PNG_SCALE)
-
     def __repr__(self) -> str:
         return f"ChartView({self._title!r})"
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        data = super()._repr_mimebundle_(**kwargs) or {}
-        if isinstance(data, tuple):  # anywidget answers (data, metadata), ipywidgets data
-            data = data[0]
-        png = self.png()
-        width, height = _png_size(png)
-        data = {
-            **data,
-            "text/plain": repr(self),
-            "image/png": base64.b64encode(png).decode("ascii"),
-        }
-        size = {"width": width // PNG_SCALE, "height": height // PNG_SCALE}
-        return data, {"image/png": size}
+        return with_png_fallback(super()._repr_mimebundle_(**kwargs), self.spec, repr(self))
+
+
+def with_png_fallback(
+    bundle: Any, spec: dict[str, Any], text: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A widget's mimebundle plus the chart ``spec`` as ``image/png`` and ``text`` as plain.
+
+    Frontends without the widget (untrusted notebooks, nbconvert, GitHub) show the PNG.
+    """
+    data = bundle[0] if isinstance(bundle, tuple) else (bundle or {})  # anywidget: (data, meta)
+    png = vl_convert.vegalite_to_png(spec, scale=PNG_SCALE)
+    width, height = _png_size(png)
+    data = {**data, "text/plain": text, "image/png": base64.b64encode(png).decode("ascii")}
+    return data, {"image/png": {"width": width // PNG_SCALE, "height": height // PNG_SCALE}}
 
 
 def _spec_title(spec: dict[str, Any]) -> str:

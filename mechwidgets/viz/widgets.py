@@ -144,6 +144,26 @@ class LayerExplorer(anywidget.AnyWidget):
         # label last: its observer fills the grid before the widget's state is first sent
         super().__init__(labels=labels, label=label or labels[0], **kwargs)
 
+    def __repr__(self) -> str:
+        return (
+            f"LayerExplorer(label={self.label!r}, {len(self.layers)} layers x "
+            f"{len(self.components)} components: {', '.join(self.components)})"
+        )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The widget, and where it cannot run a PNG of the heatmap (the static fallback)."""
+        from mechwidgets.viz.chart_widget import with_png_fallback
+        from mechwidgets.viz.charts import heatmap
+
+        rows = self._table[
+            (self._table["label"] == self.label) & (self._table["control"] == "none")
+        ]
+        cells = rows.groupby(["layer", "component"], as_index=False)["score"].mean()
+        chart = heatmap(
+            cells, x="layer", y="component", value="score", title=f"{self.label}: {self.metric}"
+        )
+        return with_png_fallback(super()._repr_mimebundle_(**kwargs), chart.to_dict(), repr(self))
+
     @traitlets.validate("label")
     def _check_label(self, proposal: dict[str, Any]) -> str:
         if proposal["value"] not in self.labels:
