@@ -34,6 +34,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from importlib import metadata
@@ -278,15 +279,26 @@ def _leftovers(path: Path, kind: str) -> list[Path]:
     return list(parent.glob(f".{path.name}.{kind}-*")) if parent.is_dir() else []
 
 
+#: bundle folders whose writer lock this thread holds (a read inside a write must not wait)
+_HELD = threading.local()
+
+
 @contextmanager
 def _writer_lock(path: Path) -> Iterator[None]:
     """Writers of one bundle folder take turns; a killed one's lock is freed by the OS."""
+    key = path.absolute()
+    held = _HELD.__dict__.setdefault("paths", set())
+    if key in held:
+        yield
+        return
     with ExitStack() as stack:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             stack.enter_context(locks.hold(path.parent / f".{path.name}.lock"))
         except OSError as exc:
             raise _unwritable(path, exc) from None
+        held.add(key)
+        stack.callback(held.discard, key)
         yield
 
 
