@@ -190,7 +190,9 @@ def heatmap(
     df["shown"] = [f"{v:.2f}" if ok else UNDEFINED for v, ok in zip(df[value], finite, strict=True)]
     df["text"] = df["shown"].where(finite, "–")
     xs, ys = _ordered(df[x]), _ordered(df[y])
-    enc_x = alt.X(f"{x}:O", sort=xs, title=x, axis=alt.Axis(labelAngle=0))
+    # long labels (token positions such as "6 [MASK]") would overlap side by side: slant them
+    angle = 0 if max((len(str(v)) for v in xs), default=0) <= 4 else -45
+    enc_x = alt.X(f"{x}:O", sort=xs, title=x, axis=alt.Axis(labelAngle=angle))
     enc_y = alt.Y(f"{y}:O", sort=ys, title=y)
     values = df.loc[finite, value]
     signed = bool(len(values) and values.min() < 0 < values.max())
