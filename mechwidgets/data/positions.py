@@ -138,11 +138,10 @@ def resolve_positions(
         enc = _encode(tokenizer, chunk, needs_offsets)
         for j, ids in enumerate(enc["input_ids"]):
             i = first + j
-            pieces = tokenizer.convert_ids_to_tokens(ids)
             offsets = enc["offset_mapping"][j] if "offset_mapping" in enc else None
             length[i] = len(ids)
-            index[i] = _resolve(specs[i], texts[i], i, pieces, offsets, tokenizer)
-            token[i] = str(pieces[index[i]])
+            index[i] = _resolve(specs[i], texts[i], i, ids, offsets, tokenizer)
+            token[i] = str(tokenizer.convert_ids_to_tokens(ids[index[i]]))
     return ReadTokens(index, token, length)
 
 
@@ -156,12 +155,12 @@ def _resolve(
     spec: Position,
     text: str,
     i: int,
-    pieces: list[str],
+    ids: list[int],
     offsets: list[tuple[int, int]] | None,
     tokenizer: Any,
 ) -> int:
     """The token index of one position in one text."""
-    n = len(pieces)
+    n = len(ids)
     if n == 0:
         raise TaskError(f"text {i} ({_short(text)}) has no tokens; drop it")
     if isinstance(spec, int):
@@ -172,6 +171,7 @@ def _resolve(
             )
         return spec % n
     if isinstance(spec, str):
+        pieces = tokenizer.convert_ids_to_tokens(ids)
         return _marker(spec, text, i, pieces, offsets, tokenizer)
     if offsets is None:
         raise TaskError(
