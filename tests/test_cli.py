@@ -111,3 +111,38 @@ def test_demo_finds_subject_number_in_the_embedded_model(capsys, tmp_path):
     }
     assert read_artifacts(tmp_path / "demo")["spec"]["extraction"]["model_name"] == "toy-grammar"
     assert f"bundle: {tmp_path / 'demo'}" in out
+
+
+def test_a_bug_is_one_line_with_a_way_to_the_traceback(capsys, monkeypatch):
+    from mechwidgets import cli
+
+    def broken(args):
+        raise KeyError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "run", cli.Command("run", "", cli._configure_run, broken))
+    code, _, err = run_cli(capsys, "run", "x.yaml")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("mechinterp: internal error: KeyError: 'boom'")
+    assert "MECHWIDGETS_TRACEBACK=1" in err
+    monkeypatch.setenv("MECHWIDGETS_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        cli.main(["run", "x.yaml"])
+
+
+def test_a_mistyped_option_is_one_line_with_a_guess(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--otu", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert "unrecognized arguments: --otu x (did you mean --out?)" in err
+
+
+def test_rerun_without_metrics_fails_before_the_work(capsys, config, tmp_path, monkeypatch):
+    import mechwidgets.runner as runner
+
+    assert run_cli(capsys, "run", str(config), "-o", str(tmp_path / "a"))[0] == 0
+    (tmp_path / "a" / "metrics.json").unlink()
+    monkeypatch.setattr(runner, "run_spec", lambda *a, **k: pytest.fail("the work ran"))
+    code, _, err = run_cli(capsys, "run", str(tmp_path / "a" / "artifacts.json"))
+    assert code == 2 and err.count("\n") == 1
+    assert "metrics.json is missing" in err

@@ -87,6 +87,12 @@ def test_help_prints_options_and_runs_nothing(ip, capsys):
         ("detect --task no_such_task", "no_such_task"),
         ("detect --seeds many", "invalid int value: 'many'"),
         ("run /nonexistent/config.yaml", "/nonexistent/config.yaml"),
+        ("detect --task 'subject_number", "(No closing quotation); close the quote"),
+        ("detect --permutatoins 5", "(did you mean --permutations?)"),
+        ("detect --layers ''", "layers is empty"),
+        ("detect --controls ''", "empty list"),
+        ("detect --permutations 2.5", "invalid int value: '2.5'"),
+        ("compare --label tense", "unknown field 'label' (did you mean 'labels'?)"),
     ],
 )
 def test_bad_arguments_are_one_line_usage_errors(ip, line, phrase):
@@ -101,3 +107,9 @@ def test_bad_yaml_in_a_cell_names_line_and_column(ip):
         ip.run_cell_magic("mechinterp", "", "action: detect\nmodel: [toy\ntask: x\n")
     assert "bad YAML at line 3, column" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_controls_none_runs_no_controls(ip):
+    res = ip.run_line_magic("mechinterp", f"detect {FAST} --controls none")
+    assert set(res.table["control"]) == {"none"}
+    assert res.spec["controls"] == []

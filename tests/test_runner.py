@@ -181,3 +181,45 @@ def test_a_file_with_its_own_split_column_keeps_that_split(tmp_path):
     result = run_spec(spec)
     tested = set(result.predictions["sample_id"].astype(int))
     assert tested == {i for i, r in enumerate(rows) if r["fold"] == "test"}
+
+
+def test_output_dir_with_a_tilde_lands_in_the_home_folder(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = run_spec(spec_for(tiny_dir, Path("~/runs/tiny")))
+    bundle = tmp_path / "home" / "runs" / "tiny"
+    assert (bundle / "artifacts.json").is_file()
+    assert result.spec["output_dir"] == str(bundle)
+    assert not (tmp_path / "~").exists()  # no literal "~" folder beside the config
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs (read-only)")
+def test_unwritable_folders_are_refused_before_the_model_loads(tiny_dir, monkeypatch):
+    import mechwidgets.models.loading as loading
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the folders were checked")
+
+    monkeypatch.setattr(loading, "load_model", no_model)
+    with pytest.raises(SpecError, match="not writable"):
+        run_spec(spec_for(tiny_dir, Path("/sys/kernel/mechwidgets-out")))
+    monkeypatch.setenv("MECHWIDGETS_CACHE", "/sys/kernel/mechwidgets-cache")
+    with pytest.raises(SpecError, match="activation cache .* not writable"):
+        run_spec(spec_for(tiny_dir))
+
+
+def test_too_many_permutations_are_refused_before_the_model_loads(tiny_dir, monkeypatch):
+    import mechwidgets.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    spec = spec_for(tiny_dir)
+    spec["action"]["params"] = {**FAST, "permutations": 10**9}
+    with pytest.raises(SpecError, match=r"permutations=1000000000 needs ~[\d,]+ GiB"):
+        run_spec(spec)
+
+
+def test_no_controls_runs_none(tiny_dir):
+    spec = {**spec_for(tiny_dir), "controls": []}
+    result = run_spec(spec)
+    assert set(result.table["control"]) == {"none"}
+    assert "no controls ran" in result.verdict()

@@ -93,3 +93,60 @@ def test_bad_yaml_names_line_and_column():
         RunSpec.from_yaml("action: detect\nmodel: [toy\ntask: x\n")
     assert "bad YAML at line 3, column" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines():
+    with pytest.raises(SpecError) as err:
+        RunSpec.from_yaml("action: detect\nmodel: m\ntask: t\naction: collapse\n")
+    assert "line 4" in str(err.value) and "'action' is given twice (first at line 1)" in str(
+        err.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "phrase"),
+    [
+        ({"outptu_dir": "x"}, "unknown field 'outptu_dir' (did you mean 'output_dir'?)"),
+        ({"lable": "x"}, "unknown field 'lable' (did you mean 'label'?)"),
+        ({"action": {"name": "detect", "params": {"lable": "x"}}}, "did you mean 'label'?"),
+        ({"permutations": 2.5}, "'detect' parameter 'permutations': give a whole number"),
+        ({"permutations": "100"}, "give a whole number, e.g. 200"),
+        ({"level": 2}, "bad value 2 for 'level'"),
+        ({"controls": [{"name": "label_shuffle", "params": {"n": 3}}]}, "take no options"),
+        ({"dtype": "float23"}, "did you mean 'float32'?"),
+        ({"layers": ""}, "layers is empty"),
+    ],
+)
+def test_typos_and_bad_params_fail_on_parse_naming_the_key(data, phrase):
+    base = {"action": "detect", "model": "m", "task": "t"}
+    with pytest.raises(SpecError) as err:
+        RunSpec.from_dict({**base, **data})
+    assert phrase in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_params_typo_is_not_blamed_on_the_action_params_when_it_is_top_level():
+    with pytest.raises(SpecError) as err:
+        RunSpec.from_dict({"action": "detect", "model": "m", "task": "t", "modle": "x"})
+    assert str(err.value).startswith("unknown field 'modle' (did you mean 'model'?)")
+
+
+def test_action_params_are_read_from_each_action_function():
+    from mechwidgets.core.specs import action_params
+    from mechwidgets.probes.sweep import Protocol
+
+    detect = action_params("detect")
+    assert {"label", "seeds", "permutations", "level", "probe"} <= set(detect)
+    assert not {"cube", "seed", "controls"} & set(detect)
+    assert set(Protocol.__dataclass_fields__) - {"controls"} <= set(detect)
+    localize = action_params("localize")
+    assert {"top_k", "behavior", "rank_by"} <= set(localize)
+    assert "permutations" not in localize  # localize passes nothing on to the protocol
+    assert detect["permutations"][1] == Protocol.permutations  # the default, for messages
+
+
+def test_controls_left_out_are_the_default_and_an_empty_list_is_none():
+    base = {"action": "detect", "model": "m", "task": "t"}
+    assert RunSpec.from_dict(base).controls is None
+    assert RunSpec.from_dict({**base, "controls": []}).controls == []
+    again = RunSpec.from_dict(RunSpec.from_dict({**base, "controls": []}).to_dict())
+    assert again.controls == []

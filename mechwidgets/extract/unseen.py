@@ -59,7 +59,7 @@ def visible(tokenizer: Any, texts: Sequence[str], unseen: Unseen = "error") -> n
     counts = f"{len(empty) + len(unknown)} of {len(texts)} texts"
     if unseen == "exclude" and keep.any():
         return keep
-    if not keep.any():
+    if unseen == "exclude":
         raise TaskError(
             f"none of the {len(texts)} texts is visible to the model (empty, blank or "
             "outside its vocabulary); give texts the tokenizer can read"
