@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny, number_task
+from conftest import TINY_CONFIGS, build_tiny, number_task
 
 import mechwidgets as mw
 from mechwidgets.actions.interventions.ablation import ablate, donors
@@ -233,7 +233,7 @@ def plural_probe(model, score="margin"):
     return mw.metrics.probe(fitted, layer=last, labels=y, score=score)
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt_neox", "gpt2", "bert_mlm"])
+@pytest.mark.parametrize("family", [*TINY_CONFIGS, "bert_mlm"])
 def test_patching_restores_the_metric_exactly_where_it_must(tiny_models, tiny_mlm, family):
     """Exact by construction: patching the differing token's embedding makes the two inputs
     one; patching the stream the metric reads, at the token it reads, gives it the clean

@@ -169,7 +169,7 @@ def score_unpatched(model, prompts, metric):
     return capture(model, prompts, [], [bind(metric, model, prompts)])[1][0].double()
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt_neox", "gpt2"])
+@pytest.mark.parametrize("family", conftest.TINY_CONFIGS)
 def test_a_probe_metric_reads_the_token_extraction_read(tiny_models, family):
     """A probe fitted on the cube scores the unpatched run exactly as it scores the cube."""
     model = tiny_models[family]
