@@ -13,6 +13,7 @@ compact table with the controls as columns, and the full table collapsed under
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,11 @@ class RunContext:
     came from one, so the bundle can reproduce it.
     """
 
-    cube: xr.Dataset | None = None
+    cube: xr.Dataset | list[xr.Dataset] | None = None  # a list: compare across tasks
     model: Any = None
     task: Any = None
     params: dict[str, Any] = field(default_factory=dict)
-    controls: list[str] = field(default_factory=list)
+    controls: list[str] | None = None  # None: the action's default controls
     seed: int = 0
     spec: dict[str, Any] | None = None
 
@@ -55,7 +56,34 @@ def run_action(name: str, context: RunContext) -> ActionResult:
     action = get_action(name)
     result: ActionResult = action.run(action.prepare(context))
     result.spec = context.spec
+    result.caveats = caveats(context.cube, result.data)
     return result
+
+
+def caveats(cube: xr.Dataset | list[xr.Dataset] | None, data: xr.Dataset) -> list[str]:
+    """What a verdict must add about its inputs: texts the model could not see that were
+    left out (``extract(..., unseen="exclude")``), and slices skipped because they were
+    all NaN (except attention and MLP at the embedding layer, which have no value there)."""
+    from mechwidgets.core.components import EMBED
+
+    notes = []
+    cubes = [] if cube is None else list(cube) if isinstance(cube, list) else [cube]
+    excluded = sum(int(c.attrs.get("unseen_excluded", 0)) for c in cubes)
+    if excluded:
+        notes.append(f"{excluded} text(s) the model cannot see were left out")
+    if "probed" in data.variables:
+        probed = data["probed"]
+        skipped = [
+            f"{comp} layer {layer}"
+            for layer in probed["layer"].values
+            for comp in probed["component"].values
+            if not bool(probed.sel(layer=layer, component=comp))
+            and not (int(layer) == EMBED and comp != "resid")
+        ]
+        if skipped:
+            more = f" and {len(skipped) - 4} more" if len(skipped) > 4 else ""
+            notes.append(f"skipped as all NaN: {', '.join(skipped[:4])}{more}")
+    return notes
 
 
 @dataclass(repr=False)
@@ -74,6 +102,24 @@ class ActionResult:
     timings: dict[str, float] = field(default_factory=dict)
     #: where the activations came from: cube files, keys and shapes
     activations: dict[str, Any] = field(default_factory=dict)
+    #: what the verdict adds about the inputs (see :func:`caveats`)
+    caveats: list[str] = field(default_factory=list)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each subclass's ``verdict`` ends with the result's caveats, written once here
+        rather than in every action."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("verdict")
+        if own is None or getattr(own, "adds_caveats", False):
+            return
+
+        @functools.wraps(own)
+        def verdict(self: ActionResult) -> str:
+            line = own(self)
+            return "; ".join([line, *(c for c in self.caveats if c not in line)])
+
+        verdict.adds_caveats = True  # type: ignore[attr-defined]
+        cls.verdict = verdict  # type: ignore[method-assign]
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers, JSON-serialisable."""

@@ -220,6 +220,11 @@ class DetectResult(ProbeResult):
         ci = f"[{b['ci'][0]:.3f}, {b['ci'][1]:.3f}] vs chance {s['chance']:.3f}"
         test = f"{s['correction']}-adjusted p < {1 - s['level']:.2g}"
         controls = [str(c) for c in self.data["control"].values[1:]]
+        if not controls:  # controls=[]: no null to test against
+            return (
+                f"'{s['label']}': {where} {ci}; untested: no controls ran, so there is no "
+                "p-value (add label_shuffle to test it)"
+            )
         ref = "label_shuffle" if "label_shuffle" in controls else controls[0]
         if s["n_significant"]:
             head = f"'{s['label']}' is decodable: {where} {ci}"

@@ -26,6 +26,7 @@ induction            "t3 t17 ... t9" (16 tokens), read at a      next token repe
 
 from __future__ import annotations
 
+import difflib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -113,11 +114,14 @@ def get_task(name: str, n: int = 2000, seed: int = 0) -> Task:
     >>> task.classes("animacy")
     ('inanimate', 'animate')
     """
+    _check_counts(n=n, seed=seed)
     key = ALIASES.get(name, name)
     if key == "induction":
         return _induction_task(n, seed)
     if key not in GRAMMAR_TASKS:
-        raise TaskError(f"unknown task '{name}'; choose one of {', '.join(list_tasks())}")
+        close = difflib.get_close_matches(str(name), list_tasks(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise TaskError(f"unknown task '{name}'{hint}; choose one of {', '.join(list_tasks())}")
     spec = GRAMMAR_TASKS[key]
     sentences, split = _grammar_sample(
         key, spec.labels, n, seed, spec.attractor_rate, lambda s: s.cut(spec.cut)
@@ -195,6 +199,7 @@ def get_task_pairs(name: str = "subject_number", n: int = 500, seed: int = 0) ->
     >>> pairs.clean[0], pairs.corrupt[0]
     ('the dog near the cars', 'the dogs near the cars')
     """
+    _check_counts(n=n, seed=seed)
     if ALIASES.get(name, name) != "subject_number":
         raise TaskError(f"no prompt pairs for '{name}'; pairs exist for: subject_number")
     labels = ("subject_number", "attractor_number", "tense")
@@ -214,6 +219,18 @@ def get_task_pairs(name: str = "subject_number", n: int = 500, seed: int = 0) ->
             "factors": _factors(sentences),
         },
     )
+
+
+def _check_counts(**counts: Any) -> None:
+    """``n`` and ``seed`` are whole numbers (``n`` positive): a one-line TaskError if not."""
+    for what, value in counts.items():
+        if not isinstance(value, int | np.integer) or isinstance(value, bool):
+            raise TaskError(
+                f"{what} must be a whole number, got {value!r} ({type(value).__name__}); "
+                f"e.g. get_task('subject_number', {what}=100)"
+            )
+    if counts["n"] < 1:
+        raise TaskError(f"n must be 1 or more samples, got {counts['n']}")
 
 
 def _be(sentence: Sentence, plural: int) -> str:

@@ -185,14 +185,17 @@ class Task:
             raise TaskError(f"expected a pandas DataFrame, got {type(df).__name__}")
         label_cols = [labels] if isinstance(labels, str) else list(labels or ["label"])
         if df.empty:
-            raise TaskError("the table is empty: it needs one row per sample")
+            raise TaskError("the table is empty: give it one row per sample")
         type_cols = _word_type_columns(word_types, label_cols)
         span_cols = list(position) if isinstance(position, (tuple, list)) else [position]
         given = [split, *span_cols, groups, *type_cols.values()]
         for col in [text, *label_cols, *(c for c in given if c is not None)]:
             if col not in df.columns:
                 have = ", ".join(map(str, df.columns))
-                raise TaskError(f"column '{col}' is not in the table; its columns are: {have}")
+                raise TaskError(
+                    f"column '{col}' is not in the table; its columns are: {have}; name the "
+                    "right ones (text=..., labels=[...] or a config's dataset.text/labels)"
+                )
             missing = int(df[col].isna().sum())
             if missing:
                 raise TaskError(
@@ -243,14 +246,28 @@ class Task:
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Task:
         """A task from a CSV, JSONL or Parquet file; keyword arguments as :meth:`from_frame`."""
-        path = Path(path)
+        path = Path(path).expanduser()
         reader = READERS.get(path.suffix.lower())
         if reader is None:
             raise TaskError(f"cannot read '{path.name}': use a .csv, .jsonl or .parquet file")
         if not path.is_file():
             raise TaskError(f"no file at '{path}'; check the path")
         kwargs.setdefault("name", path.stem)
-        return cls.from_frame(reader(path), **kwargs)
+        try:
+            frame = reader(path)
+        except pd.errors.EmptyDataError:
+            raise TaskError(f"'{path}' is empty: give a header and one row per sample") from None
+        except UnicodeDecodeError as exc:
+            raise TaskError(
+                f"'{path}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                f"{exc.start}); save it as UTF-8"
+            ) from None
+        except (ValueError, OSError) as exc:  # pandas' and pyarrow's parse errors are these
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise TaskError(
+                f"cannot read '{path}' ({first}); check it is a well-formed {path.suffix} file"
+            ) from None
+        return cls.from_frame(frame, **kwargs)
 
 
 def _codes(column: pd.Series) -> tuple[tuple[str, ...], np.ndarray]:

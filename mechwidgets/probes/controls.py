@@ -51,6 +51,12 @@ def check_controls(names: Iterable[object]) -> tuple[str, ...]:
         name = item.get("name") if isinstance(item, dict) else getattr(item, "name", item)
         if name not in CONTROLS:
             raise SpecError(f"unknown control '{name}': choose from {', '.join(CONTROLS)}")
+        options = {k: v for k, v in item.items() if k != "name"} if isinstance(item, dict) else {}
+        if any(v not in (None, {}) for v in options.values()):  # accepted and ignored before
+            raise SpecError(
+                f"control '{name}' takes no options, got {options}; remove them (the "
+                "random-subspace rank is the parameter subspace_rank)"
+            )
         if name not in out:
             out.append(str(name))
     return tuple(out)

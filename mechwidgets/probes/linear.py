@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from mechwidgets.analysis.statistics import Metric, batch_score, score
@@ -73,18 +74,39 @@ class LabelEncoding:
     classes: np.ndarray
 
     @classmethod
-    def infer(cls, values: np.ndarray, name: str = "label") -> LabelEncoding:
-        """Integers, booleans and strings are classes; floats are continuous."""
+    def infer(
+        cls, values: np.ndarray, name: str = "label", metric: str | None = None
+    ) -> LabelEncoding:
+        """Classes or a continuous target, by these rules.
+
+        Missing values (None, NaN) are an error that counts them. Integers, booleans and
+        strings are classes. Floats are continuous, except floats that are all whole
+        numbers (0.0/1.0 as a CSV gives them): those are classes, like the integers they
+        are, unless ``metric="r2"`` asks for a regression.
+        """
         values = np.asarray(values)
+        missing = int(np.count_nonzero(pd.isna(values)))
+        if missing:
+            raise CubeError(
+                f"label '{name}' has {missing} missing value(s) (None or NaN) among "
+                f"{values.size}; drop or fill those samples"
+            )
         if values.dtype.kind == "f":
             if not np.isfinite(values).all():
-                raise CubeError(f"label '{name}' has NaN or inf values; drop or fill those samples")
-            if np.ptp(values) == 0:
-                raise CubeError(
-                    f"label '{name}' is constant ({values[0]}); a probe needs varying targets"
-                )
-            return cls("continuous", np.array([]))
-        classes = np.unique(values)
+                raise CubeError(f"label '{name}' has inf values; drop or fill those samples")
+            if metric == "r2" or not np.array_equal(values, np.round(values)):
+                if np.ptp(values) == 0:
+                    raise CubeError(
+                        f"label '{name}' is constant ({values[0]}); a probe needs varying targets"
+                    )
+                return cls("continuous", np.array([]))
+        try:
+            classes = np.unique(values)
+        except TypeError:  # e.g. ints and strings mixed in an object array
+            kinds = sorted({type(v).__name__ for v in values.ravel()})
+            raise CubeError(
+                f"label '{name}' mixes value types ({', '.join(kinds)}); make them one type"
+            ) from None
         if classes.size < 2:
             raise CubeError(
                 f"label '{name}' has one class ({classes[0] if classes.size else 'none'}); "
@@ -386,7 +408,7 @@ def fit_probe(
     """
     split = np.asarray(split).astype(str)
     masks = [split == s for s in ("train", "val", "test")]
-    encoding = LabelEncoding.infer(y)
+    encoding = LabelEncoding.infer(y, metric=metric)
     metric_ = encoding.check_metric(metric or encoding.default_metric)
     x = np.asarray(x, np.float64)
     std = Standardizer.fit(x[masks[0]])
