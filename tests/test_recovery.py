@@ -1,5 +1,5 @@
 """Recovery by patching, on a random-weight GPT-NeoX whose block 2 erases everything
-(its output is a constant) and on the same model without the eraser."""
+(its output is a constant), on the same model without the eraser, and on a bare BERT."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import mechwidgets as mw
 from mechwidgets.actions.interventions.recovery import recovery_test
 from mechwidgets.core.errors import SpecError
 from mechwidgets.data.splits import stratified_split
+from mechwidgets.probes.linear import fit_probe
 
 ERASED_AT = 2
 #: the last word's class: a singular noun or a bare word, or a plural noun or a verb form
@@ -128,3 +129,21 @@ def test_bad_recovery_requests(erased, task, erased_cube):
         with pytest.raises(SpecError, match=message) as info:
             mw.collapse(erased_cube, label="plural", seeds=1, permutations=20, recovery=recovery)
         assert "\n" not in str(info.value)
+
+
+def test_recovery_runs_on_an_encoder_without_a_head(task):
+    """A bare 4-block BERT: recovery reads residual streams only, at the token the cube
+    reads, so its unpatched scores are the cube's probes' scores."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, **IDS,
+    )  # fmt: skip
+    bert = mw.load_model(transformers.BertModel(config).eval(), word_tokenizer())
+    res = recovery_test(bert, task, "plural", source_layer=0, batch_size=300)
+    cube = mw.extract(bert, task, layers=[0, 3], components=["resid"], cache=False)
+    y, split = task.labels["plural"], task.split
+    for layer, key in ((0, "source_score"), (3, "before")):
+        x = cube["act"].sel(layer=layer, component="resid").values
+        assert res.summary()[key] == pytest.approx(fit_probe(x, y, split).test_score)
+    assert list(res.table["target_layer"]) == [1, 2]
