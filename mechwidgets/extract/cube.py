@@ -4,9 +4,10 @@ Contract (what every action may rely on):
 
 - ``act``: float32, dims ``(sample, layer, component, dim)``; ``layer`` holds block
   indices and -1 for the embedding output (the residual stream entering block 0, where
-  only ``resid`` has values and the other components are NaN), ``component`` holds ``resid`` (block output), ``attn`` and ``mlp`` (the
-  sublayers' writes into the residual stream) and ``head.H`` (head H's write, projected
-  through its slice of the output projection), all of width ``d_model``.
+  only ``resid`` has values and the other components are NaN), ``component`` holds
+  ``resid`` (block output), ``attn`` and ``mlp`` (the sublayers' writes into the residual
+  stream) and ``head.H`` (head H's write, projected through its slice of the output
+  projection), all of width ``d_model``.
 - ``neurons`` (optional): float32, dims ``(sample, layer, neuron)``, MLP activations after
   the nonlinearity; the ``neuron`` coordinate holds the neuron indices.
 - coordinates along ``sample``: ``sample_id``, ``text``, ``split`` and one per label;
@@ -65,9 +66,10 @@ RESERVED = frozenset(
 #: target bytes per dask chunk when a cube is opened, and per checksummed row block
 CHUNK_BYTES = 64 * 2**20
 #: cubes up to this many data bytes are checksummed whole on open; larger ones per block
-#: when read. On a 418 MB cube here, opening took 0.54 s with the check (0.71 s with the file
-#: out of the page cache) against 0.03 s without; checking per block as read made a full
-#: read 3.3 s instead of 0.6 s (strided reads), while one layer x component read 0.1 s.
+#: when read. On a 418 MB cube (bench/cube_checksums.py, 2 shared cores), opening took
+#: 0.54-0.88 s with the check (0.71-1.04 s out of the page cache) against 0.03-0.04 s
+#: without; per block as read, a full read took 3.3-7.6 s instead of 0.6-1.3 s (strided
+#: reads), while one layer x component took 0.10-0.18 s.
 VERIFY_ON_OPEN_BYTES = 2**30
 
 #: called as ``on_corrupt(path, message)`` when a block fails its checksum while read
