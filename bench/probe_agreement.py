@@ -10,7 +10,10 @@ from the same 8 values on validation, test accuracy); only ``probe=`` differs. C
   residual stream, its four labels (held-out word types by construction).
 
 Printed: per cube, the ridge - logistic test accuracy over slices (mean, mean |.|, max |.|,
-share within 1 point), and the largest gap among slices either probe scores >= 0.9.
+share within 1 point), and the largest gap among slices either probe scores >= 0.9; then,
+at matched strength (each of the 8, no selection: ``fit_probe`` with one strength), the
+largest |ridge - logistic| over the cube's slices, per strength (``--matched``; skips the
+N = 4,000, d = 768 cube, whose logistic fits take minutes).
 
     .venv/bin/python bench/probe_agreement.py
 """
@@ -23,6 +26,7 @@ import time
 import numpy as np
 
 import mechwidgets as mw
+from mechwidgets.probes.linear import DEFAULT_STRENGTHS, fit_probe
 from mechwidgets.probes.synthetic import planted_cube
 
 PLANTED = ((300, 64), (1000, 64), (1000, 256), (4000, 64), (1000, 768), (4000, 768))
@@ -35,6 +39,23 @@ def scores(cube, label: str, probe: str) -> np.ndarray:
     res = mw.detect(cube, label=label, probe=probe, **PROTOCOL)
     real = res.real.sort_values(["layer", "component"])
     return real["score"].to_numpy()
+
+
+def matched(cube, label: str) -> np.ndarray:
+    """``(strengths,)`` largest |ridge - logistic| test accuracy (points) over slices."""
+    split = np.asarray(cube["split"].values).astype(str)
+    y = np.asarray(cube[label].values)
+    gaps = []
+    for layer in cube["layer"].values:
+        for comp in cube["component"].values:
+            x = cube["act"].sel(layer=layer, component=comp).values
+            one = [np.array([s]) for s in DEFAULT_STRENGTHS]
+            ridge = [fit_probe(x, y, split, strengths=s).test_score for s in one]
+            logistic = [
+                fit_probe(x, y, split, probe="logistic", strengths=s).test_score for s in one
+            ]
+            gaps.append(100 * np.abs(np.subtract(ridge, logistic)))
+    return np.max(gaps, axis=0)
 
 
 def row(name: str, ridge: np.ndarray, logistic: np.ndarray, seconds: float) -> str:
@@ -50,14 +71,18 @@ def row(name: str, ridge: np.ndarray, logistic: np.ndarray, seconds: float) -> s
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--grammar-n", type=int, default=1500)
+    parser.add_argument("--skip-planted", action="store_true", help="only the toy-grammar cube")
+    parser.add_argument("--matched", action="store_true", help="only the matched-strength table")
     args = parser.parse_args()
+    if args.matched:
+        return matched_table(args)
     print(
         "| cube | slices | mean ridge - logistic (points) | mean abs | max abs | share "
         "within 1 point | max abs where acc >= 0.9 | seconds |"
     )
     print("|---|---|---|---|---|---|---|---|")
     pooled = []
-    for n, dim in PLANTED:
+    for n, dim in () if args.skip_planted else PLANTED:
         cube = planted_cube(
             {"y": dict(enumerate(STRENGTHS))}, n_samples=n, dim=dim, components=("resid",),
             seed=n + dim,
@@ -77,6 +102,26 @@ def main() -> None:
         print(row(name, ridge, logistic, time.perf_counter() - t), flush=True)
     ridge, logistic = (np.concatenate(v) for v in zip(*pooled, strict=True))
     print(row("all slices", ridge, logistic, 0))
+
+
+def matched_table(args: argparse.Namespace) -> None:
+    """Largest |ridge - logistic| per strength (as a multiple of n_train), per cube."""
+    head = " | ".join(f"{s:.0e}" for s in DEFAULT_STRENGTHS)
+    print(f"| cube | {head} |")
+    print("|---|" + "---|" * len(DEFAULT_STRENGTHS))
+    for n, dim in () if args.skip_planted else PLANTED[:-1]:
+        cube = planted_cube(
+            {"y": dict(enumerate(STRENGTHS))}, n_samples=n, dim=dim, components=("resid",),
+            seed=n + dim,
+        )  # fmt: skip
+        gaps = " | ".join(f"{g:.2f}" for g in matched(cube, "y"))
+        print(f"| planted N={n} d={dim} | {gaps} |", flush=True)
+    model = mw.load_model("toy-grammar")
+    task = mw.get_task("grammar_all", n=args.grammar_n, seed=0)
+    cube = mw.extract(model, task, components=["resid"], cache=False)
+    for label in ("subject_number", "animacy", "sentiment", "tense"):
+        gaps = " | ".join(f"{g:.2f}" for g in matched(cube, label))
+        print(f"| toy-grammar {label} | {gaps} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,11 @@ class CompareResult(ProbeResult):
             head = f"'{first}' emerges before {_others(s)} in {s['component']}"
         else:
             head = f"no significant difference in emergence in {s['component']}; earliest '{first}'"
-        design = " (unpaired: labels from different cubes)" if s["design"] == "unpaired" else ""
+        design = (
+            " (unpaired: labels from different cubes; intervals hold each task's probes fixed)"
+            if s["design"] == "unpaired"
+            else ""
+        )
         if s["few_units"]:
             head = (
                 f"cannot test differences in emergence in {s['component']}: "
