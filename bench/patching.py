@@ -109,7 +109,7 @@ def main() -> None:
     sample = np.random.default_rng(0).choice(len(plan.cells), args.naive_sample, replace=False)
     _, one_s = timed(
         lambda: [
-            run_cells(model, plan.base, [plan.cells[i]], plan.source_acts, plan.pairs.scorer)
+            run_cells(model, plan.base, [plan.cells[i]], plan.source_acts, [plan.pairs.scorer])
             for i in sample
         ]
     )
