@@ -27,9 +27,10 @@ from mechwidgets.viz.charts import ChartError
 STATIC = Path(__file__).parent / "static"
 #: pixels per CSS pixel of the PNG fallback: sharp on high-density screens
 PNG_SCALE = 2
-#: charts larger than this many CSS pixels fall back at 1x: a 1030 x 540 grid of attention
-#: heatmaps is 0.34 MB as a 1x PNG and 0.86 MB at 2x (vl-convert 1.9), stored in notebooks
-PNG_MAX_SHARP = 300_000
+#: charts larger than this many CSS pixels fall back at 1x, to keep stored notebooks small
+#: (vl-convert 1.9): a 887 x 247 layer-curve chart is 81 kB at 1x and 185 kB at 2x, a
+#: 1030 x 540 grid of attention heatmaps 0.34 MB at 1x and 0.86 MB at 2x
+PNG_MAX_SHARP = 100_000
 
 
 class ChartView(anywidget.AnyWidget):
