@@ -6,13 +6,14 @@ import base64
 import html
 import re
 
+import altair as alt
 import pandas as pd
 import pytest
 
 import mechwidgets as mw
 from mechwidgets.probes.synthetic import planted_cube
 from mechwidgets.report.text import compact_frame
-from mechwidgets.viz.chart_widget import ChartView
+from mechwidgets.viz.chart_widget import PNG_MAX_SHARP, ChartView
 from mechwidgets.viz.findings import SHOWN_ROWS, display_parts, tables_html
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -38,8 +39,14 @@ def test_chart_output_is_a_widget_with_a_png_fallback_not_svg_in_html(result):
     assert WIDGET in data
     png = base64.b64decode(data["image/png"])
     assert png.startswith(b"\x89PNG")
-    # shown at CSS size: half the pixels of the 2x render
-    assert meta["image/png"]["width"] * 2 == int.from_bytes(png[16:20], "big")
+    # a 3-panel chart is past PNG_MAX_SHARP: drawn at 1x, shown at its own size
+    size = meta["image/png"]
+    assert size["width"] * size["height"] > PNG_MAX_SHARP
+    assert size["width"] == int.from_bytes(png[16:20], "big")
+    small = alt.Chart(pd.DataFrame({"x": [0, 1]})).mark_point().encode(x="x:Q")
+    small_data, small_meta = ChartView(small)._repr_mimebundle_()
+    small_png = base64.b64decode(small_data["image/png"])
+    assert small_meta["image/png"]["width"] * 2 == int.from_bytes(small_png[16:20], "big")
     assert "text/html" not in data and "image/svg+xml" not in data
     assert not re.search(r"0x[0-9a-f]{6,}", data["text/plain"])
 
