@@ -20,7 +20,7 @@ planted cubes with held-out word types (N 300-4,000, d 64-768; at most 3.4 on on
 by 20 points on average (42 at most) on animacy: with few noun types in the validation
 split, ridge picked a weak strength that memorises training nouns (test 0.32 where
 logistic scored 0.74). Use ``probe="logistic"`` (:class:`LogisticPath`, one
-scikit-learn fit per column and strength, ~100x slower) to match published logistic
+scikit-learn fit per column and strength, so far slower) to match published logistic
 probes, when a label rides on a few word types, or to confirm a headline slice; ridge
 for fast sweeps.
 
