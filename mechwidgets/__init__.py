@@ -61,6 +61,10 @@ _LAZY = {
     "polysemantic": "mechwidgets.actions.polysemantic",
     "widgets": "mechwidgets.viz.widgets",
 }
+#: subpackages reachable as attributes (``mw.viz.ChartView``), also imported on first use
+_SUBPACKAGES = frozenset(
+    {"actions", "analysis", "core", "data", "jupyter", "models", "probes", "report", "viz"}
+)
 __all__ = [
     "Model",
     "Task",
@@ -88,7 +92,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Import a top-level name on first use and keep it (PEP 562)."""
-    where = _LAZY.get(name)
+    where = _LAZY.get(name) or (f"mechwidgets.{name}" if name in _SUBPACKAGES else None)
     if where is None:
         raise AttributeError(f"module 'mechwidgets' has no attribute '{name}'")
     module = importlib.import_module(where)
@@ -98,7 +102,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, *_SUBPACKAGES})
 
 
 class _Package(types.ModuleType):

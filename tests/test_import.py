@@ -43,6 +43,11 @@ def test_every_public_name_resolves() -> None:
     assert set(mw.__all__) <= set(dir(mw))
 
 
+def test_subpackages_are_attributes_in_a_fresh_interpreter() -> None:
+    code = "import mechwidgets as mw\nassert mw.viz.ChartView and mw.data.__name__ == "mechwidgets.data"\n"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_extract_stays_the_function_when_its_subpackage_loads_first() -> None:
     code = (
         "import mechwidgets as mw\n"

@@ -23,13 +23,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import altair as alt
 import numpy as np
 import pandas as pd
 
 from mechwidgets.core.errors import MechError
+
+if TYPE_CHECKING:  # altair takes seconds to import: each drawing function imports it
+    import altair as alt
 
 #: token ids in the chart's lookup table are sample * _ID + position
 _ID = 100_000
@@ -70,6 +72,8 @@ class AttentionPatterns:
         cell : pixels per token.
         columns : heads per row.
         """
+        import altair as alt
+
         n_layers, n_heads = self.weights[0].shape[:2]
         chosen = (
             list(heads)

@@ -13,14 +13,16 @@ and ``ci_high``; ``control`` is ``"none"`` for the real probe.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from mechwidgets.core.errors import MechError
+
+if TYPE_CHECKING:  # altair takes seconds to import: each drawing function imports it
+    import altair as alt
 
 #: how each control baseline is drawn; the real probe ("none") is the solid line
 CONTROL_STYLES = {
@@ -61,6 +63,8 @@ def layer_curve_chart(
     A faceted chart: the real probe as a solid line with its CI as a shaded band, each
     control as a dashed line in grey, and the chance level as a dotted rule.
     """
+    import altair as alt
+
     df = _curve_frame(table)
     if chance is not None and "chance" not in df:
         df["chance"] = float(chance)
@@ -114,6 +118,8 @@ def compare_chart(
     A chart faceted by component: per label a line and CI band, a triangle at the first
     layer whose score reaches ``threshold``, a diamond at the peak, and the threshold rule.
     """
+    import altair as alt
+
     df = _curve_frame(table)
     df = df[df["control"] == "none"].drop(columns="control")
     if df.empty:
@@ -180,6 +186,8 @@ def heatmap(
     -------
     A layered chart. Missing or NaN cells are grey and read "undefined", never a number.
     """
+    import altair as alt
+
     missing = [c for c in (x, y, value) if c not in table]
     if missing:
         raise ChartError(f"heatmap table lacks column(s) {missing}; it has {list(table.columns)}")
@@ -242,6 +250,8 @@ def method_agreement_chart(
     The dashed diagonal is perfect agreement; points far from it are the cells where the
     approximation cannot be trusted (e.g. attribution patching across a saturated swap).
     """
+    import altair as alt
+
     df = table[[x, y, color, "layer"]].dropna()
     lo = float(min(df[x].min(), df[y].min(), 0.0))
     hi = float(max(df[x].max(), df[y].max(), 1.0))
@@ -316,6 +326,8 @@ def _onset_and_peak(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def _facet(layers: Any, df: pd.DataFrame, by_label: bool = True) -> alt.FacetChart:
     """One panel per component (columns) and, with several labels, per label (rows)."""
+    import altair as alt
+
     column = alt.Column("component:N", sort=_ordered(df["component"]), title=None)
     if by_label and df["label"].nunique() > 1:
         row = alt.Row("label:N", sort=list(pd.unique(df["label"])), title=None)
@@ -325,11 +337,15 @@ def _facet(layers: Any, df: pd.DataFrame, by_label: bool = True) -> alt.FacetCha
 
 def _layer_axis() -> alt.X:
     """Layers in order, the embedding layer (-1, first) labelled ``embed``."""
+    import altair as alt
+
     labels = "datum.value == -1 ? 'embed' : format(datum.value, 'd')"
     return alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1, labelExpr=labels))
 
 
 def _tooltip(df: pd.DataFrame) -> list[Any]:
+    import altair as alt
+
     extra = [c for c in ("control",) if c in df]
     return [
         "label:N",
