@@ -44,7 +44,7 @@ def test_every_public_name_resolves() -> None:
 
 
 def test_subpackages_are_attributes_in_a_fresh_interpreter() -> None:
-    code = "import mechwidgets as mw\nassert mw.viz.ChartView and mw.data.__name__ == "mechwidgets.data"\n"
+    code = "import mechwidgets as mw\nassert mw.viz.ChartView and mw.data.__name__ == 'mechwidgets.data'\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
