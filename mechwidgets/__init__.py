@@ -96,7 +96,8 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module 'mechwidgets' has no attribute '{name}'")
     module = importlib.import_module(where)
-    value = module if where.rsplit(".", 1)[-1] == name else getattr(module, name)
+    # a function named like its module (polysemantic) is the value; a module (metrics) is
+    value = getattr(module, name, module)
     globals()[name] = value
     return value
 
