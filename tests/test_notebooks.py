@@ -8,9 +8,11 @@ varies (chart markup, progress bars, addresses, the sign of a rounded zero).
 downloads: it runs only where they are already in the local Hugging Face cache (its
 cells must run; its outputs, unstored, are not compared), and the skip says so elsewhere.
 
-After changing a notebook, store fresh outputs with a fresh cache:
+After changing a notebook, store fresh outputs with a fresh cache and no widget state
+(each chart widget's state would carry the 1.1 MB vega bundle; untrusted notebooks, where
+widgets never run, show the outputs' PNG fallbacks):
 ``MECHWIDGETS_CACHE=$(mktemp -d) .venv/bin/jupyter nbconvert --to notebook --execute
---inplace notebooks/NAME.ipynb``.
+--inplace --ExecutePreprocessor.store_widget_state=False notebooks/NAME.ipynb``.
 """
 
 from __future__ import annotations
