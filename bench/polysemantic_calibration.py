@@ -25,7 +25,7 @@ from mechwidgets.analysis.neurons import (
     count_features,
     feature_loadings,
     loading_z,
-    rank_loading_z,
+    rank_test,
     two_sided_p,
 )
 
@@ -57,7 +57,7 @@ def activations(kind: str, pre: np.ndarray) -> np.ndarray:
 def pvalues(method: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``(features, neurons)`` p-values of the loadings, by the old or the new test."""
     if method == "after":
-        return two_sided_p(rank_loading_z(x, y, rng)[0])
+        return two_sided_p(rank_test(x, y, rng).z)
     return two_sided_p(loading_z(feature_loadings(x, y), len(x)))
 
 

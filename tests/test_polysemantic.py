@@ -20,7 +20,7 @@ from mechwidgets.analysis.neurons import (
     loading_index,
     loading_z,
     normal_scores,
-    rank_loading_z,
+    rank_test,
     shuffled_loading_z,
     two_sided_p,
 )
@@ -294,7 +294,7 @@ def lognormal_null(reps: int, n: int = 300, neurons: int = 1024):
         rng = np.random.default_rng([r, 21])
         x = rng.lognormal(0.0, 1.5, (n, neurons))
         y = rng.lognormal(0.0, 1.5, (n, 3))
-        rank = two_sided_p(rank_loading_z(x, y, rng)[0])
+        rank = two_sided_p(rank_test(x, y, rng).z)
         pearson = two_sided_p(loading_z(feature_loadings(x, y), n))
         yield rank, pearson, feature_loadings(x, y).beta
 
@@ -327,7 +327,7 @@ def test_rank_test_keeps_the_power_on_planted_neurons():
         x = np.maximum(pre + 1.5, 0.0)
         beta = feature_loadings(x, y).beta
         for name, p in (
-            ("rank", two_sided_p(rank_loading_z(x, y, rng)[0])),
+            ("rank", two_sided_p(rank_test(x, y, rng).z)),
             ("pearson", two_sided_p(loading_z(feature_loadings(x, y), 300))),
         ):
             count = count_features(p.T, beta.T, 0.2, 0.95, "holm").n_features

@@ -42,8 +42,7 @@ from mechwidgets.analysis.neurons import (
     decoder_alignment,
     feature_loadings,
     loading_index,
-    rank_loading_z,
-    shuffled_loading_z,
+    rank_test,
     two_sided_p,
 )
 from mechwidgets.analysis.statistics import permutation_pvalue, score
@@ -319,8 +318,9 @@ def _layer_stats(plan: NeuronPlan, layer: int, orders: np.ndarray) -> dict[str, 
     load = feature_loadings(x, y, list(plan.labels))
     # the test runs on normal scores (rank-based), whose Gaussian tail holds under heavy tails
     ties = np.random.default_rng([plan.protocol.seeds[0], _TIE_STREAM, layer])
-    z, xs, ys = rank_loading_z(x, y, ties, list(plan.labels))
-    null = shuffled_loading_z(xs, ys, orders)  # (draws, features, neurons)
+    test = rank_test(x, y, ties, list(plan.labels))
+    z = test.z
+    null = test.shuffled(orders)  # (draws, features, neurons)
     p_perm = permutation_pvalue(np.abs(z), np.abs(np.moveaxis(null, 0, -1)))
     p_perm[np.isnan(z)] = np.nan
     weights, probe_score, alpha = _probes(plan, x)
