@@ -611,6 +611,10 @@ class Scorer:
     for ``k`` stacked copies of the prompts, to one value per row. Reading only those
     positions lets the edit engine skip the output head everywhere else (the largest single
     cost of a small model's forward pass, RECIPES.md "Extraction costs").
+
+    ``score_at`` runs inside traces, remote ones included, so it closes over tensors and
+    plain values only and calls nothing but torch (nnsight ships it to NDIF by its source,
+    where this package is not installed); that is why it widens to float32 inline.
     """
 
     positions: torch.Tensor
@@ -625,21 +629,17 @@ class Scorer:
         return self.score_at(values[rows, self.positions.repeat(k, 1)])
 
 
-def _copies(at: torch.Tensor, n: int) -> tuple[int, torch.Tensor]:
-    """Number of stacked copies and a row index for gathered logits (rows, m, vocab)."""
-    return at.shape[0] // n, torch.arange(at.shape[0], device=at.device)
-
-
 @_bind.register
 def _(metric: LogitDiff, model: Any, prompts: Prompts) -> Scorer:
     _check_head(model, metric)
     right = _ids(_per_prompt(metric.correct, prompts, "correct"), model, prompts)
     wrong = _ids(_per_prompt(metric.wrong, prompts, "wrong"), model, prompts)
+    n = len(prompts)
 
     def score(at: torch.Tensor) -> torch.Tensor:
-        k, rows = _copies(at, len(prompts))
-        at = widen(at[:, 0])
-        return at[rows, right.repeat(k)] - at[rows, wrong.repeat(k)]
+        k, rows = at.shape[0] // n, torch.arange(at.shape[0], device=at.device)
+        at = at[:, 0].to(torch.promote_types(at.dtype, torch.float32))
+        return at[rows, right.to(at.device).repeat(k)] - at[rows, wrong.to(at.device).repeat(k)]
 
     return Scorer(prompts.read[:, None], score)
 
@@ -648,11 +648,12 @@ def _target_scorer(metric: LogProb | Prob, model: Any, prompts: Prompts) -> Scor
     _check_head(model, metric)
     target = _ids(_per_prompt(metric.target, prompts, "target"), model, prompts)
     as_prob = isinstance(metric, Prob)
+    n = len(prompts)
 
     def score(at: torch.Tensor) -> torch.Tensor:
-        k, rows = _copies(at, len(prompts))
-        at = widen(at[:, 0])
-        value = at[rows, target.repeat(k)] - at.logsumexp(-1)
+        k, rows = at.shape[0] // n, torch.arange(at.shape[0], device=at.device)
+        at = at[:, 0].to(torch.promote_types(at.dtype, torch.float32))
+        value = at[rows, target.to(at.device).repeat(k)] - at.logsumexp(-1)
         return value.exp() if as_prob else value
 
     return Scorer(prompts.read[:, None], score)
@@ -705,12 +706,15 @@ def _span_scorer(
     pos = torch.as_tensor(where, device=device)
     wts = torch.as_tensor(weight, device=device)
     target = prompts.inputs["input_ids"].gather(1, pos)
+    n = len(prompts)
 
     def score(at: torch.Tensor) -> torch.Tensor:
-        k, _ = _copies(at, len(prompts))
-        at = widen(at)  # (rows, marks, vocab): the logits that predict each marked token
-        logp = at.gather(-1, target.repeat(k, 1)[..., None])[..., 0] - at.logsumexp(-1)
-        return sign * (logp * wts.repeat(k, 1)).sum(-1)
+        k = at.shape[0] // n
+        # (rows, marks, vocab): the logits that predict each marked token
+        at = at.to(torch.promote_types(at.dtype, torch.float32))
+        picked = at.gather(-1, target.to(at.device).repeat(k, 1)[..., None])[..., 0]
+        logp = picked - at.logsumexp(-1)
+        return sign * (logp * wts.to(at.device).repeat(k, 1)).sum(-1)
 
     return Scorer(pos - 1, score)
 
@@ -742,21 +746,22 @@ def _(metric: ProbeReadout, model: Any, prompts: Prompts) -> Scorer:
         labels = _per_prompt(metric.labels, prompts, "labels")
         truth = torch.as_tensor([metric.classes.index(v) for v in labels], device=device)
     binary = coef.shape[1] == 1
+    kind = metric.score
 
     def score(at: torch.Tensor) -> torch.Tensor:
-        x = widen(at[:, 0])
-        decision = x @ coef.to(x.dtype) + intercept.to(x.dtype)  # (rows, columns)
+        x = at[:, 0].to(torch.promote_types(at.dtype, torch.float32))
+        decision = x @ coef.to(x) + intercept.to(x)  # (rows, columns)
         if truth is None:
             return decision[:, 0]
-        true = truth.repeat(decision.shape[0] // n)
+        true = truth.to(x.device).repeat(decision.shape[0] // n)
         if binary:  # one column: its positive side is classes[1]
             signed = torch.where(true == 1, decision[:, 0], -decision[:, 0])
-            return (signed > 0).to(x.dtype) if metric.score == "accuracy" else signed
+            return (signed > 0).to(x.dtype) if kind == "accuracy" else signed
         rows = torch.arange(decision.shape[0], device=decision.device)
         own = decision[rows, true]
-        if metric.score == "logit":
+        if kind == "logit":
             return own
-        if metric.score == "accuracy":
+        if kind == "accuracy":
             return (decision.argmax(-1) == true).to(x.dtype)
         other = decision.scatter(1, true[:, None], float("-inf")).amax(-1)
         return own - other
@@ -773,7 +778,7 @@ def _(metric: HiddenState, model: Any, prompts: Prompts) -> Scorer:
         direction = torch.as_tensor(metric.direction, device=prompts.read.device)
 
     def score(at: torch.Tensor) -> torch.Tensor:
-        x = widen(at[:, 0])
-        return x.norm(dim=-1) if direction is None else x @ direction.to(x.dtype)
+        x = at[:, 0].to(torch.promote_types(at.dtype, torch.float32))
+        return x.norm(dim=-1) if direction is None else x @ direction.to(x)
 
     return Scorer(prompts.read[:, None], score, metric.component)

@@ -16,13 +16,21 @@ real patching on the same grid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import nnsight
 import numpy as np
 import torch
 
-from mechwidgets.actions.interventions.edits import READ, Cell, SiteKey, capture, columns
+from mechwidgets.actions.interventions.edits import (
+    Cell,
+    SiteKey,
+    columns,
+    metric_reader,
+    score_site,
+    site_port,
+)
 from mechwidgets.actions.interventions.grid import (
     Direction,
     PatchResult,
@@ -31,7 +39,7 @@ from mechwidgets.actions.interventions.grid import (
 )
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
-from mechwidgets.metrics import Prompts, Scorer, widen
+from mechwidgets.metrics import Prompts, Scorer
 
 
 def attribution_moves(
@@ -43,31 +51,64 @@ def attribution_moves(
 ) -> np.ndarray:
     """First-order estimate (cells, n) of each cell's change of the metric, per prompt.
 
-    One forward pass of ``base`` keeps the activations at every site in the graph; one
-    backward pass of the summed metric gives each prompt's gradient (prompts do not
-    interact, so the sum's gradient in row ``i`` is prompt ``i``'s own).
+    One forward pass of ``base`` and, inside the same trace, one backward pass of the
+    summed metric (nnsight's ``with value.backward():``) give each prompt's gradient at
+    every site (prompts do not interact, so the sum's gradient in row ``i`` is prompt
+    ``i``'s own); the products with ``source - base`` are reduced to one number per cell
+    and prompt inside the trace too, so on a remote model only those come back. A site
+    after the one the metric reads has no gradient: its estimates are zero.
     """
-    acts, values = capture(model, base, [c.site for c in cells], [scorer], grad=True)
-    keys = sorted(acts)
-    grads = torch.autograd.grad(values.sum(), [acts[k] for k in keys], allow_unused=True)
-    with torch.no_grad():
-        products = {
-            k: widen(source_acts[k] - acts[k])
-            * widen(torch.zeros_like(acts[k]) if g is None else g)
-            for k, g in zip(keys, grads, strict=True)
-        }
-        n = len(base)
-        rows = torch.arange(n, device=base.read.device)
-        out = torch.empty(len(cells), n, dtype=torch.float64)
-        for index, cell in enumerate(cells):
-            prod = products[cell.site][..., columns(model, cell.component)]
-            if cell.position is None:
-                out[index] = prod.sum((1, 2)).cpu()
-            elif cell.position == READ:
-                out[index] = prod[rows, base.read].sum(-1).cpu()
+    by_site: dict[SiteKey, list[tuple[int, Cell]]] = {}
+    for index, cell in enumerate(cells):
+        by_site.setdefault(cell.site, []).append((index, cell))
+    scored = score_site(model, scorer)
+    read = metric_reader(model, scorer, 1)
+    sites = sorted(k for k in by_site if k <= scored)
+    ports = [(key, *site_port(model, key)) for key in sorted(set(sites) | {scored})]
+    movers = {key: _mover(model, by_site[key], source_acts[key], base) for key in sites}
+    with torch.enable_grad(), model.trace(**base.inputs) as tracer:
+        moved = nnsight.save({})
+        acts = {}
+        for key, envoy, side in ports:
+            x = envoy.input if side == "input" else envoy.output
+            acts[key] = x[0] if isinstance(x, tuple) else x
+        value = read(acts[scored])
+        with value.sum().backward():
+            for key in reversed(sites):  # gradients arrive in reverse forward order
+                moved[key] = movers[key](acts[key], acts[key].grad)
+        tracer.stop()
+    out = np.zeros((len(cells), len(base)))
+    for key in sites:
+        rows = [index for index, _ in by_site[key]]
+        out[rows] = moved[key].double().cpu().numpy()
+    return out
+
+
+def _mover(
+    model: Any, here: list[tuple[int, Cell]], source: torch.Tensor, base: Prompts
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``move(x, grad)``, for inside a trace: (len(here), n) estimates ``(source - x) .
+    grad`` of the cells at one site, summed over each cell's columns and position(s).
+    Closes over tensors and plain values only, so it runs on a remote model too."""
+    parts = [(columns(model, cell.component), cell.position) for _, cell in here]
+    read = base.read.cpu()
+
+    def move(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        wide = torch.promote_types(x.dtype, torch.float32)
+        prod = (source.to(x.device) - x.detach()).to(wide) * grad.to(wide)
+        rows = torch.arange(prod.shape[0], device=prod.device)
+        out = []
+        for cols, position in parts:
+            part = prod[..., cols]
+            if position is None:
+                out.append(part.sum((1, 2)))
+            elif position == "read":
+                out.append(part[rows, read.to(prod.device)].sum(-1))
             else:
-                out[index] = prod[:, cell.position].sum(-1).cpu()
-    return out.numpy()
+                out.append(part[:, position].sum(-1))
+        return torch.stack(out)
+
+    return move
 
 
 def attribution_patch(

@@ -21,7 +21,7 @@ model's adapter accessors, in forward order, as nnsight requires.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,18 +113,20 @@ def score_site(model: Any, scorer: Scorer) -> SiteKey:
     return (model.shape.n_layers, 0, "final_norm")
 
 
-def _tensor(model: Any, site: str, layer: int) -> torch.Tensor:
-    """The activation at a site inside a trace: a projection's input or a module's output."""
+#: where a site's activation is read inside a trace: (envoy, "input" or "output")
+Port = tuple[Any, str]
+
+
+def site_port(model: Any, key: SiteKey) -> Port:
+    """The envoy and side holding a site's activation: a projection's input, the embedding
+    output (block 0's input), or a module's output. Looked up before a trace, so the traced
+    block references envoys only and also runs remotely."""
+    layer, _, site = key
     if site == "embed":
-        return model.embeddings()
+        return model.block(0), "input"
     if site == "final_norm":
-        out = walk(_base(model), model.adapter.final_norm).output
-        return out[0] if isinstance(out, tuple) else out
-    envoy = model.envoy(site, layer)
-    if site.endswith("out_proj"):
-        return envoy.input
-    out = envoy.output
-    return out[0] if isinstance(out, tuple) else out
+        return walk(_base(model), model.adapter.final_norm), "output"
+    return model.envoy(site, layer), "input" if site.endswith("out_proj") else "output"
 
 
 def _base(model: Any) -> Any:
@@ -134,20 +136,35 @@ def _base(model: Any) -> Any:
     return walk(model.nn, prefix)
 
 
-def _score(model: Any, scorer: Scorer, x: torch.Tensor, copies: int) -> torch.Tensor:
-    """Inside a trace: the metric per row from the activation ``x`` at the scorer's site.
+def metric_reader(
+    model: Any, scorer: Scorer, copies: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``read(x)``, for inside a trace: the metric per row from the activation ``x`` at the
+    scorer's site, for ``copies`` stacked copies of the prompts.
 
     Logits are made only at the positions the scorer reads: the output head's own forward
     would run on every position, and the head is a plain function of each position's
     final hidden state, so running it on the few positions read gives the same logits.
+    ``read`` closes over tensors, an envoy and the scorer's own function of tensors only,
+    so nnsight can ship it to a remote model by its source.
     """
-    rows = torch.arange(x.shape[0], device=x.device)[:, None]
-    picked = x[rows, scorer.positions.repeat(copies, 1)]
+    positions = scorer.positions.repeat(copies, 1)
+    score_at = scorer.score_at
+    head = None
+    cols = slice(None)
     if scorer.component is None:
-        head = output_head(model)
-        assert head is not None  # bind() refuses logit metrics on a model without a head
-        return scorer.score_at(head(picked))
-    return scorer.score_at(picked[..., columns(model, scorer.component)])
+        module = output_head(model)
+        assert module is not None  # bind() refuses logit metrics on a model without a head
+        head = model.nn.interleaver.envoys[id(module)]
+    else:
+        cols = columns(model, scorer.component)
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]
+        picked = x[rows, positions.to(x.device)]
+        return score_at(head(picked) if head is not None else picked[..., cols])
+
+    return read
 
 
 def _scored_sites(model: Any, scorers: Sequence[Scorer]) -> dict[SiteKey, list[int]]:
@@ -174,16 +191,21 @@ def capture(
     differentiated with respect to them (attribution patching).
     """
     scored = _scored_sites(model, scorers)
-    wanted = sorted(set(sites) | set(scored))
+    readers = [metric_reader(model, s, 1) for s in scorers]
+    ports = [
+        (key, *site_port(model, key), scored.get(key, []))
+        for key in sorted(set(sites) | set(scored))
+    ]
     n = len(prompts)
-    with torch.set_grad_enabled(grad), model.nn.trace(**prompts.inputs) as tracer:
+    with torch.set_grad_enabled(grad), model.trace(**prompts.inputs) as tracer:
         acts = nnsight.save({})
-        values = nnsight.save([None] * len(scorers))
-        for key in wanted:
-            x = _tensor(model, key[2], key[0])
+        values = nnsight.save([None] * len(readers))
+        for key, envoy, side, metrics in ports:
+            x = envoy.input if side == "input" else envoy.output
+            x = x[0] if isinstance(x, tuple) else x
             acts[key] = x
-            for index in scored.get(key, []):
-                values[index] = _score(model, scorers[index], x, 1)
+            for index in metrics:
+                values[index] = readers[index](x)
         tracer.stop()
     for key in set(acts) - set(sites):
         del acts[key]
@@ -256,32 +278,56 @@ def _run_chunk(
         by_site.setdefault(cell.site, []).append((index, cell))
     read_key = None if readout is None else site_of(LayerComponent("residual", readout))
     scored = _scored_sites(model, scorers)
-    visits = sorted(set(by_site) | set(scored) | ({read_key} if read_key else set()))
-    with torch.no_grad(), model.nn.trace(**inputs) as tracer:
-        out = nnsight.save({"values": [None] * len(scorers)})
-        for key in visits:
-            x = _tensor(model, key[2], key[0])
-            for index, cell in by_site.get(key, []):
-                _edit(x, index * n, cell, sources[key], prompts, columns(model, cell.component))
-            if key == read_key:
-                out["read"] = x[torch.arange(k * n), prompts.read.repeat(k)].float()
-            for index in scored.get(key, []):
-                out["values"][index] = _score(model, scorers[index], x, k)
+    readers = [metric_reader(model, s, k) for s in scorers]
+    read_at = (torch.arange(k * n), prompts.read.repeat(k).cpu())
+    visits = [
+        (
+            *site_port(model, key),
+            [
+                _editor(model, index * n, cell, sources[key], prompts)
+                for index, cell in by_site.get(key, [])
+            ],
+            key == read_key,
+            scored.get(key, []),
+        )
+        for key in sorted(set(by_site) | set(scored) | ({read_key} if read_key else set()))
+    ]
+    with torch.no_grad(), model.trace(**inputs) as tracer:
+        out = nnsight.save({"values": [None] * len(readers)})
+        for envoy, side, edits, is_read, metrics in visits:
+            x = envoy.input if side == "input" else envoy.output
+            x = x[0] if isinstance(x, tuple) else x
+            for edit in edits:
+                edit(x)
+            if is_read:
+                out["read"] = x[read_at[0].to(x.device), read_at[1].to(x.device)].float()
+            for index in metrics:
+                out["values"][index] = readers[index](x)
         tracer.stop()
     values = torch.stack(out["values"]) if scorers else torch.zeros(0, k * n)
     return values, out.get("read")
 
 
-def _edit(
-    x: torch.Tensor, row0: int, cell: Cell, src: torch.Tensor, prompts: Prompts, cols: slice
-) -> None:
-    """In place: rows ``row0 .. row0 + n`` of ``x`` take ``src``'s values at the cell."""
+def _editor(
+    model: Any, row0: int, cell: Cell, src: torch.Tensor, prompts: Prompts
+) -> Callable[[torch.Tensor], None]:
+    """``edit(x)``, for inside a trace: in place, rows ``row0 .. row0 + n`` of ``x`` take
+    ``src``'s values at the cell (its columns, at its position, every position or each
+    prompt's read token). Closes over tensors and plain values only (see :func:`_reader`)."""
     n = src.shape[0]
-    rows = slice(row0, row0 + n)
-    if cell.position is None:
-        x[rows, :, cols] = src[:, :, cols].to(x.dtype)
-    elif cell.position == READ:
-        index = torch.arange(row0, row0 + n, device=x.device)
-        x[index, prompts.read, cols] = src[torch.arange(n), prompts.read, cols].to(x.dtype)
-    else:
-        x[rows, cell.position, cols] = src[:, cell.position, cols].to(x.dtype)
+    cols = columns(model, cell.component)
+    rows = torch.arange(row0, row0 + n)
+    own = torch.arange(n)
+    at: Any = slice(None) if cell.position is None else cell.position
+    if cell.position == READ:
+        at = prompts.read.cpu()
+    # only the edited slice travels with a remote trace, not the whole source activation
+    part = src[
+        own.to(src.device), at if not isinstance(at, torch.Tensor) else at.to(src.device), cols
+    ]
+
+    def edit(x: torch.Tensor) -> None:
+        where = at.to(x.device) if isinstance(at, torch.Tensor) else at
+        x[rows.to(x.device), where, cols] = part.to(device=x.device, dtype=x.dtype)
+
+    return edit

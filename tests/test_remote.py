@@ -1,0 +1,164 @@
+"""Remote models: every action through nnsight's ``remote="local"`` backend, which
+serialises each trace exactly as for NDIF and runs it with this package's modules hidden,
+gives the numbers of a local run; only pooled rows and metric values come back; a cached
+cube is reused with no remote call; a remote model that cannot run fails before any work.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import nnsight
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from nnsight.intervention.backends.local import LocalSimulationBackend
+
+import mechwidgets as mw
+from mechwidgets.actions.interventions.recovery import recovery_test
+from mechwidgets.actions.localize import localize
+from mechwidgets.core.errors import ModelError
+from mechwidgets.models.remote import returned_bytes
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def grammar() -> tuple[mw.Model, mw.Model]:
+    torch.set_num_threads(1)
+    return mw.load_model("toy-grammar"), mw.load_model("toy-grammar", remote="local")
+
+
+@pytest.fixture(scope="module")
+def induction() -> tuple[mw.Model, mw.Model]:
+    return mw.load_model("toy-induction"), mw.load_model("toy-induction", remote="local")
+
+
+@pytest.fixture
+def shipped(monkeypatch: pytest.MonkeyPatch) -> list[list[object]]:
+    """One entry per trace run through the remote backend: the values it saved."""
+    traces: list[list[object]] = []
+    run, save = LocalSimulationBackend.__call__, nnsight.save
+
+    def counted(self: LocalSimulationBackend, tracer: object) -> None:
+        traces.append([])
+        run(self, tracer)
+
+    def recorded(value: object) -> object:
+        if traces:
+            traces[-1].append(value)
+        return save(value)
+
+    monkeypatch.setattr(LocalSimulationBackend, "__call__", counted)
+    monkeypatch.setattr(nnsight, "save", recorded)
+    return traces
+
+
+def same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0
+    for col in a.columns:
+        if a[col].dtype.kind == "f":
+            np.testing.assert_allclose(b[col], a[col], rtol=TOL, atol=TOL, err_msg=col)
+        else:
+            assert a[col].tolist() == b[col].tolist(), col
+
+
+def test_the_backend_hides_this_package_from_traced_code(grammar):
+    """The test backend is faithful: a block that references a mechwidgets object fails as
+    it would on NDIF, so the equalities below are not vacuous."""
+    _, remote = grammar
+    inputs = remote.tokenize(["the dog sleeps"])
+    with pytest.raises(ModuleNotFoundError, match="mechwidgets"), remote.trace(**inputs) as tracer:
+        remote.block(0).output.save()  # `remote` is a Model: unknown to a server
+        tracer.stop()
+
+
+def test_remote_extract_equals_local_and_returns_only_pooled_rows(grammar, shipped):
+    local, remote = grammar
+    task = mw.get_task("subject_number", n=24)
+    kw = dict(selectors=["resid:embed,all", "attn:all", "mlp:all", "head:1.*", "neuron:2.5"])
+    a = mw.extract(local, task, batch_size=8, cache=False, **kw)
+    b = mw.extract(remote, task, batch_size=8, cache=False, **kw)
+    for var in ("act", "neurons"):
+        np.testing.assert_allclose(b[var].values, a[var].values, rtol=TOL, atol=TOL)
+    assert len(shipped) == 3  # one remote trace per batch
+    shape, d = local.shape, local.d_model
+    sites = 1 + 3 * shape.n_layers  # embedding, then resid/attn/mlp per block
+    for start, saved in zip(range(0, 24, 8), shipped, strict=True):
+        seq = local.tokenize(list(task.texts[start : start + 8]))["input_ids"].shape[1]
+        full = (
+            8
+            * seq
+            * 4
+            * (sites * d + shape.n_layers * (shape.n_heads * local.d_head + shape.d_mlp))
+        )
+        pooled = 8 * 4 * (sites * d + shape.n_layers * (shape.n_heads * d + 1))
+        assert returned_bytes(saved) == pooled  # one row per text per site, nothing else
+        assert returned_bytes(saved) / full < 1.5 / seq
+
+
+def test_a_cached_remote_cube_is_reused_with_no_remote_call(grammar, shipped):
+    _, remote = grammar
+    task = mw.get_task("subject_number", n=16)
+    first = mw.extract(remote, task, layers="all", components=["resid"])
+    assert len(shipped) == 1
+    again = mw.extract(remote, task, layers="all", components=["resid"])
+    assert len(shipped) == 1  # the cube cache answered: zero remote calls
+    np.testing.assert_array_equal(again["act"].values, first["act"].values)
+
+
+def test_patching_and_attribution_equal_local_runs(grammar, shipped):
+    local, remote = grammar
+    pairs = mw.get_task_pairs("subject_number", n=40)
+    kw = dict(n=12, components=["resid:0-1", "attn:1", "head:1.*", "mlp:0"], resamples=50)
+    for action in (mw.patch, mw.attribution_patch):
+        same_numbers(
+            action(local, clean=pairs, **kw).table, action(remote, clean=pairs, **kw).table
+        )
+    assert shipped and all(returned_bytes(saved) > 0 for saved in shipped)
+
+
+def test_localize_and_recovery_equal_local_runs(grammar):
+    local, remote = grammar
+    task = mw.get_task("subject_number", n=120)
+    kw = dict(
+        label="subject_number", behavior=mw.metrics.logit_diff(correct="is", wrong="are"),
+        components=["resid", "head:1.*"], top_k=2, n=16, resamples=50,
+        interventions=["zero", "mean", "resample", "patch"],
+    )  # fmt: skip
+    a, b = localize(local, task, **kw), localize(remote, task, **kw)
+    same_numbers(a.impact, b.impact)
+    same_numbers(a.ranking, b.ranking)
+    a = recovery_test(local, task, "subject_number", source_layer=0, resamples=50)
+    b = recovery_test(remote, task, "subject_number", source_layer=0, resamples=50)
+    same_numbers(a.table, b.table)
+
+
+def test_induction_heads_localize_equally_on_toy_induction(induction, shipped):
+    local, remote = induction
+    task = mw.get_task("induction", n=40)
+    kw = dict(components=["head:1.*"], interventions=["mean"], n=12, resamples=50)
+    same_numbers(localize(local, task, **kw).impact, localize(remote, task, **kw).impact)
+    assert shipped  # the remote model's passes went through the remote backend
+
+
+def test_remote_without_credentials_fails_in_one_line_before_any_work(monkeypatch):
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a remote model was built before the credentials were checked")
+
+    monkeypatch.setattr(nnsight, "TransformersModel", no_work)
+    began = time.perf_counter()
+    with pytest.raises(ModelError, match="NDIF_API_KEY") as err:
+        mw.load_model("EleutherAI/pythia-70m", remote=True)
+    assert time.perf_counter() - began < 1.0
+    assert "\n" not in str(err.value)
+    with pytest.raises(ModelError, match="hub models by id"):
+        mw.load_model("toy-grammar", remote=True)
+    with pytest.raises(ModelError, match="not a remote setting"):
+        mw.load_model("toy-grammar", remote="ndif")
+    assert os.environ.get("NDIF_API_KEY") is None
