@@ -300,43 +300,62 @@ def run_batch(
     """One traced forward pass: ``act`` (batch, layer, component, dim) and ``neurons`` rows.
 
     Components are touched in forward order and the pass stops after the deepest block in
-    the plan. Heads are read as the output projection's input and projected afterwards
-    (pooling is linear, so projecting the pooled input equals pooling the projected heads).
+    the plan. Heads are read as the output projection's input, pooled, and projected with
+    the projection's own weight (pooling is linear, so projecting the pooled input equals
+    pooling the projected heads). The block references only envoys, tensors and functions
+    of tensors, so it runs on a remote model too (:mod:`mechwidgets.models.remote`): all
+    slicing and pooling happen inside it, and only the pooled rows come back.
     """
-    want = set(plan.streams)
-    with model.nn.trace(**inputs) as tracer:
+    reads = _reads(model, plan)
+    project = head_projector(model, plan.heads)
+    picked = None if plan.neurons is None else torch.tensor(plan.neurons)
+    with model.trace(**inputs) as tracer:
         saved = nnsight.save({})
-        for layer in plan.layers:
-            if layer == EMBED:
-                saved["resid", EMBED] = pool(model.embeddings())
-                continue
-            if plan.heads:
-                saved["z", layer] = pool(model.attn_out_proj(layer).input)
-            if "attn" in want:
-                saved["attn", layer] = pool(_first(model.attn(layer).output))
-            if plan.neurons is not None:
-                saved["neurons", layer] = pool(model.mlp_out_proj(layer).input)
-            if "mlp" in want:
-                saved["mlp", layer] = pool(_first(model.mlp(layer).output))
-            if "resid" in want:
-                saved["resid", layer] = pool(_first(model.block(layer).output))
+        for key, envoy, port in reads:
+            x = envoy.input if port == "input" else envoy.output
+            x = pool(x[0] if isinstance(x, tuple) else x)
+            if key[0] == "z":
+                x = project(x, envoy.weight)
+            elif key[0] == "neurons":
+                x = x[:, picked.to(x.device)]
+            saved[key] = x
         tracer.stop()
     act = None
     if plan.components:
         act = torch.stack([_layer_rows(model, plan, saved, layer) for layer in plan.layers], 1)
     rows = None
     if plan.neurons is not None:
-        index = torch.tensor(plan.neurons, device=model.device)
         rows = torch.stack(
             [
-                _absent(saved["resid", EMBED], len(index))
+                _absent(saved["resid", EMBED], len(plan.neurons))
                 if layer == EMBED
-                else saved["neurons", layer][:, index]
+                else saved["neurons", layer]
                 for layer in plan.layers
             ],
             1,
         )
     return _numpy(act), _numpy(rows)
+
+
+def _reads(model: Model, plan: Plan) -> list[tuple[tuple[str, int], Any, str]]:
+    """What one pass reads, in forward order: (saved key, envoy, ``input``/``output``)."""
+    want = set(plan.streams)
+    out: list[tuple[tuple[str, int], Any, str]] = []
+    for layer in plan.layers:
+        if layer == EMBED:  # the embedding output is block 0's input
+            out.append((("resid", EMBED), model.block(0), "input"))
+            continue
+        if plan.heads:
+            out.append((("z", layer), model.attn_out_proj(layer), "input"))
+        if "attn" in want:
+            out.append((("attn", layer), model.attn(layer), "output"))
+        if plan.neurons is not None:
+            out.append((("neurons", layer), model.mlp_out_proj(layer), "input"))
+        if "mlp" in want:
+            out.append((("mlp", layer), model.mlp(layer), "output"))
+        if "resid" in want:
+            out.append((("resid", layer), model.block(layer), "output"))
+    return out
 
 
 def _absent(like: torch.Tensor, width: int | None = None) -> torch.Tensor:
@@ -356,7 +375,7 @@ def _layer_rows(
         return torch.stack(parts, 1)
     parts = [saved[s, layer] for s in plan.streams]
     if plan.heads:
-        parts.extend(head_writes(model, layer, saved["z", layer], plan.heads).unbind(1))
+        parts.extend(saved["z", layer].unbind(1))  # projected in the trace
     return torch.stack(parts, 1)
 
 
@@ -374,11 +393,27 @@ def head_writes(model: Model, layer: int, z: torch.Tensor, heads: Sequence[int])
     (..., len(heads), d_model) float32; summed over all heads plus the projection's bias
     this is the attention output.
     """
-    n_heads, d_head = model.shape.n_heads, model.d_head
-    weight = model.out_proj_weight("attn_out_proj", layer).float()
-    per_head = weight.reshape(n_heads, d_head, -1)[list(heads)]
-    z = z.float().reshape(*z.shape[:-1], n_heads, d_head)[..., list(heads), :]
-    return torch.einsum("...hk,hkd->...hd", z, per_head)
+    return head_projector(model, heads)(z, model.module("attn_out_proj", layer).weight)
+
+
+def head_projector(
+    model: Model, heads: Sequence[int]
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``project(z, weight)``: :func:`head_writes` given the projection's stored weight.
+
+    A function of tensors and plain values only, so a remote trace can call it on the
+    server's weight (nnsight ships it by its source).
+    """
+    n_heads, d_head, picked = model.shape.n_heads, model.d_head, list(heads)
+    stored_in_out = model.adapter.out_proj_transposed
+
+    def project(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        weight = weight.float() if stored_in_out else weight.float().T  # (in, out)
+        per_head = weight.reshape(n_heads, d_head, -1)[picked]
+        z = z.float().reshape(*z.shape[:-1], n_heads, d_head)[..., picked, :]
+        return torch.einsum("...hk,hkd->...hd", z, per_head)
+
+    return project
 
 
 def _numpy(x: torch.Tensor | None) -> np.ndarray | None:

@@ -37,6 +37,7 @@ from mechwidgets.models.adapters import (
     config_value,
     walk,
 )
+from mechwidgets.models.remote import check_remote, remote_model, remote_wrapper
 
 #: the component sites a :class:`Model` can reach; each is a path in the adapter table
 Site = Literal["block", "attn", "mlp", "attn_out_proj", "mlp_out_proj"]
@@ -68,6 +69,9 @@ class Model:
     source: str | None = None
     #: each parameter's storage and in-place version when loaded (see ``identity``)
     loaded_state: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)
+    #: where traces run: False here, ``"local"`` nnsight's serialising test backend, True
+    #: NDIF, or a self-hosted NDIF's URL (see :func:`load_model`)
+    remote: bool | str = field(default=False, compare=False)
 
     @cached_property
     def shape(self) -> ModelShape:
@@ -111,7 +115,9 @@ class Model:
         are unedited; edits through ``.data`` bypass those counters, so after such an edit
         of a large model set ``model.source = None``.
         """
-        large = self.source is not None and self.n_params > HASH_LIMIT
+        # a model on NDIF has no local weights (meta tensors): its name and revision key it
+        remote = self.device.type == "meta"
+        large = self.source is not None and (remote or self.n_params > HASH_LIMIT)
         if large and _param_state(self.hf) == self.loaded_state:
             return str(self.source)
         prefix = f"{self.source}+" if self.source else ""
@@ -137,6 +143,18 @@ class Model:
     def dtype(self) -> torch.dtype:
         """The compute dtype of the weights."""
         return next(self.hf.parameters()).dtype
+
+    def trace(self, **inputs: torch.Tensor) -> Any:
+        """An nnsight trace of ``inputs``, run here or shipped as :attr:`remote` says.
+
+        A remote trace's block is serialised and run where the model is, so it may
+        reference only what an NDIF server has: envoys (from :meth:`envoy` and friends,
+        looked up before the block), tensors, plain values, torch, and functions built
+        from those; never a :class:`Model` or another mechwidgets object.
+        """
+        if self.remote:
+            return self.nn.trace(**inputs, remote=self.remote)
+        return self.nn.trace(**inputs)
 
     def module(self, site: Site, layer: int) -> torch.nn.Module:
         """The torch module at ``site`` of block ``layer`` (for hooks and weights)."""
@@ -206,7 +224,8 @@ class Model:
             "attention_mask": mask,
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
         }
-        return {k: v.to(self.device) for k, v in inputs.items()}
+        device = "cpu" if self.device.type == "meta" else self.device  # NDIF: sent from here
+        return {k: v.to(device) for k, v in inputs.items()}
 
     def token_lengths(self, texts: list[str], chunk: int = 512) -> list[int]:
         """Tokens per text, special tokens included; texts over the context raise TaskError.
@@ -272,6 +291,7 @@ def load_model(
     revision: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    remote: bool | str = False,
 ) -> Model:
     """Load a zoo model or HF checkpoint by name, or wrap an already built HF model.
 
@@ -286,6 +306,13 @@ def load_model(
     device, dtype : where and in which precision to run (``float32``, ``float16``,
         ``bfloat16``); by default ``cpu``/``float32`` for a name and unchanged for a module.
 
+    remote : run every trace through nnsight's remote execution: ``True`` on NDIF (an
+        HF hub id; needs ``NDIF_API_KEY``; only the architecture is built here, no
+        weights), a URL (``"https://host"``) on a self-hosted NDIF, or ``"local"``:
+        nnsight's test backend, which serialises each trace exactly as for NDIF and runs
+        it here with this package's modules hidden (the weights load here). See
+        :mod:`mechwidgets.models.remote`.
+
     Returns
     -------
     Model
@@ -296,6 +323,12 @@ def load_model(
     """
     if dtype is not None and dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+    check_remote(name_or_module, remote)
+    if remote and remote != "local":
+        hf, tokenizer, name, revision, source, wrapped = remote_model(
+            name_or_module, remote, revision, dtype
+        )
+        return _wrap(hf, tokenizer, name, revision, source, remote, wrapped)
     if isinstance(name_or_module, torch.nn.Module):
         if tokenizer is None:
             raise ModelError(
@@ -319,7 +352,7 @@ def load_model(
         raise ModelError(
             f"cannot move the model to device '{device}': {_first_line(exc)}"
         ) from None
-    return _wrap(hf.eval(), tokenizer, name, revision, source)
+    return _wrap(hf.eval(), tokenizer, name, revision, source, remote)
 
 
 def _load_named(
@@ -403,7 +436,13 @@ def _without_progress_bar() -> Iterator[None]:
 
 
 def _wrap(
-    hf: torch.nn.Module, tokenizer: Any, name: str, revision: str | None, source: str | None
+    hf: torch.nn.Module,
+    tokenizer: Any,
+    name: str,
+    revision: str | None,
+    source: str | None,
+    remote: bool | str = False,
+    wrapped: Any = None,
 ) -> Model:
     """Wrap the module with nnsight and check that the adapter's sizes fit its weights."""
     if tokenizer.pad_token is None:
@@ -417,8 +456,11 @@ def _wrap(
         # nnsight renames BERT's ``output`` submodules and says so; envoy() looks modules up
         # by identity, so the renaming is harmless here.
         warnings.filterwarnings("ignore", message=".*nnsight already serves", category=UserWarning)
-        wrapped = nnsight.NNsight(hf)
-    model = Model(wrapped, hf, adapter, tokenizer, name, revision, source, _param_state(hf))
+        if wrapped is None:
+            wrapped = remote_wrapper(hf, tokenizer) if remote else nnsight.NNsight(hf)
+    model = Model(
+        wrapped, hf, adapter, tokenizer, name, revision, source, _param_state(hf), remote=remote
+    )
     heads = model.out_proj_weight("attn_out_proj", 0).shape[0]
     if heads != model.shape.n_heads * model.d_head:
         raise ModelError(
