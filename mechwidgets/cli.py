@@ -2,8 +2,10 @@
 
 A subcommand is a name, a help line, a function that adds its arguments and a function
 that runs it; :func:`register_command` adds one, so ``run`` and ``demo`` plug in beside
-``cache`` without touching :func:`main`. Bad input (any ``MechError``) prints one line,
-``mechinterp: error: ...``, and exits with status 2, never a traceback.
+``cache`` without touching :func:`main`. Bad input (any ``MechError``, or a usage
+mistake, with a guess for a mistyped option) prints one line, ``mechinterp: error: ...``,
+and exits with status 2, never a traceback; a bug prints one ``internal error`` line and
+exits with status 1 (``MECHWIDGETS_TRACEBACK=1`` shows its traceback).
 
 .. code-block:: bash
 

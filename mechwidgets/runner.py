@@ -5,6 +5,12 @@ through :func:`run_spec`, so one config gives the same numbers wherever it is ru
 bundle's ``artifacts.json`` is itself a config: :func:`run_bundle` re-runs it, and
 :func:`metrics_difference` says whether the numbers came out the same.
 
+Nothing expensive runs on bad input: the RunSpec is checked whole when parsed; then, before
+the model loads, the output folder (``~`` expanded) and the cache folder must take files,
+a re-run's ``metrics.json`` must be readable, and the probes' draws must fit in memory
+(:mod:`mechwidgets.core.budget`, again with the model's width before extraction); texts
+the model cannot see are refused when extraction starts, before any forward pass.
+
 >>> result = run_spec("configs/feature_detection_toy.yaml")
 >>> again = run_bundle("runs/feature_detection_toy", output_dir="runs/again")
 >>> metrics_difference(again, "runs/feature_detection_toy")
@@ -29,7 +35,9 @@ import torch
 from mechwidgets.actions.base import ActionResult, RunContext, run_action
 from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import SpecError
-from mechwidgets.core.specs import DatasetSpec, RunSpec
+from mechwidgets.core.registry import Needs, action_needs
+from mechwidgets.core.specs import DatasetSpec, ExtractionSpec, RunSpec
+from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.positions import position_key
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract.cache import cache_dir
@@ -113,6 +121,29 @@ def resolve_task(dataset: DatasetSpec) -> Task:
     return get_task(dataset.name, n=dataset.n, seed=dataset.seed)
 
 
+def resolve_pairs(dataset: DatasetSpec) -> PromptPairs:
+    """The clean/corrupt prompt pairs a DatasetSpec names (a built-in task with pairs)."""
+    from mechwidgets.data.catalog import get_task_pairs
+
+    if Path(dataset.name).suffix in DATA_SUFFIXES:
+        raise SpecError(
+            f"this action patches prompt pairs, which a data file does not give; use the "
+            f"built-in pairs (dataset name subject_number) or call it from Python with "
+            f"clean= and corrupt= ({dataset.name})"
+        )
+    return get_task_pairs(dataset.name, n=dataset.n, seed=dataset.seed)
+
+
+def extraction_for(ex: ExtractionSpec, needs: Needs) -> ExtractionSpec:
+    """The config's extraction widened to what the action reads (heads, neurons), so the
+    runner's one cube serves the action and it extracts nothing itself."""
+    have = {str(s).partition(":")[0] for s in ex.selectors}
+    extra = [f"{c}:all" for c in needs.components if c not in have]
+    return ex.model_copy(
+        update={"selectors": [*ex.selectors, *extra], "neurons": ex.neurons or needs.neurons}
+    )
+
+
 def run_spec(
     source: RunSpec | dict[str, Any] | str | Path,
     output_dir: str | Path | None = None,
@@ -136,17 +167,19 @@ def run_spec(
     from mechwidgets.models.loading import load_model
 
     spec = load_spec(source)
+    needs = action_needs(spec.action.name, spec.action.params)  # refuses bad params first
     out = output_dir if output_dir is not None else spec.output_dir
     if out is not None:  # checked before the work, not after it
         out = output_folder(out, spec.action.name)
         spec = spec.model_copy(update={"output_dir": str(out)})
-    ex = spec.extraction
-    if ex.cache:
+    ex = extraction_for(spec.extraction, needs)
+    if ex.cache and needs.cube:
         check_writable(cache_dir(), "the activation cache", "set MECHWIDGETS_CACHE")
     timings: dict[str, float] = {}
     torch.manual_seed(spec.seed)  # actions seed their own draws; this covers any torch RNG use
     with _timed(timings, "task", progress):
-        task = resolve_task(spec.dataset)
+        pairs = resolve_pairs(spec.dataset) if needs.pairs else None
+        task = resolve_task(spec.dataset) if pairs is None else pairs.to_task()
         others = [resolve_task(d) for d in spec.tasks]  # compare across tasks
     check_budget(spec, task)
     with _timed(timings, "model", progress):
@@ -164,13 +197,13 @@ def run_spec(
                 neurons=ex.neurons,
                 unseen=ex.unseen,
             )
-            for t in [task, *others]
+            for t in ([task, *others] if needs.cube else [])
         ]
-    cube = cubes[0]
+    cube = cubes[0] if cubes else None
     context = RunContext(
         cube=cubes if others else cube,
         model=model,
-        task=task,
+        task=task if pairs is None else pairs,
         params=dict(spec.action.params),
         controls=None if spec.controls is None else [c.name for c in spec.controls],
         seed=spec.seed,
@@ -181,7 +214,7 @@ def run_spec(
     result.timings = {**result.timings, **timings}
     result.activations = {
         **result.activations,
-        **activations_index(cube),
+        **(activations_index(cube) if cube is not None else {}),
         "task": {"name": task.name, "n": len(task), "data_hash": task_hash(task)},
     }
     if others:

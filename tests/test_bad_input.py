@@ -207,7 +207,11 @@ def outcome(case: Case, ctx: Context) -> Outcome:
         lines = err.strip().splitlines()
         ok = len(lines) == 1 and lines[0].startswith("mechinterp") and "internal" not in err
         return Outcome("one-line" if ok else "traceback", err.strip(), seconds)
-    return Outcome("silent", repr(value)[:200], seconds)
+    try:  # a result whose display raises is a traceback too (the user sees one)
+        shown = repr(value)
+    except Exception as exc:
+        return Outcome("traceback", f"display: {type(exc).__name__}: {exc}", seconds)
+    return Outcome("silent", shown[:200], seconds)
 
 
 def _one_line(message: str, start: float, right_kind: bool) -> Outcome:
