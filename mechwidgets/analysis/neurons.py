@@ -172,12 +172,15 @@ class RankTest:
     labels: np.ndarray
 
     def shuffled(self, orders: np.ndarray) -> np.ndarray:
-        """z-scores of the same statistics for shuffled labels (:func:`shuffled_loading_z`)."""
-        return np.where(
-            self.mid,
-            shuffled_loading_z(self.tied, self.labels, orders),
-            shuffled_loading_z(self.broken, self.labels, orders),
-        )
+        """z-scores of the same statistics for shuffled labels (:func:`shuffled_loading_z`),
+        each neuron's null computed only from the scores its tests use."""
+        out = np.full((orders.shape[1], *self.mid.shape), np.nan, np.float32)
+        for scores, use in ((self.tied, self.mid), (self.broken, ~self.mid)):
+            cols = use.any(axis=0)
+            if cols.any():
+                null = shuffled_loading_z(scores[:, cols], self.labels, orders)
+                out[:, :, cols] = np.where(use[:, cols], null, out[:, :, cols])
+        return out
 
 
 def rank_test(
@@ -198,13 +201,16 @@ def rank_test(
     """
     n = len(acts)
     ys = normal_scores(labels)
-    tied, broken = normal_scores(acts), normal_scores(acts, rng)
+    tied = normal_scores(acts)
     y, gram_inv = _labels(ys, names)
     contrast, _ = _standardise(y @ gram_inv)  # (n, features): what each loading sums over
     a, _ = _standardise(tied)
     skew = np.outer((contrast**3).mean(axis=0), (a**3).mean(axis=0)) / np.sqrt(n)
     kurt = np.outer((contrast**4).mean(axis=0) - 3, (a**4).mean(axis=0) - 3) / n
     mid = (np.abs(skew) <= _MAX_SKEW) & (kurt <= _MAX_KURTOSIS)
+    broken = tied.copy()  # ties broken only in the neurons that need it (a sort each)
+    need = (~mid).any(axis=0)
+    broken[:, need] = normal_scores(np.asarray(acts)[:, need], rng)
     z = np.where(
         mid,
         loading_z(feature_loadings(tied, ys, names), n),
