@@ -29,7 +29,13 @@ def test_display_reads_verdict_then_chart_then_tables(result):
     verdict, chart, tables = display_parts(result)
     assert verdict._repr_mimebundle_()["text/plain"] == result.verdict()
     assert result.verdict() in html.unescape(verdict._repr_mimebundle_()["text/html"])
-    assert isinstance(chart, ChartView) and chart.spec == result.chart().to_dict()
+    assert isinstance(chart, ChartView)
+    # the chart as res.chart() draws it, under a reader's title
+    titled = result.chart().properties(
+        title="Probe score per layer, with controls and 95% intervals"
+    )
+    assert chart.spec == titled.to_dict()
+    assert repr(chart) == "ChartView('Probe score per layer, with controls and 95% intervals')"
     page = tables._repr_mimebundle_()["text/html"]
     assert page.index("<table") < page.index("<details>")  # compact first, full table after
 
@@ -136,7 +142,8 @@ def test_report_leads_with_title_verdict_and_methods_and_ends_with_provenance(re
 
 
 def test_chart_keys_read_as_titles():
-    from mechwidgets.report.html import chart_title, run_title
+    from mechwidgets.report.html import run_title
+    from mechwidgets.viz.findings import chart_title
 
     assert chart_title("cka_resid", "collapse") == ("Layer-to-layer similarity (CKA), resid stream")
     assert chart_title("main", "compare") == "Layer curves per label: onset and peak"

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import vl_convert
 
-from mechwidgets.viz.findings import tables_html
+from mechwidgets.viz.findings import chart_title, tables_html
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
@@ -35,19 +35,6 @@ text-align:right}th{background:#f6f6f6}.mw-note{color:#666;font-size:.9em}
 .summary td,.summary th{text-align:left}pre{background:#f6f6f6;padding:.8em;overflow:auto;
 font-size:.8em}.chart{margin:.5em 0 1em}details{margin:.6em 0}summary{cursor:pointer}
 """
-#: chart key -> human title; ``cka_<component>`` and unknown keys are spelled out
-CHART_TITLES = {
-    "detect": "Probe score per layer, with controls and 95% intervals",
-    "compare": "Layer curves per label: onset and peak",
-    "collapse": "Decodability per layer, with controls",
-    "localize": "Drop in behaviour when each site is ablated",
-    "polysemantic": "Loadings of the flagged neurons on each feature",
-    "heads": "Drop in behaviour when each head is ablated",
-    "probe": "Probe accuracy per site",
-    "auroc": "AUROC of each flagged neuron per feature",
-    "recovery": "Recovery by patching",
-    "agreement": "Attribution patching against activation patching",
-}
 _CONTROL_WORDS = {
     "label_shuffle": "a label-shuffled probe",
     "random_subspace": "a probe on a random subspace of equal size",
@@ -138,15 +125,6 @@ def run_title(artifacts: dict[str, Any]) -> str:
     if task:
         text += f", task {task}"
     return text
-
-
-def chart_title(name: str, action: str) -> str:
-    """A chart key (``main``, ``cka_resid``, ``heads``) as a human title."""
-    if name == "main":
-        return CHART_TITLES.get(action, f"{action} result")
-    if name.startswith("cka_"):
-        return f"Layer-to-layer similarity (CKA), {name.removeprefix('cka_')} stream"
-    return CHART_TITLES.get(name, name.replace("_", " ").capitalize())
 
 
 def methods_text(action: str, artifacts: dict[str, Any], summary: dict[str, Any]) -> str:

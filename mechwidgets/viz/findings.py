@@ -22,6 +22,19 @@ SHOWN_ROWS = 12
 #: rows of the full table written into the collapsed details (beyond: use ``res.table``)
 DETAIL_ROWS = 500
 
+#: chart key -> human title; ``cka_<component>`` and unknown keys are spelled out
+CHART_TITLES = {
+    "detect": "Probe score per layer, with controls and 95% intervals",
+    "compare": "Layer curves per label: onset and peak",
+    "collapse": "Decodability per layer, with controls",
+    "localize": "Drop in behaviour when each site is ablated",
+    "polysemantic": "Loadings of the flagged neurons on each feature",
+    "heads": "Drop in behaviour when each head is ablated",
+    "probe": "Probe accuracy per site",
+    "auroc": "AUROC of each flagged neuron per feature",
+    "recovery": "Recovery by patching",
+    "agreement": "Attribution patching against activation patching",
+}
 _STYLE = (
     "<style>.mw-verdict{font-size:1.05em;font-weight:600;margin:.3em 0 .5em;padding:.4em .7em;"
     "border-left:4px solid #1f5fa8;background:rgba(31,95,168,.08)}"
@@ -61,6 +74,15 @@ def tables_text(table: pd.DataFrame, shown: int = SHOWN_ROWS) -> str:
     return body + (f"\nshowing {k} of {n} — res.table has all" if k < n else "")
 
 
+def chart_title(name: str, action: str) -> str:
+    """A chart key (``main``, ``cka_resid``, ``heads``) as a human title."""
+    if name == "main":
+        return CHART_TITLES.get(action, f"{action} result")
+    if name.startswith("cka_"):
+        return f"Layer-to-layer similarity (CKA), {name.removeprefix('cka_')} stream"
+    return CHART_TITLES.get(name, name.replace("_", " ").capitalize())
+
+
 def display_parts(result: Any) -> list[Any]:
     """The rich display's outputs in reading order: verdict, chart (or why not), tables."""
     from mechwidgets.viz.chart_widget import ChartView
@@ -68,7 +90,10 @@ def display_parts(result: Any) -> list[Any]:
     verdict = result.verdict()
     parts: list[Any] = [_Bundle({"text/plain": verdict, "text/html": verdict_html(verdict)})]
     try:
-        parts.append(ChartView(result.chart()))
+        chart = result.chart()
+        if not chart.to_dict().get("title"):  # a reader's title, not none
+            chart = chart.properties(title=chart_title("main", result.action))
+        parts.append(ChartView(chart))
     except Exception as exc:  # a broken chart must show, not hide, its error
         why = f"chart failed: {type(exc).__name__}: {exc}"
         parts.append(_Bundle({"text/plain": why, "text/html": _error_html(why)}))
