@@ -114,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--n", type=int, default=600)
+    parser.add_argument("--methods", default="before,after", help="which tests to run")
     args = parser.parse_args()
     print(
         f"null: {args.reps} replicates x {N_NEURONS} neurons x {N_FEATURES} features, "
@@ -130,7 +131,7 @@ def main() -> None:
         ("lognormal", "lognormal"),
         ("rare binary", "sparse relu"),
     ):
-        for method in ("before", "after"):
+        for method in args.methods.split(","):
             t = time.time()
             s = null_design(feat, act, args.reps, args.n, method)
             print(
@@ -140,13 +141,16 @@ def main() -> None:
                 f"<!-- {time.time() - t:.0f}s -->",
                 flush=True,
             )
-    reps = max(4, args.reps // 10)
+    reps = max(4, args.reps // 5)
     print(f"\npower: share of 32 planted two-feature neurons flagged, {reps} replicates")
-    print("| activations | weight | before | after |")
-    print("|---|---|---|---|")
-    for act, weight in (("relu", 0.15), ("relu", 0.25), ("sparse relu", 0.3), ("lognormal", 0.15)):
-        b, a = (power_design(act, weight, reps, args.n, m) for m in ("before", "after"))
-        print(f"| {act} | {weight} | {b:.3f} | {a:.3f} |", flush=True)
+    print("| activations | weight | " + " | ".join(args.methods.split(",")) + " |")
+    print("|---|---|" + "---|" * len(args.methods.split(",")))
+    for act, weight in (
+        ("relu", 0.3), ("relu", 0.4), ("gaussian", 0.3), ("lognormal", 0.3),
+        ("sparse relu", 0.5), ("sparse relu", 0.8),
+    ):  # fmt: skip
+        shares = [power_design(act, weight, reps, args.n, m) for m in args.methods.split(",")]
+        print(f"| {act} | {weight} | " + " | ".join(f"{v:.3f}" for v in shares) + " |", flush=True)
 
 
 if __name__ == "__main__":

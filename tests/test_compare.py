@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -183,6 +185,9 @@ def test_compare_across_tasks_from_a_config_and_the_magic():
         "extraction: {model_name: toy-grammar}\n"
     )
     assert nested.tasks[0].n == 500 and RunSpec.from_dict(nested.to_dict()) == nested
+    root = Path(__file__).resolve().parents[1]
+    shipped = RunSpec.from_yaml(root / "configs" / "feature_comparison_across_tasks_toy.yaml")
+    assert [t.name for t in shipped.tasks] == ["sentiment"]
     with pytest.raises(SpecError, match="'tasks' .* is for compare across tasks, not detect"):
         RunSpec.from_dict({"action": "detect", "model": "toy-grammar", "task": "a,b"})
     # what the runner hands the action for such a spec: one cube per task
