@@ -42,6 +42,13 @@ class RunContext:
     seed: int = 0
     spec: dict[str, Any] | None = None
 
+    def selectors(self) -> list[str] | None:
+        """The extraction selectors of the RunSpec this run came from, or None. A config's
+        ``components``/``layers`` are written into them, so actions that take components
+        (localize, patch) read them here."""
+        selectors = ((self.spec or {}).get("extraction") or {}).get("selectors")
+        return None if selectors is None else list(selectors)
+
 
 class ResultAction:
     """Base of the built-in actions: ``summarize`` is the result's own ``summary()``."""
@@ -137,11 +144,12 @@ class ActionResult:
         """Every chart of this result by name; the bundle saves each one."""
         return {"main": self.chart()}
 
-    def to_bundle(self, path: str | Path) -> Path:
-        """Write the reproducible artifact bundle to ``path`` and return it."""
+    def to_bundle(self, path: str | Path) -> Path | str:
+        """Write the reproducible artifact bundle to ``path`` (a folder or an fsspec URL such
+        as ``s3://bucket/run``) and return it."""
         from mechwidgets.report.bundle import write_bundle
 
-        return write_bundle(self, Path(path))
+        return write_bundle(self, path)
 
     def __repr__(self) -> str:
         from mechwidgets.viz.findings import tables_text

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -55,6 +55,9 @@ DIMS = {ACT: ("sample", "layer", "component", "dim"), NEURONS: ("sample", "layer
 #: the netCDF variable holding a data variable's block checksums (dropped on open)
 CHECKSUMS = {name: f"{name}_crc32" for name in DIMS}
 BLOCK = "crc_block"
+#: attrs that describe how a file stores the cube, dropped on open (the same cube in netCDF
+#: and in Zarr has checksum blocks of different sizes)
+STORAGE_ATTRS = ("checksum_rows",)
 #: the per-sample variable naming each sample's independent unit (``Task.groups``)
 GROUP = "group"
 #: names a label may not take: they are the cube's own variables and coordinates
@@ -107,16 +110,18 @@ class CubeLayout:
     @property
     def block_rows(self) -> int:
         """Samples per checksummed block (and per dask chunk): about ``CHUNK_BYTES``."""
-        return _block_rows(self.shapes().values(), self.n_samples)
+        return rows_per_block(self.shapes().values(), self.n_samples)
 
 
-def _block_rows(shapes: Any, n_samples: int) -> int:
+def rows_per_block(shapes: Any, n_samples: int) -> int:
     width = max(1, sum(4 * int(np.prod(shape[1:])) for shape in shapes))
     return max(1, min(n_samples, CHUNK_BYTES // width))
 
 
 def encode_attr(value: Any) -> str | int | float:
     """A netCDF-safe attribute: numbers and strings pass, the rest becomes JSON."""
+    if isinstance(value, np.generic):  # as read back from a file
+        value = value.item()
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return value
     return json.dumps(value, sort_keys=True)
@@ -175,6 +180,11 @@ class CubeWriter:
             var.setncattr("coordinates", " ".join(per_sample))  # xarray reads these as coords
             self._vars[name] = var
             self._crcs[name] = np.zeros((n_blocks, *shape[1:-1]), np.uint32)
+
+    def batches(self, rows: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of each batch of ``rows`` samples still to write, in order."""
+        for start in range(self._next, self._layout.n_samples, rows):
+            yield start, min(start + rows, self._layout.n_samples)
 
     def write(self, start: int, act: np.ndarray | None, neurons: np.ndarray | None = None) -> None:
         """Write rows ``start : start + len(batch)`` of each variable, the next rows in order."""
@@ -251,16 +261,24 @@ def _write_column(f: netCDF4.Dataset, name: str, dim: str, values: Any, chunk: i
 
 
 def open_cube(
-    path: str | Path, layout: CubeLayout | None = None, on_corrupt: OnCorrupt | None = None
+    path: str | Path,
+    layout: CubeLayout | None = None,
+    on_corrupt: OnCorrupt | None = None,
+    verified: bool = False,
 ) -> xr.Dataset:
     """Open a finished cube lazily, checking it is complete, intact and of ``layout``'s shape.
 
     Parameters
     ----------
-    path : the cube file.
+    path : the cube file, or a Zarr cube (a ``.zarr`` path or any fsspec URL, opened by
+        :func:`mechwidgets.extract.store.open_store`).
     layout : the shape it must have; None checks only the cube contract.
     on_corrupt : called before the CubeError when a block of a cube too large to verify on
         open fails its checksum as it is read (the cache moves such a file aside).
+    verified : the caller vouches that the file's blocks match their checksums (it wrote
+        them, or checked this very file before: see ``mechwidgets.extract.cache``), so a
+        cube of up to ``VERIFY_ON_OPEN_BYTES`` is not read whole again; larger cubes are
+        still checked block by block as read.
 
     Raises
     ------
@@ -268,6 +286,10 @@ def open_cube(
         When the file cannot be read, was never finished, is of another format version,
         has another shape, or its data differ from what was written: one line saying which.
     """
+    if is_zarr(path):
+        from mechwidgets.extract.store import open_store
+
+        return open_store(path, layout)
     path = Path(path)
     try:
         ds = xr.open_dataset(path, engine="netcdf4")
@@ -277,11 +299,11 @@ def open_cube(
         problem = _problem(ds, layout)
         names = [v for v in DIMS if v in ds.data_vars]
         crcs = {} if problem else {v: ds[CHECKSUMS[v]].values for v in names}
-        rows = _block_rows([ds[v].shape for v in names], ds.sizes.get("sample", 1))
+        rows = rows_per_block([ds[v].shape for v in names], ds.sizes.get("sample", 1))
         if not problem and int(ds.attrs.get("checksum_rows", -1)) != rows:
             problem = f"has checksum blocks of {ds.attrs.get('checksum_rows')} rows, not {rows}"
         size = sum(ds[v].nbytes for v in names)
-        if not problem and size <= VERIFY_ON_OPEN_BYTES:
+        if not problem and size <= VERIFY_ON_OPEN_BYTES and not verified:
             problem = _verify_file(path, crcs, rows)
     except BaseException:
         ds.close()
@@ -290,17 +312,31 @@ def open_cube(
         ds.close()
         raise CubeError(f"cube file {path} {problem}")
     ds_data = ds.drop_vars([CHECKSUMS[v] for v in crcs])
+    ds_data.attrs = {k: v for k, v in ds.attrs.items() if k not in STORAGE_ATTRS}
+    # dask names chunks by a token; by default it pickles every lazily indexed variable to
+    # make one (a third of opening a small cube). The file's identity names the data as well.
+    stat = path.stat()
+    token = f"{path.resolve()}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
     if size <= VERIFY_ON_OPEN_BYTES:
-        cube = ds_data.chunk({"sample": rows})
+        cube = ds_data.chunk({"sample": rows}, token=token)
     else:  # one dask chunk per checksummed block, checked as it is read
         per_block = {"sample": rows, "layer": 1, "component": 1, "dim": -1, "neuron": -1}
-        cube = ds_data.chunk({d: n for d, n in per_block.items() if d in ds_data.dims})
+        cube = ds_data.chunk({d: n for d, n in per_block.items() if d in ds_data.dims}, token=token)
         for name, expected in crcs.items():
-            check = partial(_checked, expected=expected, where=(path, name, on_corrupt))
+            check = partial(
+                checked_blocks, expected=expected, rows=rows, chunk_rows=rows,
+                where=(path, name, on_corrupt),
+            )  # fmt: skip
             data = cube[name].data.map_blocks(check, dtype=np.float32, meta=np.array((), "f4"))
             cube[name] = cube[name].copy(data=data)
     cube.set_close(ds.close)  # chunk() drops the file handle's closer; keep cube.close() working
     return cube
+
+
+def is_zarr(target: str | Path) -> bool:
+    """Whether ``target`` names a Zarr cube: a URL (``scheme://``) or a ``.zarr`` path."""
+    text = str(target)
+    return "://" in text or text.rstrip("/").endswith(".zarr")
 
 
 def _verify_file(path: Path, crcs: dict[str, np.ndarray], rows: int) -> str | None:
@@ -312,28 +348,36 @@ def _verify_file(path: Path, crcs: dict[str, np.ndarray], rows: int) -> str | No
             for block in range(len(expected)):
                 found = block_crcs(var[block * rows : (block + 1) * rows])
                 if not np.array_equal(found, expected[block]):
-                    return _mismatch(name, block, rows)
+                    return mismatch(name, block, rows)
     return None
 
 
-def _checked(
+def checked_blocks(
     block: np.ndarray,
     expected: np.ndarray,
-    where: tuple[Path, str, OnCorrupt | None],
+    rows: int,
+    chunk_rows: int,
+    where: tuple[Any, str, OnCorrupt | None],
     block_id: tuple[int, ...] = (),
 ) -> np.ndarray:
-    """``block`` itself once its checksum matches; a one-line CubeError otherwise."""
-    path, name, on_corrupt = where
-    want = expected[(block_id[0], *(slice(i, i + 1) for i in block_id[1:-1]))]
-    if not np.array_equal(block_crcs(block), want):
-        message = f"cube file {path} {_mismatch(name, block_id[0], len(block))}"
-        if on_corrupt is not None:
-            on_corrupt(path, message)
-        raise CubeError(message)
+    """``block`` (a dask chunk of ``chunk_rows`` samples, a multiple of ``rows``) itself once
+    each of its checksummed blocks of ``rows`` samples matches; a one-line CubeError otherwise."""
+    source, name, on_corrupt = where
+    first = block_id[0] * chunk_rows // rows
+    middle = tuple(slice(i, i + 1) for i in block_id[1:-1])
+    for k in range(0, len(block), rows):
+        want = expected[(first + k // rows, *middle)]
+        if not np.array_equal(block_crcs(block[k : k + rows]), want):
+            label = f"cube file {source}" if isinstance(source, Path) else f"store {source}"
+            message = f"{label} {mismatch(name, first + k // rows, rows)}"
+            if on_corrupt is not None:
+                on_corrupt(source, message)
+            raise CubeError(message)
     return block
 
 
-def _mismatch(name: str, block: int, rows: int) -> str:
+def mismatch(name: str, block: int, rows: int) -> str:
+    """How a block that fails its checksum is reported."""
     return (
         f"fails its checksum ('{name}', samples from {block * rows}): its data changed "
         "after it was written"
@@ -344,6 +388,11 @@ def _problem(ds: xr.Dataset, layout: CubeLayout | None) -> str | None:
     """What is wrong with an opened cube file's header, or None."""
     if ds.attrs.get("complete") != 1:
         return "was not finished (no completion marker)"
+    return check_header(ds, layout)
+
+
+def check_header(ds: xr.Dataset, layout: CubeLayout | None) -> str | None:
+    """What is wrong with a stored cube's format, contract, checksums or shape, or None."""
     if ds.attrs.get("format_version") != FORMAT_VERSION:
         return f"has format version {ds.attrs.get('format_version')}, not {FORMAT_VERSION}"
     problem = _contract_problem(ds)

@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import nnsight
@@ -48,7 +49,6 @@ from mechwidgets.extract.cube import (
     GROUP,
     RESERVED,
     CubeLayout,
-    CubeWriter,
     open_cube,
 )
 from mechwidgets.extract.unseen import Unseen, visible
@@ -161,6 +161,7 @@ def extract(
     padding_side: Literal["left", "right"] | None = None,
     progress: bool | None = None,
     unseen: Unseen = "error",
+    store: str | Path | None = None,
 ) -> xr.Dataset:
     """Run the model over texts and return the activation cube (lazy, on disk).
 
@@ -191,6 +192,11 @@ def extract(
         ``<unk>`` token): ``"error"`` (default) raises before any forward pass;
         ``"exclude"`` leaves them out and records how many in the cube's
         ``unseen_excluded`` attribute (see :mod:`mechwidgets.extract.unseen`).
+    store : write the cube as a Zarr v3 store at this ``.zarr`` path or fsspec URL
+        (``s3://bucket/cube.zarr``; credentials from the environment) instead of the cache
+        folder: one chunk per batch, resumable (the same call after an interruption
+        computes only the batches not yet committed), shareable by concurrent writers (see
+        :mod:`mechwidgets.extract.store`).
 
     Returns
     -------
@@ -222,27 +228,28 @@ def extract(
     key = cache_store.cache_key(request)
     # The key's lock is held from the lookup until the cube is open: a second process
     # asking for it waits and then reads it, and `cache clear` leaves it alone.
-    with cache_store.claim(key) if cache else nullcontext():
-        cube = cache_store.load(key, layout) if cache else None
+    cached = cache and store is None
+    with cache_store.claim(key) if cached else nullcontext():
+        cube = cache_store.load(key, layout) if cached else None
         if cube is None:
-            path = cache_store.cache_path(key) if cache else cache_store.scratch_dir() / f"{key}.nc"
+            path = store if store is not None else cache_store.cache_path(key)
+            path = path if cache or store is not None else cache_store.scratch_dir() / f"{key}.nc"
             attrs = {**_attrs(model, key, policy, plan), "request": request}
             reads = _read_tokens(model, texts, specs)
             if specs is not None:
                 per_sample = {**per_sample, "position": reads.index, "token": reads.token}
-            with (
-                cache_store.writing(path) as tmp,
-                CubeWriter(tmp, layout, per_sample, attrs) as out,
-            ):
-                starts = range(0, len(texts), batch_size)
-                show = progress if progress is not None else len(starts) > PROGRESS_MIN_BATCHES
-                for start in tqdm(starts, desc="extract", unit="batch", disable=not show):
-                    stop = start + batch_size
+            with cache_store.cube_writer(path, layout, per_sample, attrs, batch_size) as out:
+                n_batches = -(-len(texts) // batch_size)
+                show = progress if progress is not None else n_batches > PROGRESS_MIN_BATCHES
+                batches = out.batches(batch_size)
+                for start, stop in tqdm(batches, desc="extract", unit="batch", disable=not show):
                     inputs = model.tokenize(texts[start:stop], padding_side=padding_side)
                     index = None if specs is None else reads.index[start:stop]
                     pool = _pooler(inputs["attention_mask"], index)
                     out.write(start, *run_batch(model, plan, inputs, pool))
-            cube = open_cube(path, layout)
+            # A file this call wrote is not read back to verify it: its checksums are of
+            # the very buffers it wrote (a Zarr store, maybe shared, is checked as it opens).
+            cube = open_cube(path, layout, verified=store is None)
     # Labels and splits are not in the cache key: the same texts relabelled reuse the
     # activations, and the cube carries the labels of this call, not of the cached file.
     # The read tokens are a function of the key, so the file's own are kept.

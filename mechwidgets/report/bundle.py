@@ -11,7 +11,12 @@
 - ``report.html``: one self-contained page (Vega inlined) that renders offline.
 
 The folder is built beside the target and renamed into place, so a failure never leaves a
-half bundle. Nothing a user wrote is deleted: an existing folder is replaced only when it
+half bundle. ``path`` may also be any fsspec URL (``s3://bucket/runs/demo``; credentials
+from the environment, never written into the bundle): the bundle is built in a local
+temporary folder and uploaded with ``artifacts.json`` last (and, on replacement, removed
+first), so a reader never takes a half-uploaded bundle for a whole one.
+
+Nothing a user wrote is deleted: an existing folder is replaced only when it
 holds exactly a bundle of the same action (anything else is a one-line error offering a
 free name). Writers of one folder take turns (a lock beside it), and what a killed writer
 left (a half-built ``.NAME.tmp-*`` folder, or the previous bundle in ``.NAME.old-*`` when
@@ -22,6 +27,7 @@ next write or read of that folder.
 PosixPath('runs/demo')
 >>> read_artifacts("runs/demo")["spec"]["action"]["name"]
 'detect'
+>>> write_bundle(result, "s3://bucket/runs/demo")  # AWS_* variables give the credentials
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -41,6 +48,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pandas as pd
 import vl_convert
@@ -48,6 +56,7 @@ import xarray as xr
 
 from mechwidgets.core import locks
 from mechwidgets.core.errors import MechError
+from mechwidgets.extract.store import redact
 
 log = logging.getLogger("mechwidgets")
 
@@ -78,14 +87,14 @@ class BundleError(MechError, ValueError):
     """A bundle cannot be written to, or read from, the given path."""
 
 
-def write_bundle(result: Any, path: str | Path) -> Path:
+def write_bundle(result: Any, path: str | Path) -> Path | str:
     """Write ``result`` (an ``ActionResult``) as a bundle folder at ``path``, atomically.
 
     Parameters
     ----------
     result : the action result to save.
-    path : the bundle folder (``~`` is expanded); it must not exist, be empty, or hold
-        exactly a bundle of the same action, which is then replaced.
+    path : the bundle folder (``~`` is expanded) or an fsspec URL; it must not exist, be
+        empty, or hold exactly a bundle of the same action, which is then replaced.
 
     Returns
     -------
@@ -97,6 +106,8 @@ def write_bundle(result: Any, path: str | Path) -> Path:
         When the folder holds anything else, or cannot be written: one line, before any
         file is touched.
     """
+    if is_url(path):
+        return _write_remote(result, str(path))
     path = check_target(path, result.action)
     with _writer_lock(path):
         _recover(path)
@@ -116,10 +127,21 @@ def write_bundle(result: Any, path: str | Path) -> Path:
 
 
 def read_artifacts(path: str | Path) -> dict[str, Any]:
-    """The ``artifacts.json`` of a bundle, given the folder or the file itself.
+    """The ``artifacts.json`` of a bundle, given the folder or the file itself (a path or
+    an fsspec URL).
 
     A bundle left aside by an interrupted replacement is restored first.
     """
+    if is_url(path):
+        url = str(path).rstrip("/")
+        file = url if url.endswith(ARTIFACTS) else f"{url}/{ARTIFACTS}"
+        try:
+            with fsspec.open(file, "rt") as f:
+                return _artifacts(f.read(), file)
+        except FileNotFoundError:
+            raise BundleError(f"no {ARTIFACTS} at {redact(url)}; pass a bundle's URL") from None
+        except OSError as exc:
+            raise BundleError(f"cannot read {redact(file)} ({exc})") from None
     path = Path(path).expanduser()
     file = path / ARTIFACTS if path.is_dir() else path
     folder = path.parent if path.name == ARTIFACTS else path
@@ -129,23 +151,85 @@ def read_artifacts(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise BundleError(f"no {ARTIFACTS} at {path}; pass a bundle folder or its {ARTIFACTS}")
     try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        text = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise BundleError(f"cannot read {file} ({exc}); pass a bundle's {ARTIFACTS}") from None
+    return _artifacts(text, file)
+
+
+def _artifacts(text: str, file: str | Path) -> dict[str, Any]:
+    """Parsed ``artifacts.json`` text, checked to be a bundle's."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BundleError(
+            f"{redact(file)} is not valid JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{file} is not a mechwidgets bundle's {ARTIFACTS}")
+        raise BundleError(f"{redact(file)} is not a mechwidgets bundle's {ARTIFACTS}")
     return data
 
 
+def is_url(path: str | Path) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``) rather than a local path."""
+    return "://" in str(path)
+
+
+def _write_remote(result: Any, url: str) -> str:
+    """:func:`write_bundle` to an fsspec URL: built locally, uploaded, artifacts last."""
+    fs, root = fsspec.core.url_to_fs(url)
+    _check_remote(url, result.action)
+    with tempfile.TemporaryDirectory(prefix="mechwidgets-bundle-") as tmp:
+        _fill(Path(tmp), result)
+        files = sorted(str(p.relative_to(tmp)) for p in Path(tmp).rglob("*") if p.is_file())
+        try:
+            if fs.exists(root):
+                if fs.exists(f"{root}/{ARTIFACTS}"):  # first: no longer read as a bundle
+                    fs.rm_file(f"{root}/{ARTIFACTS}")
+                fs.rm(root, recursive=True)
+            for name in sorted(files, key=lambda n: n == ARTIFACTS):  # artifacts.json last
+                fs.put_file(str(Path(tmp) / name), f"{root}/{name}")
+        except OSError as exc:
+            raise BundleError(f"cannot write the bundle {redact(url)} ({exc})") from None
+    return url
+
+
+def _check_remote(url: str, action: str | None) -> None:
+    """:func:`check_target` for a URL: absent, or holding only a bundle of ``action``."""
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        if not fs.exists(root):
+            return
+        if fs.isfile(root):
+            raise BundleError(f"{redact(url)} is a file; give a folder URL for the bundle")
+        names = sorted(str(p)[len(root) :].lstrip("/") for p in fs.find(root))
+    except OSError as exc:
+        raise BundleError(f"cannot reach {redact(url)} ({exc}); check the URL") from None
+    foreign = [
+        n
+        for n in names
+        if n not in BUNDLE_FILES
+        and not (n.startswith(f"{CHARTS}/") and n.count("/") == 1 and n.endswith(CHART_SUFFIXES))
+    ]
+    if foreign:
+        raise BundleError(
+            f"{redact(url)} holds files that are not part of a bundle ({', '.join(foreign[:5])}),"
+            " which a new bundle would delete; choose another URL, or move them"
+        )
+    old = read_artifacts(url).get("action") if ARTIFACTS in names else None
+    if action is not None and old is not None and old != action:
+        raise BundleError(
+            f"{redact(url)} holds a bundle of '{old}', not '{action}'; choose another URL"
+        )
+
+
 def is_bundle(path: str | Path) -> bool:
-    """Whether ``path`` is a folder holding a mechwidgets bundle's ``artifacts.json``."""
+    """Whether ``path`` is a folder (or URL) holding a mechwidgets bundle's ``artifacts.json``."""
     try:
         read_artifacts(path)
     except BundleError:
         return False
-    return Path(path).is_dir()
+    return is_url(path) or Path(path).is_dir()
 
 
 def activations_index(cube: xr.Dataset) -> dict[str, Any]:
@@ -214,7 +298,7 @@ def _decoded(value: Any) -> Any:
     return value
 
 
-def check_target(path: str | Path, action: str | None = None) -> Path:
+def check_target(path: str | Path, action: str | None = None) -> Path | str:
     """Raise a one-line BundleError unless a bundle may be written at ``path``; return it
     with ``~`` expanded. Call it before the work, so a bad folder fails fast.
 
@@ -224,6 +308,9 @@ def check_target(path: str | Path, action: str | None = None) -> Path:
     action : the action of the result to write; a folder holding another action's bundle
         is refused (None: any bundle may be replaced).
     """
+    if is_url(path):
+        _check_remote(str(path), action)
+        return str(path)
     path = Path(path).expanduser()
     if _leftovers(path, "old") or _leftovers(path, "tmp"):
         recover(path)
