@@ -120,9 +120,10 @@ class Context:
 
     @cached_property
     def shell(self) -> Any:
+        from IPython import get_ipython
         from IPython.testing.globalipapp import start_ipython
 
-        shell = start_ipython()
+        shell = start_ipython() or get_ipython()  # the second start returns None
         shell.run_line_magic("load_ext", "mechwidgets")
         return shell
 

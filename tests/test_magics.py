@@ -1,6 +1,7 @@
 """%mechinterp through a real IPython shell: results come back, bad input is one UsageError."""
 
 import pytest
+from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
@@ -11,7 +12,7 @@ from mechwidgets.models.zoo import list_models
 
 @pytest.fixture(scope="module")
 def ip():
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()  # the second start in a session returns None
     shell.run_line_magic("load_ext", "mechwidgets")
     shell.run_line_magic("load_ext", "mechwidgets")  # twice is harmless
     return shell
