@@ -1,19 +1,26 @@
 """Extraction speed and memory against their targets (see BENCHMARKS.md, "Extraction").
 
 On a random-weight model shaped like Pythia-70m (6 layers, d_model 512, 8 heads, d_mlp
-2048, vocabulary 50304), batches of 32 texts x 128 tokens, all six layers x resid/attn/mlp,
-last token:
+2048, vocabulary 50304), all six layers x resid/attn/mlp, last token, at several sizes
+(texts x tokens per batch, ``--sizes``):
 
-- speed: ``mw.extract`` per batch (tokenize, trace, slice, write) against a plain HF
-  forward of the full model and against the base model's forward through the last block
-  (the floor); target <= 1.10x the floor.
+- speed: CPU seconds (``time.process_time``; wall time on a shared machine is noise) per
+  batch, every variant interleaved in each round, one torch thread:
+  ``floor`` the base model's forward through the last block (no unembedding, the least
+  any extraction of layer 5 pays); ``full`` the whole model's forward; ``extract``
+  ``mw.extract(..., cache=False)`` end to end (tokenize, trace, slice, netCDF write, lazy
+  open); ``hooks`` hand-written forward hooks that clone the last token of the 18
+  outputs and stop after the last block (no file); ``nnsight`` the same through an
+  nnsight trace (no file); ``cached`` a second ``mw.extract`` of the same call with the
+  cache on (no forward pass: key, lookup, open). Targets: extract <= 1.05x the floor at
+  every size, cached < 0.05x the forward it skips (the floor).
 - memory: peak RSS while extracting 2,000 and 20,000 short texts (8 tokens), median of
   fresh processes; target: within 10% of each other (the cube streams to disk; held in
   memory, the 20,000-text cube alone would add 706 MB).
 - TransformerLens 4 ``run_with_cache``, for comparison, when a throwaway venv at
   ``$TL_PYTHON`` (default /tmp/tlvenv/bin/python) has ``transformer_lens`` installed.
 
-    python bench/extract.py --threads 1 --repeats 7
+    python bench/extract.py --threads 1 --repeats 7 --sizes 32x128,16x64,16x16
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import nnsight
 import numpy as np
 import torch
 import transformers
@@ -41,8 +49,9 @@ import mechwidgets as mw
 from mechwidgets.models.loading import Model
 
 VOCAB = 50304
-BATCH, SEQ = 32, 128
-SPEED_TARGET = 1.10
+BATCH = 32
+#: each variant's target, as a ratio to the floor
+TARGETS = {"extract": 1.05, "cached": 0.05}
 MEMORY_TARGET = 0.10
 TL_PYTHON = os.environ.get("TL_PYTHON", "/tmp/tlvenv/bin/python")
 
@@ -77,47 +86,97 @@ def random_texts(n: int, length: int, seed: int = 0) -> list[str]:
     return [" ".join(f"w{i}" for i in row) for row in ids]
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def cpu_timed(fn: Callable[[], object]) -> float:
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
-def speed(model: Model, repeats: int, batches: int) -> dict[str, list[float]]:
-    """Seconds per batch of each variant, repeated in interleaved rounds."""
-    texts = random_texts(BATCH * batches, SEQ)
-    inputs = model.tokenize(texts[:BATCH])
+def _main(output: object) -> torch.Tensor:
+    """A module's main output (attention modules return a tuple)."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+class _Stop(Exception):
+    """Raised by the last hook: the hand-written way to skip the rest of the model."""
+
+
+def hooked(model: Model, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The 18 last-token slices by plain forward hooks; stops after the last block."""
+    out: list[torch.Tensor] = []
+    last = model.shape.n_layers - 1
+
+    def keep(stop: bool) -> Callable[..., None]:
+        def hook(_module: torch.nn.Module, _args: object, output: object) -> None:
+            out.append(_main(output)[:, -1].clone())
+            if stop:
+                raise _Stop
+
+        return hook
+
+    handles = [
+        model.module(site, layer).register_forward_hook(keep(site == "block" and layer == last))
+        for layer in range(last + 1)
+        for site in ("attn", "mlp", "block")
+    ]
+    try:
+        with torch.no_grad():
+            model.hf.base_model(**inputs)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
+
+
+def traced(model: Model, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The same 18 slices through an nnsight trace that stops after the last block."""
+    with torch.no_grad(), model.nn.trace(**inputs) as tracer:
+        saved = nnsight.save([])
+        for layer in range(model.shape.n_layers):
+            for envoy in (model.attn(layer), model.mlp(layer), model.block(layer)):
+                saved.append(_main(envoy.output)[:, -1].clone())
+        tracer.stop()
+    return list(saved)
+
+
+def speed(model: Model, repeats: int, batch: int, seq: int) -> dict[str, list[float]]:
+    """CPU seconds per batch of each variant, repeated in interleaved rounds."""
+    texts = random_texts(batch, seq, seed=seq)
+    inputs = model.tokenize(texts)
     hf = model.hf
-    assert inputs["input_ids"].shape == (BATCH, SEQ)
+    assert inputs["input_ids"].shape == (batch, seq)
+    kwargs = {"components": ["resid", "attn", "mlp"], "token": "last", "batch_size": batch}
 
     @torch.no_grad()
     def full() -> None:
-        for _ in range(batches):
-            hf(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        hf(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
     @torch.no_grad()
     def floor() -> None:
-        for _ in range(batches):
-            hf.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        hf.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
     def extract() -> None:
-        mw.extract(
-            model,
-            texts,
-            components=["resid", "attn", "mlp"],
-            token="last",
-            batch_size=BATCH,
-            cache=False,
-            progress=False,
-        )
+        mw.extract(model, texts, cache=False, progress=False, **kwargs).close()
 
-    variants = {"full": full, "floor": floor, "extract": extract}
-    for fn in variants.values():  # warm up
+    def cached() -> None:
+        mw.extract(model, texts, cache=True, progress=False, **kwargs).close()
+
+    variants = {
+        "floor": floor,
+        "extract": extract,
+        "hooks": lambda: hooked(model, inputs),
+        "nnsight": lambda: traced(model, inputs),
+        "cached": cached,
+        "full": full,
+    }
+    for fn in variants.values():  # warm up; the cached variant's first call fills the cache
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            times[name].append(timed(fn) / batches)
+            times[name].append(cpu_timed(fn))
     return times
 
 
@@ -183,27 +242,32 @@ def transformer_lens(model: Model, threads: int, repeats: int) -> dict[str, floa
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def summary(values: list[float]) -> str:
-    return (
-        f"median {statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f})"
-    )
-
-
 def report_speed(model: Model, args: argparse.Namespace) -> float:
-    """Print the speed ratios; return the floor's median seconds per batch."""
-    times = speed(model, args.repeats, args.batches)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for name, values in times.items():
-        print(f"{name:8s} per batch: {summary(values)}")
-    vs_floor = med["extract"] / med["floor"]
-    ratios = [e / f for e, f in zip(times["extract"], times["floor"], strict=True)]
-    print(f"extract / full forward : {med['extract'] / med['full']:.3f}x")
-    print(
-        f"extract / floor        : {vs_floor:.3f}x (per-round {min(ratios):.3f}-"
-        f"{max(ratios):.3f})   target <= {SPEED_TARGET:.2f}x   "
-        f"{'PASS' if vs_floor <= SPEED_TARGET else 'FAIL'}"
-    )
-    return med["floor"]
+    """Print each size's ratios to the floor; return the floor's median at the first size."""
+    first = None
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["MECHWIDGETS_CACHE"] = folder  # the cached variant's cube, not the user's
+        for size in args.sizes.split(","):
+            batch, seq = (int(v) for v in size.split("x"))
+            times = speed(model, args.repeats, batch, seq)
+            floor = statistics.median(times["floor"])
+            first = floor if first is None else first
+            print(f"{batch} texts x {seq} tokens, load {os.getloadavg()[0]:.1f}:")
+            for name, values in times.items():
+                ratios = [v / f for v, f in zip(values, times["floor"], strict=True)]
+                target = TARGETS.get(name)
+                verdict = ""
+                if target is not None:
+                    ok = statistics.median(ratios) <= target
+                    verdict = f"  target <= {target}x  {'PASS' if ok else 'FAIL'}"
+                print(
+                    f"  {name:8s} {statistics.median(values) * 1e3:8.1f} ms CPU "
+                    f"(min {min(values) * 1e3:.1f}, max {max(values) * 1e3:.1f})  "
+                    f"{statistics.median(ratios):.3f}x the floor "
+                    f"(per round {min(ratios):.3f}-{max(ratios):.3f}){verdict}"
+                )
+    assert first is not None
+    return first
 
 
 def report_memory(args: argparse.Namespace) -> None:
@@ -245,7 +309,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--batches", type=int, default=4, help="batches per timed call")
+    parser.add_argument("--sizes", default="32x128,16x64,16x16", help="texts x tokens, comma list")
     parser.add_argument("--memory-repeats", type=int, default=3, help="processes per size")
     parser.add_argument("--parts", default="speed,memory,tl", help="comma list of parts to run")
     parser.add_argument("--memory", type=int, help=argparse.SUPPRESS)  # child process
@@ -255,7 +319,7 @@ def main() -> None:
         return
     parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {BATCH} x {SEQ} tokens")
+    print(f"torch {torch.__version__}, nnsight {nnsight.__version__}, {args.threads} thread(s)")
     model = pythia70m_shaped()
     floor = report_speed(model, args) if "speed" in parts else None
     if "memory" in parts:

@@ -1,13 +1,15 @@
-"""CKA: known values, invariances, the debiased estimator and undefined cases."""
+"""CKA: known values, invariances, the debiased estimator, undefined cases, and the streamed
+routes (same values as one Gram per layer, memory within two layers)."""
 
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from mechwidgets.analysis.geometry import cka, cka_matrix
+from mechwidgets.analysis.geometry import STREAM_LAYERS, cka, cka_matrix
 from mechwidgets.core.errors import SpecError
 
 
@@ -91,3 +93,40 @@ def test_bad_inputs_are_one_line_errors(rng):
         cka(rng.normal(size=(3, 5)), rng.normal(size=(3, 5)))
     with pytest.raises(SpecError, match="row counts differ"):
         cka(rng.normal(size=(10, 5)), rng.normal(size=(11, 5)))
+
+
+def all_pairs_reference(reps: dict) -> np.ndarray:
+    """The estimator as it was: float64 copies, one n x n Gram per layer, all pairs."""
+    keys = list(reps)
+    xs = [np.asarray(reps[k], np.float64) for k in keys]
+    return np.array([[reference_dcka(a, b) for b in xs] for a in xs])
+
+
+@pytest.mark.parametrize(
+    "n, widths",
+    [(120, (40, 64, 64, 17)), (400, (3, 5, 4)), (80, (300, 5))],  # Gram, feature, Gram with unequal widths
+)
+def test_streamed_routes_match_the_all_grams_estimator(rng, n, widths):
+    base = rng.normal(size=(n, max(widths)))
+    reps = {
+        i: (base[:, :w] @ rng.normal(size=(w, w)) + rng.normal(size=(n, w)) + 3.0).astype(
+            np.float32 if i % 2 else np.float64
+        )
+        for i, w in enumerate(widths)
+    }
+    np.testing.assert_allclose(
+        cka_matrix(reps).values, all_pairs_reference(reps), rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("n, d", [(600, 200), (3000, 20)])  # Gram route, feature route
+def test_memory_stays_within_two_layers_not_one_gram_per_layer(rng, n, d):
+    reps = {i: rng.normal(size=(n, d)).astype(np.float32) for i in range(6)}
+    tracemalloc.start()
+    got = cka_matrix(reps).values
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    two_layers = STREAM_LAYERS * n * d * 8
+    # one float64 Gram per layer would be 6 * n^2 * 8 bytes: 17 MB at n = 600
+    assert peak <= 2 * two_layers + 2**20, (peak, two_layers)
+    np.testing.assert_allclose(np.diag(got), 1.0)

@@ -8,8 +8,20 @@ plugs the unbiased HSIC estimator (Song et al. 2012) into CKA (as in Nguyen et a
 and scores such matrices near 0. A constant representation makes CKA 0/0: it is
 returned as NaN and listed as undefined, never as a number.
 
-Both estimators are computed from feature-space products (``X^T Y``) or from Gram
-matrices (``X X^T``), whichever costs fewer operations for the given sizes.
+Both estimators need one costly term, ``tr(K_i K_j) = ||X_i^T X_j||_F^2`` for every pair of
+centred representations; the rest are per-layer sums. It is computed by whichever route
+costs fewer operations for the sizes, streamed so that memory stays bounded by about two
+layers at any width (``streaming_budget``), never one ``n x n`` Gram matrix per layer:
+
+- feature route (few wide-enough samples): layer pairs ``X_i^T X_j`` one at a time, the
+  product in column chunks; two layers' centred features in memory.
+- Gram route (many dimensions): the ``n x n`` Gram matrices of all layers tile by tile,
+  upper triangle only (their symmetry halves the work); a tile of every layer is formed,
+  and all pairs' sums over it are one matrix product.
+
+Inputs are read as given (float32 cube slices are converted a block at a time, not copied
+whole to float64). On 12 layers, N = 4,000, d = 768 this is faster and far smaller than
+numpy with cached centred Gram matrices (``bench/cka.py``, BENCHMARKS.md).
 
 >>> cka(x, y)                          # debiased
 >>> cka(x, y, debiased=False)          # plain linear CKA
@@ -61,19 +73,18 @@ def cka_matrix(
     are NaN and listed (JSON) in ``attrs["undefined"]``; ``attrs["estimator"]`` says which.
     """
     keys = list(reps)
-    xs = [np.asarray(reps[k], np.float64).reshape(len(reps[k]), -1) for k in keys]
-    n = xs[0].shape[0]
-    if any(x.shape[0] != n for x in xs):
+    layers = [_Centred(reps[k]) for k in keys]
+    n = layers[0].n
+    if any(layer.n != n for layer in layers):
         raise SpecError("CKA needs the same samples in every representation; row counts differ")
     if debiased and n < 4:
         raise SpecError(f"debiased CKA needs at least 4 samples, got {n}")
-    raw = np.array([np.sum(x**2) for x in xs])
-    xs = [x - x.mean(axis=0) for x in xs]
-    energy = np.array([np.sum(x**2) for x in xs])
+    raw = np.array([layer.raw for layer in layers])
+    energy = np.array([layer.energy for layer in layers])
     constant = energy <= _CONSTANT * np.maximum(raw, np.finfo(float).tiny)
-    cross = _trace_products(xs)  # tr(K_i K_j) of the centred linear kernels
+    cross = _trace_products(layers)  # tr(K_i K_j) of the centred linear kernels
     if debiased:
-        diag = np.stack([np.sum(x**2, axis=1) for x in xs])  # (L, n): diag(K_i)
+        diag = np.stack([layer.diag for layer in layers])  # (L, n): diag(K_i)
         sums = diag.sum(axis=1)
         # unbiased HSIC with centred features (K 1 = 0), up to the common 1/(n(n-3))
         hsic = (
@@ -99,22 +110,109 @@ def cka_matrix(
     )
 
 
-def _trace_products(xs: list[np.ndarray]) -> np.ndarray:
-    """``tr(X_i X_i^T X_j X_j^T)`` for all pairs, by the cheaper of two routes."""
-    n = xs[0].shape[0]
-    size = len(xs)
+#: bytes of working memory the routes aim for, in layers: ``n x d`` float64 features
+STREAM_LAYERS = 2
+#: rows converted and centred at a time while a layer's statistics are gathered
+_ROWS = 4096
+
+
+class _Centred:
+    """One representation as given, with its column means and per-row centred energies.
+
+    ``rows(lo, hi)`` returns rows centred, as float64, a block at a time; the full
+    float64 copy of every layer that CKA would otherwise hold is never made.
+    """
+
+    def __init__(self, values: Any) -> None:
+        x = np.asarray(values)
+        self.x = x.reshape(len(x), -1)
+        self.n, self.d = self.x.shape
+        total = np.zeros(self.d)
+        self.raw = 0.0
+        for lo in range(0, self.n, _ROWS):
+            part = np.asarray(self.x[lo : lo + _ROWS], np.float64)
+            total += part.sum(axis=0)
+            self.raw += float(np.einsum("ij,ij->", part, part))
+        self.mean = total / self.n
+        self.diag = np.concatenate(
+            [np.einsum("ij,ij->i", c, c) for c in self._blocks(_ROWS)]
+        )  # diag(K): each centred row's energy
+        self.energy = float(self.diag.sum())
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi``, centred, float64."""
+        return np.asarray(self.x[lo:hi], np.float64) - self.mean
+
+    def _blocks(self, size: int) -> list[np.ndarray]:
+        return [self.rows(lo, lo + size) for lo in range(0, self.n, size)]
+
+    def columns(self) -> np.ndarray:
+        """The whole layer centred (n, d) float64: one layer's worth of memory."""
+        return self.rows(0, self.n)
+
+
+def streaming_budget(layers: list[_Centred]) -> int:
+    """Working memory in float64 values: ``STREAM_LAYERS`` layers of the widest width."""
+    return STREAM_LAYERS * layers[0].n * max(layer.d for layer in layers)
+
+
+def _trace_products(layers: list[_Centred]) -> np.ndarray:
+    """``tr(X_i X_i^T X_j X_j^T)`` for all pairs of centred layers, by the cheaper route.
+
+    Operation counts: the feature route forms ``X_i^T X_j`` for every pair,
+    ``2 n sum_{i<=j} d_i d_j``; the Gram route forms each Gram's upper triangle once,
+    ``n^2 sum_i d_i``, plus ``L^2 n^2`` for the pairs' sums over the tiles.
+    """
+    n = layers[0].n
+    widths = np.array([layer.d for layer in layers], float)
+    feature = 2 * n * (np.sum(np.outer(widths, widths)) + np.sum(widths**2)) / 2
+    gram = n * n * (widths.sum() + len(layers) ** 2)
+    return _gram_route(layers) if gram < feature else _feature_route(layers)
+
+
+def _feature_route(layers: list[_Centred]) -> np.ndarray:
+    """Pairs of layers, two in memory at a time; ``X_i^T X_j`` in column chunks that keep
+    the product within one layer's memory."""
+    size = len(layers)
     out = np.empty((size, size))
-    dim = max(x.shape[1] for x in xs)
-    # Gram route: size Grams of n x n x dim; feature route: size^2 / 2 products of n x dim^2
-    if 2 * n < (size + 1) * dim:
-        grams = [x @ x.T for x in xs]
-        for i in range(size):
-            for j in range(i, size):
-                out[i, j] = out[j, i] = np.sum(grams[i] * grams[j])
-    else:
-        for i in range(size):
-            for j in range(i, size):
-                out[i, j] = out[j, i] = np.sum((xs[i].T @ xs[j]) ** 2)
+    budget = streaming_budget(layers)
+    for i in range(size):
+        a = layers[i].columns()
+        for j in range(i, size):
+            b = a if j == i else layers[j].columns()
+            step = max(1, budget // (2 * max(a.shape[1], 1)))
+            out[i, j] = out[j, i] = sum(
+                float(np.einsum("ij,ij->", p, p))
+                for p in (a.T @ b[:, lo : lo + step] for lo in range(0, b.shape[1], step))
+            )
+    return out
+
+
+def _gram_route(layers: list[_Centred]) -> np.ndarray:
+    """The Gram matrices' upper triangle, tile by tile, all layers at once.
+
+    For row block ``B`` and column block ``C >= B``, the tile ``K_i[B, C]`` of every layer
+    is one row of ``tiles``; ``tiles @ tiles.T`` adds every pair's sum over that tile
+    (twice for off-diagonal tiles, which stand for their mirror image too). Rows ``B``
+    of every layer stay in memory, rows ``C`` are centred as needed; the tile size keeps
+    all of it within :func:`streaming_budget`.
+    """
+    n, size = layers[0].n, len(layers)
+    width = sum(layer.d for layer in layers)
+    # rows of B and C for every layer (2 b width) plus the tiles (size b^2) within budget
+    budget = streaming_budget(layers)
+    b = int((-2 * width + np.sqrt(4 * width**2 + 4 * size * budget)) / (2 * size))
+    b = int(min(n, max(16, b)))
+    out = np.zeros((size, size))
+    for lo in range(0, n, b):
+        rows_b = [layer.rows(lo, lo + b) for layer in layers]
+        for co in range(lo, n, b):
+            rows_c = rows_b if co == lo else [layer.rows(co, co + b) for layer in layers]
+            m, k = len(rows_b[0]), len(rows_c[0])
+            tiles = np.empty((size, m * k))
+            for i in range(size):
+                np.matmul(rows_b[i], rows_c[i].T, out=tiles[i].reshape(m, k))
+            out += (1.0 if co == lo else 2.0) * (tiles @ tiles.T)
     return out
 
 
