@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from extract import pythia70m_shaped, random_texts  # noqa: E402  (the shared bench model)
 
 import mechwidgets as mw  # noqa: E402
-from mechwidgets.actions.interventions.edits import run_cells  # noqa: E402
+from mechwidgets.actions.interventions.edits import Source, run_cells  # noqa: E402
 from mechwidgets.actions.interventions.grid import (  # noqa: E402
     PatchResult,
     agreement,
@@ -109,7 +109,7 @@ def main() -> None:
     sample = np.random.default_rng(0).choice(len(plan.cells), args.naive_sample, replace=False)
     _, one_s = timed(
         lambda: [
-            run_cells(model, plan.base, [plan.cells[i]], plan.source_acts, [plan.pairs.scorer])
+            run_cells(model, plan.base, [plan.cells[i]], Source(plan.source), [plan.pairs.scorer])
             for i in sample
         ]
     )

@@ -41,13 +41,18 @@ def shipped(monkeypatch: pytest.MonkeyPatch) -> list[list[object]]:
     """One entry per trace run through the remote backend: the values it saved."""
     traces: list[list[object]] = []
     run, save = LocalSimulationBackend.__call__, nnsight.save
+    active: list[bool] = []
 
     def counted(self: LocalSimulationBackend, tracer: object) -> None:
         traces.append([])
-        run(self, tracer)
+        active.append(True)
+        try:
+            run(self, tracer)
+        finally:
+            active.pop()
 
     def recorded(value: object) -> object:
-        if traces:
+        if active:  # saved inside a remote trace, not a local one
             traces[-1].append(value)
         return save(value)
 
@@ -114,10 +119,12 @@ def test_patching_and_attribution_equal_local_runs(grammar, shipped):
     pairs = mw.get_task_pairs("subject_number", n=40)
     kw = dict(n=12, components=["resid:0-1", "attn:1", "head:1.*", "mlp:0"], resamples=50)
     for action in (mw.patch, mw.attribution_patch):
-        same_numbers(
-            action(local, clean=pairs, **kw).table, action(remote, clean=pairs, **kw).table
-        )
-    assert shipped and all(returned_bytes(saved) > 0 for saved in shipped)
+        table = action(local, clean=pairs, **kw).table
+        same_numbers(table, action(remote, clean=pairs, **kw).table)
+    # the source prompts run beside the patched copies on the server: no activation comes
+    # back, only metric values (at most one float per cell and pair per pass)
+    assert len(shipped) >= 4
+    assert all(0 < returned_bytes(saved) <= 4 * len(table) * 12 for saved in shipped)
 
 
 def test_localize_and_recovery_equal_local_runs(grammar):

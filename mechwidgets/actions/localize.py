@@ -24,7 +24,7 @@ position removes the input itself); attention, MLP and head writes at every posi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +33,13 @@ import pandas as pd
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction
-from mechwidgets.actions.interventions.ablation import ABLATIONS, ablation_sources
-from mechwidgets.actions.interventions.edits import READ, Cell, capture, run_cells
+from mechwidgets.actions.interventions.ablation import ABLATIONS, ablation_source
+from mechwidgets.actions.interventions.edits import READ, Cell, Source, capture, run_cells
 from mechwidgets.actions.interventions.grid import check_lengths, components_of
 from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
 from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import SpecError, TaskError
-from mechwidgets.core.registry import register_action
+from mechwidgets.core.registry import Needs, register_action
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract.extractor import extract
@@ -50,7 +50,6 @@ from mechwidgets.metrics import (
     Scorer,
     bind,
     describe,
-    logit_diff,
     orientation,
     output_head,
     probe,
@@ -90,6 +89,7 @@ def localize(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    cube: xr.Dataset | None = None,
 ) -> LocalizeResult:
     """Rank components by probe score and causal effect on a behaviour.
 
@@ -120,6 +120,9 @@ def localize(
     n : most samples to intervene on (the test split when probing).
     rank_by : the intervention that orders the ranking; default ``mean`` or the first.
     resamples, level, seed : bootstrap over samples for simultaneous intervals.
+    cube : an activation cube of ``task`` to probe on (the runner passes its own); used
+        when it holds every probed candidate and the last layer's residual stream, else
+        one is extracted at the task's read positions.
 
     Returns
     -------
@@ -157,7 +160,7 @@ def localize(
     metrics = _metrics(model, task, behavior, probe, label)
     scorers = {what: bind(m, model, prompts) for what, m in metrics.items()}
     if label is not None:
-        scores, readout = _probe(model, task, label, candidates)
+        scores, readout = _probe(model, task, label, candidates, cube)
         tested = _top(candidates, scores, top_k)
         if "probe" not in metrics:
             metrics["probe"] = probe_of(readout, model.shape.n_layers - 1, task.labels[label])
@@ -169,6 +172,7 @@ def localize(
     return _result(
         model, task, label, candidates, tested, scores, effects, names, rank_by, samples,
         resamples, level, seed, getattr(readout, "component", None),
+        top_k=top_k if label is not None else None,  # used only when probing picks the tested
     )  # fmt: skip
 
 
@@ -182,22 +186,7 @@ def _as_task(task: Task | PromptPairs, corrupt: Sequence[str] | None) -> tuple[T
         return task, corrupt
     if not isinstance(task, PromptPairs):
         raise TaskError(f"localize takes a Task or PromptPairs, got {type(task).__name__}")
-    factors = task.metadata.get("factors", {})
-    labels = {
-        k: np.asarray(v)
-        for k, v in factors.items()
-        if k in task.metadata.get("classes", {}) and np.unique(v).size > 1 and min(v) >= 0
-    }
-    as_task = Task(
-        name=task.name,
-        texts=list(task.clean),
-        labels=labels,
-        split=task.split,
-        positions=[task.position] * len(task),
-        behavior=logit_diff(correct=task.clean_answer, wrong=task.corrupt_answer),
-        metadata={"classes": {k: task.metadata["classes"][k] for k in labels}},
-    )
-    return as_task, list(task.corrupt) if corrupt is None else corrupt
+    return task.to_task(), list(task.corrupt) if corrupt is None else corrupt
 
 
 def _prompts(model: Any, task: Task, texts: list[str], samples: np.ndarray) -> Prompts:
@@ -256,19 +245,22 @@ def _interventions(
 
 
 def _probe(
-    model: Any, task: Task, label: str, candidates: list[LayerComponent]
+    model: Any,
+    task: Task,
+    label: str,
+    candidates: list[LayerComponent],
+    cube: xr.Dataset | None = None,
 ) -> tuple[dict[LayerComponent, float], LinearProbe]:
     """Test score of a probe on every candidate's activations, and the readout probe.
 
     The readout probe reads the residual stream after the last block; interventions are
-    scored by how much its test accuracy drops.
+    scored by how much its test accuracy drops. ``cube`` is used when it covers every
+    probed candidate; otherwise one is extracted.
     """
     last = model.shape.n_layers - 1
-    streams = {c.name for c in candidates if c.kind in ("residual", "attention", "mlp")}
-    wanted = ["resid", *sorted(streams - {"resid"})]
-    if any(c.kind == "attention_head" for c in candidates):
-        wanted.append("head")
-    cube = extract(model, task, layers="all", components=wanted, progress=False)
+    probed = [c for c in candidates if c.kind != "mlp_neuron"]
+    if cube is None or not _covers(cube, [*probed, LayerComponent("residual", last)], task):
+        cube = extract(model, task, layers="all", components=probed_kinds(probed), progress=False)
     y, split = task.labels[label], task.split
     scores = {}
     for comp in candidates:
@@ -279,6 +271,23 @@ def _probe(
         cube["act"].sel(layer=last, component="resid").values, y, split, metric="accuracy"
     )
     return scores, readout
+
+
+def probed_kinds(candidates: Sequence[LayerComponent]) -> list[str]:
+    """The cube components probing ``candidates`` reads: ``resid`` (the readout) first,
+    the other streams, and ``head`` when heads are among them (neurons are not probed)."""
+    streams = {c.name for c in candidates if c.kind in ("residual", "attention", "mlp")}
+    heads = ["head"] if any(c.kind == "attention_head" for c in candidates) else []
+    return ["resid", *sorted(streams - {"resid"}), *heads]
+
+
+def _covers(cube: xr.Dataset, needed: list[LayerComponent], task: Task) -> bool:
+    """Whether ``cube`` holds one row per task sample and every ``needed`` layer x component."""
+    if "act" not in cube or cube.sizes.get("sample") != len(task):
+        return False
+    layers = {int(v) for v in cube["layer"].values}
+    comps = {str(v) for v in cube["component"].values}
+    return all(c.layer in layers and c.name in comps for c in needed)
 
 
 def _top(
@@ -316,7 +325,7 @@ def _intervene(
     roles = list(scorers)
     bound = [scorers[r] for r in roles]
     cells = [Cell(c, READ if c.kind == "residual" else None) for c in tested]
-    acts, values = capture(model, prompts, [c.site for c in cells], bound)
+    _, values = capture(model, prompts, [], bound)
     base = dict(zip(roles, values.cpu().numpy(), strict=True))
     truth = None if label is None else task.labels[label][prompts.samples]
     signs, names = {}, {}
@@ -325,12 +334,12 @@ def _intervene(
     drops: dict[str, dict[str, np.ndarray]] = {role: {} for role in roles}
     for how in kinds:
         if how == "patch" and bad is not None:
-            sources, _ = capture(model, bad, [c.site for c in cells])
+            source = Source(bad)
         elif how == "patch":
-            sources = ablation_sources("resample", acts, prompts, seed, classes=truth)
+            source = ablation_source("resample", prompts, seed, classes=truth)
         else:
-            sources = ablation_sources(how, acts, prompts, seed)
-        values, _ = run_cells(model, prompts, cells, sources, bound)
+            source = ablation_source(how, prompts, seed)
+        values, _ = run_cells(model, prompts, cells, source, bound)
         for role, after in zip(roles, values.cpu().numpy(), strict=True):
             drops[role][how] = signs[role] * (base[role][None] - after)
     return _Effects(
@@ -376,6 +385,7 @@ def _result(
     level: float,
     seed: int,
     readout: LayerComponent | None,
+    top_k: int | None = None,
 ) -> LocalizeResult:
     """Intervals, the tidy impact table, the ranking and the dataset."""
     weights = bootstrap_weights(len(samples), resamples, np.random.default_rng([seed, 13]))
@@ -430,7 +440,7 @@ def _result(
             "interventions": list(names.values()),
             "rank_by": names[rank_by],
             "n": len(samples),
-            "top_k": len(tested) if label is None else None,
+            "top_k": top_k,
             "task": task.name,
             "model": model.name,
         },
@@ -584,6 +594,16 @@ class LocalizeResult(ActionResult):
 class Localize(ResultAction):
     """The registered action: a RunContext with a model and a task -> :func:`localize`."""
 
+    def needs(self, params: Mapping[str, Any]) -> Needs:
+        """With a label, a cube holding what is probed (heads included when asked for);
+        without one, no cube (nothing is probed)."""
+        if params.get("label") is None:
+            return Needs(cube=False)
+        comps = params.get("components")
+        items = [] if comps is None else [comps] if isinstance(comps, str) else list(comps)
+        kinds = {str(item).partition(":")[0] for item in items}
+        return Needs(components=tuple(k for k in ("resid", "attn", "mlp", "head") if k in kinds))
+
     def prepare(self, context: Any) -> dict[str, Any]:
         """Check that a model and task are present and the parameters are known."""
         if context.model is None or context.task is None:
@@ -595,10 +615,16 @@ class Localize(ResultAction):
                 f"allowed: {', '.join(PARAMS)}"
             )
         params = dict(context.params)
-        selectors = ((context.spec or {}).get("extraction") or {}).get("selectors")
+        selectors = context.selectors()
         if "components" not in params and selectors:
-            params["components"] = list(selectors)
-        return {"model": context.model, "task": context.task, "seed": context.seed, **params}
+            params["components"] = selectors
+        return {
+            "model": context.model,
+            "task": context.task,
+            "seed": context.seed,
+            "cube": context.cube,
+            **params,
+        }
 
     def run(self, prepared: dict[str, Any]) -> LocalizeResult:
         """Run :func:`localize`."""

@@ -19,43 +19,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from mechwidgets.actions.interventions.edits import Cell, SiteKey, capture, run_cells
+from mechwidgets.actions.interventions.edits import Cell, Source, run_cells
 from mechwidgets.core.errors import SpecError, TaskError
 from mechwidgets.metrics import Prompts, Scorer
 
 ABLATIONS = ("zero", "mean", "resample")
 
 
-def ablation_sources(
-    how: str,
-    acts: dict[SiteKey, torch.Tensor],
-    prompts: Prompts,
-    seed: int = 0,
-    classes: np.ndarray | None = None,
-) -> dict[SiteKey, torch.Tensor]:
-    """Replacement activations per site for ablation ``how``, from the prompts' own run.
+def ablation_source(
+    how: str, prompts: Prompts, seed: int = 0, classes: np.ndarray | None = None
+) -> Source:
+    """The replacement for ablation ``how``, made from the prompts' own run inside the edit
+    pass (:class:`~mechwidgets.actions.interventions.edits.Source`).
 
     Parameters
     ----------
     how : ``zero``, ``mean`` (per token position, over the prompts that have a real token
         there) or ``resample`` (another prompt's activation at the same position; each
         prompt's donor is drawn once, with ``seed``, and serves every site).
-    acts : site -> (n, seq, width) activations of the prompts (from ``capture``).
     classes : for ``resample``, draw each donor from another class (an interchange
         intervention: the activation of a prompt whose feature differs).
     """
-    if how == "zero":
-        return {key: torch.zeros_like(a) for key, a in acts.items()}
-    if how == "mean":
-        real = prompts.inputs["attention_mask"].to(torch.float32)[..., None]
-        count = real.sum(0).clamp(min=1)
-        return {
-            key: ((a.float() * real).sum(0) / count).to(a.dtype).expand_as(a)
-            for key, a in acts.items()
-        }
+    if how in ("zero", "mean"):
+        return Source(prompts, how)
     if how == "resample":
-        index = torch.as_tensor(donors(prompts, seed, classes), device=prompts.read.device)
-        return {key: a[index] for key, a in acts.items()}
+        index = torch.as_tensor(donors(prompts, seed, classes))
+        return Source(prompts, "rows", index)
     raise SpecError(f"unknown ablation '{how}': choose one of {', '.join(ABLATIONS)}")
 
 
@@ -97,7 +86,6 @@ def ablate(
     (cells, n) metric values, and the residual stream after block ``readout`` at the read
     token (cells, n, d_model) when asked for.
     """
-    acts, _ = capture(model, prompts, [c.site for c in cells])
-    sources = ablation_sources(how, acts, prompts, seed)
-    values, reads = run_cells(model, prompts, cells, sources, [scorer], readout)
+    source = ablation_source(how, prompts, seed)
+    values, reads = run_cells(model, prompts, cells, source, [scorer], readout)
     return values[0], reads

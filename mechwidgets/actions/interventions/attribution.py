@@ -26,6 +26,7 @@ import torch
 from mechwidgets.actions.interventions.edits import (
     Cell,
     SiteKey,
+    Source,
     columns,
     metric_reader,
     score_site,
@@ -45,18 +46,19 @@ from mechwidgets.metrics import Prompts, Scorer
 def attribution_moves(
     model: Any,
     base: Prompts,
-    source_acts: dict[SiteKey, torch.Tensor],
+    source: Source,
     cells: Sequence[Cell],
     scorer: Scorer,
 ) -> np.ndarray:
     """First-order estimate (cells, n) of each cell's change of the metric, per prompt.
 
-    One forward pass of ``base`` and, inside the same trace, one backward pass of the
-    summed metric (nnsight's ``with value.backward():``) give each prompt's gradient at
-    every site (prompts do not interact, so the sum's gradient in row ``i`` is prompt
-    ``i``'s own); the products with ``source - base`` are reduced to one number per cell
-    and prompt inside the trace too, so on a remote model only those come back. A site
-    after the one the metric reads has no gradient: its estimates are zero.
+    One forward pass of ``base`` with the source prompts stacked after it and, inside the
+    same trace, one backward pass of the base rows' summed metric (nnsight's ``with
+    value.backward():``) give each prompt's gradient at every site (prompts do not
+    interact, so the sum's gradient in row ``i`` is prompt ``i``'s own); the products with
+    ``source - base`` are reduced to one number per cell and prompt inside the trace too,
+    so on a remote model only those come back. A site after the one the metric reads has
+    no gradient: its estimates are zero.
     """
     by_site: dict[SiteKey, list[tuple[int, Cell]]] = {}
     for index, cell in enumerate(cells):
@@ -65,14 +67,19 @@ def attribution_moves(
     read = metric_reader(model, scorer, 1)
     sites = sorted(k for k in by_site if k <= scored)
     ports = [(key, *site_port(model, key)) for key in sorted(set(sites) | {scored})]
-    movers = {key: _mover(model, by_site[key], source_acts[key], base) for key in sites}
-    with torch.enable_grad(), model.trace(**base.inputs) as tracer:
+    movers = {key: _mover(model, by_site[key], source, base) for key in sites}
+    n = len(base)
+    inputs = {
+        name: torch.cat([t, source.prompts.inputs[name].to(t.device)])
+        for name, t in base.inputs.items()
+    }
+    with torch.enable_grad(), model.trace(**inputs) as tracer:
         moved = nnsight.save({})
         acts = {}
         for key, envoy, side in ports:
             x = envoy.input if side == "input" else envoy.output
             acts[key] = x[0] if isinstance(x, tuple) else x
-        value = read(acts[scored])
+        value = read(acts[scored][:n])
         with value.sum().backward():
             for key in reversed(sites):  # gradients arrive in reverse forward order
                 moved[key] = movers[key](acts[key], acts[key].grad)
@@ -85,17 +92,19 @@ def attribution_moves(
 
 
 def _mover(
-    model: Any, here: list[tuple[int, Cell]], source: torch.Tensor, base: Prompts
+    model: Any, here: list[tuple[int, Cell]], source: Source, base: Prompts
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``move(x, grad)``, for inside a trace: (len(here), n) estimates ``(source - x) .
-    grad`` of the cells at one site, summed over each cell's columns and position(s).
+    """``move(x, grad)``, for inside a trace: (len(here), n) estimates ``(source - base) .
+    grad`` of the cells at one site from the stacked activation ``x`` (base rows, then
+    source rows) and its gradient, summed over each cell's columns and position(s).
     Closes over tensors and plain values only, so it runs on a remote model too."""
     parts = [(columns(model, cell.component), cell.position) for _, cell in here]
-    read = base.read.cpu()
+    read, n, make = base.read.cpu(), len(base), source.maker()
 
     def move(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         wide = torch.promote_types(x.dtype, torch.float32)
-        prod = (source.to(x.device) - x.detach()).to(wide) * grad.to(wide)
+        x = x.detach()
+        prod = (make(x[n:]) - x[:n]).to(wide) * grad[:n].to(wide)
         rows = torch.arange(prod.shape[0], device=prod.device)
         out = []
         for cols, position in parts:
@@ -146,5 +155,5 @@ def attribution_patch(
     plan = plan_patching(
         model, clean, corrupt, behavior, grid, components, direction, n, gradient=True
     )
-    moves = attribution_moves(model, plan.base, plan.source_acts, plan.cells, plan.pairs.scorer)
+    moves = attribution_moves(model, plan.base, Source(plan.source), plan.cells, plan.pairs.scorer)
     return patch_result(model, plan, {"attribution": moves}, resamples, level, seed)

@@ -7,16 +7,19 @@ write, one head's
 slice of the attention output projection's *input*, or one MLP neuron (a column of the
 MLP down projection's input), at one token position, at every position, or at each
 prompt's read token. Zero, mean and resample ablation and activation patching differ only
-in the source. Many edits share one forward pass: the prompts are stacked once per edit
-and edit ``k`` touches only its own block of rows, so a grid of hundreds of cells costs a
-few batched passes instead of hundreds of small ones. Every pass is scored by one or more
+in the :class:`Source`: the source prompts run in the same forward pass, stacked after
+the edited copies, and their activation at each site becomes the replacement inside the
+pass, so no activation ever leaves it (on a remote model only metric values come back).
+Many edits share one forward pass: the prompts are stacked once per edit and edit ``k``
+touches only its own block of rows, so a grid of hundreds of cells costs a few batched
+passes instead of hundreds of small ones. Every pass is scored by one or more
 bound metrics (:class:`~mechwidgets.metrics.Scorer`), each read at its own site: the
 output head's logits after the last block, or the hidden state a probe or hidden-state
 metric reads, after the edits at that site. Components are reached only through the
 model's adapter accessors, in forward order, as nnsight requires.
 
->>> acts, base = capture(model, prompts, [c.site for c in cells], [scorer])
->>> values, _ = run_cells(model, prompts, cells, acts, [scorer])   # (1, cells, prompts)
+>>> _, base = capture(model, prompts, [], [scorer])
+>>> values, _ = run_cells(model, prompts, cells, Source(corrupt), [scorer])  # (1, cells, n)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import nnsight
 import torch
 
 from mechwidgets.core.components import EMBED, LayerComponent
-from mechwidgets.core.errors import SelectorError
+from mechwidgets.core.errors import SelectorError, SpecError
 from mechwidgets.metrics import Prompts, Scorer, output_head
 from mechwidgets.models.adapters import walk
 
@@ -180,43 +183,88 @@ def capture(
     prompts: Prompts,
     sites: Iterable[SiteKey],
     scorers: Sequence[Scorer] = (),
-    grad: bool = False,
 ) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor]:
-    """One plain forward pass: the activations (n, seq, width) at ``sites`` and each
-    scorer's metric, (len(scorers), n).
+    """One plain forward pass: the activations at ``sites`` at each prompt's read token,
+    (n, width) each, and each scorer's metric, (len(scorers), n).
 
     The pass stops after the last site it reads, so the output head never runs on
-    positions a metric does not read (and not at all without a logit metric). With
-    ``grad`` the activations stay in the autograd graph, so the metrics can be
-    differentiated with respect to them (attribution patching).
+    positions a metric does not read (and not at all without a logit metric); the read
+    tokens are picked inside the pass, so a remote model sends back only those rows.
     """
     scored = _scored_sites(model, scorers)
     readers = [metric_reader(model, s, 1) for s in scorers]
+    wanted = set(sites)
     ports = [
-        (key, *site_port(model, key), scored.get(key, []))
-        for key in sorted(set(sites) | set(scored))
+        (key, *site_port(model, key), key in wanted, scored.get(key, []))
+        for key in sorted(wanted | set(scored))
     ]
     n = len(prompts)
-    with torch.set_grad_enabled(grad), model.trace(**prompts.inputs) as tracer:
+    at = (torch.arange(n), prompts.read.cpu())
+    with torch.no_grad(), model.trace(**prompts.inputs) as tracer:
         acts = nnsight.save({})
         values = nnsight.save([None] * len(readers))
-        for key, envoy, side, metrics in ports:
+        for key, envoy, side, kept, metrics in ports:
             x = envoy.input if side == "input" else envoy.output
             x = x[0] if isinstance(x, tuple) else x
-            acts[key] = x
+            if kept:
+                acts[key] = x[at[0].to(x.device), at[1].to(x.device)]
             for index in metrics:
                 values[index] = readers[index](x)
         tracer.stop()
-    for key in set(acts) - set(sites):
-        del acts[key]
     return acts, torch.stack(values) if scorers else torch.zeros(0, n)
+
+
+#: how the source prompts' activation becomes the replacement: itself (patching), zeros,
+#: its mean over the prompts per token position, or another prompt's row (resample)
+SourceKind = Literal["same", "zero", "mean", "rows"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the edits' replacement activations come from, made inside the edit pass.
+
+    Parameters
+    ----------
+    prompts : run in the same forward pass as the edited copies, stacked after them (so
+        they must have the edited prompts' count and padded width); never edited.
+    how : ``same`` (activation patching), ``zero``, ``mean`` (per token position, over the
+        prompts with a real token there) or ``rows`` (prompt ``i`` takes prompt
+        ``index[i]``'s activation: resample ablation).
+    index : (n,) donor row per prompt, for ``rows``.
+    site : read the source at this site for every cell (recovery: an earlier layer's
+        residual stream); by default at each cell's own site.
+    """
+
+    prompts: Prompts
+    how: SourceKind = "same"
+    index: torch.Tensor | None = None
+    site: SiteKey | None = None
+
+    def maker(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``make(x)``, for inside a trace: the replacement (n, seq, width) from the source
+        prompts' activation ``x``. Closes over tensors and plain values only."""
+        how, index = self.how, self.index
+        real = self.prompts.inputs["attention_mask"].to(torch.float32)[..., None].cpu()
+
+        def make(x: torch.Tensor) -> torch.Tensor:
+            if how == "zero":
+                return torch.zeros_like(x)
+            if how == "mean":
+                mask = real.to(x.device)
+                mean = (x.float() * mask).sum(0) / mask.sum(0).clamp(min=1)
+                return mean.to(x.dtype).expand_as(x)
+            if how == "rows":
+                return x[index.to(x.device)]
+            return x
+
+        return make
 
 
 def run_cells(
     model: Any,
     prompts: Prompts,
     cells: Sequence[Cell],
-    sources: dict[SiteKey, torch.Tensor],
+    source: Source,
     scorers: Sequence[Scorer],
     readout: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -224,9 +272,10 @@ def run_cells(
 
     Parameters
     ----------
-    cells : the edits; cell ``k`` replaces its component's slice by the same slice of
-        ``sources[cell.site]`` at its position(s), in copy ``k`` only.
-    sources : site key -> (n, seq, width) source activations for the prompts.
+    cells : the edits; cell ``k`` replaces its component's slice by the same slice of the
+        source's replacement at its position(s), in copy ``k`` only.
+    source : where the replacements come from (:class:`Source`); its prompts need the
+        same count and padded width as ``prompts``.
     scorers : from :func:`mechwidgets.metrics.bind`; each reads its site after the edits
         there (none: only ``readout`` is wanted).
     readout : also return the residual stream after block ``readout`` at the read token.
@@ -237,6 +286,12 @@ def run_cells(
     readouts (or None).
     """
     n = len(prompts)
+    if len(source.prompts) != n or source.prompts.width != prompts.width:
+        raise SpecError(
+            f"the source prompts are {len(source.prompts)} x {source.prompts.width} tokens "
+            f"but the edited prompts {n} x {prompts.width}; give one source prompt per "
+            "prompt with the same number of tokens"
+        )
     width = max(
         [1]
         + [
@@ -248,7 +303,7 @@ def run_cells(
     values, reads = [], []
     for first in range(0, len(cells), per_pass):
         chunk = list(cells[first : first + per_pass])
-        v, r = _run_chunk(model, prompts, chunk, sources, scorers, readout)
+        v, r = _run_chunk(model, prompts, chunk, source, scorers, readout)
         values.append(v.reshape(len(scorers), len(chunk), n))
         if r is not None:
             reads.append(r.reshape(len(chunk), n, -1))
@@ -266,13 +321,17 @@ def _run_chunk(
     model: Any,
     prompts: Prompts,
     chunk: list[Cell],
-    sources: dict[SiteKey, torch.Tensor],
+    source: Source,
     scorers: Sequence[Scorer],
     readout: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One traced pass over ``len(chunk)`` stacked copies of the prompts."""
+    """One traced pass over ``len(chunk)`` stacked copies of the prompts, then the source
+    prompts (rows ``k * n`` on, read and never edited)."""
     k, n = len(chunk), len(prompts)
-    inputs = {name: t.repeat(k, 1) for name, t in prompts.inputs.items()}
+    inputs = {
+        name: torch.cat([t.repeat(k, 1), source.prompts.inputs[name].to(t.device)])
+        for name, t in prompts.inputs.items()
+    }
     by_site: dict[SiteKey, list[tuple[int, Cell]]] = {}
     for index, cell in enumerate(chunk):
         by_site.setdefault(cell.site, []).append((index, cell))
@@ -280,54 +339,54 @@ def _run_chunk(
     scored = _scored_sites(model, scorers)
     readers = [metric_reader(model, s, k) for s in scorers]
     read_at = (torch.arange(k * n), prompts.read.repeat(k).cpu())
+    make, edited = source.maker(), k * n
+    sourced = {source.site} if source.site is not None else set(by_site)
     visits = [
         (
             *site_port(model, key),
-            [
-                _editor(model, index * n, cell, sources[key], prompts)
-                for index, cell in by_site.get(key, [])
-            ],
+            key if key in sourced else None,
+            source.site or key,
+            [_editor(model, index * n, cell, prompts) for index, cell in by_site.get(key, [])],
             key == read_key,
             scored.get(key, []),
         )
-        for key in sorted(set(by_site) | set(scored) | ({read_key} if read_key else set()))
+        for key in sorted(set(by_site) | sourced | set(scored) | ({read_key} - {None}))
     ]
     with torch.no_grad(), model.trace(**inputs) as tracer:
         out = nnsight.save({"values": [None] * len(readers)})
-        for envoy, side, edits, is_read, metrics in visits:
+        made = {}
+        for envoy, side, keep, take, edits, is_read, metrics in visits:
             x = envoy.input if side == "input" else envoy.output
             x = x[0] if isinstance(x, tuple) else x
+            if keep is not None:
+                made[keep] = make(x[edited:])
             for edit in edits:
-                edit(x)
+                edit(x, made[take])
             if is_read:
                 out["read"] = x[read_at[0].to(x.device), read_at[1].to(x.device)].float()
             for index in metrics:
-                out["values"][index] = readers[index](x)
+                out["values"][index] = readers[index](x[:edited])
         tracer.stop()
     values = torch.stack(out["values"]) if scorers else torch.zeros(0, k * n)
     return values, out.get("read")
 
 
 def _editor(
-    model: Any, row0: int, cell: Cell, src: torch.Tensor, prompts: Prompts
-) -> Callable[[torch.Tensor], None]:
-    """``edit(x)``, for inside a trace: in place, rows ``row0 .. row0 + n`` of ``x`` take
-    ``src``'s values at the cell (its columns, at its position, every position or each
-    prompt's read token). Closes over tensors and plain values only (see :func:`_reader`)."""
-    n = src.shape[0]
+    model: Any, row0: int, cell: Cell, prompts: Prompts
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """``edit(x, src)``, for inside a trace: in place, rows ``row0 .. row0 + n`` of ``x``
+    take the replacement ``src``'s (n, seq, width) values at the cell (its columns, at its
+    position, every position or each prompt's read token). Closes over tensors and plain
+    values only (see :func:`metric_reader`)."""
+    n = len(prompts)
     cols = columns(model, cell.component)
-    rows = torch.arange(row0, row0 + n)
-    own = torch.arange(n)
+    rows, own = torch.arange(row0, row0 + n), torch.arange(n)
     at: Any = slice(None) if cell.position is None else cell.position
     if cell.position == READ:
         at = prompts.read.cpu()
-    # only the edited slice travels with a remote trace, not the whole source activation
-    part = src[
-        own.to(src.device), at if not isinstance(at, torch.Tensor) else at.to(src.device), cols
-    ]
 
-    def edit(x: torch.Tensor) -> None:
+    def edit(x: torch.Tensor, src: torch.Tensor) -> None:
         where = at.to(x.device) if isinstance(at, torch.Tensor) else at
-        x[rows.to(x.device), where, cols] = part.to(device=x.device, dtype=x.dtype)
+        x[rows.to(x.device), where, cols] = src[own.to(x.device), where, cols].to(x.dtype)
 
     return edit

@@ -29,7 +29,6 @@ from mechwidgets.actions.base import ActionResult
 from mechwidgets.actions.interventions.edits import (
     EMBED,
     Cell,
-    SiteKey,
     capture,
     check_components,
 )
@@ -37,9 +36,8 @@ from mechwidgets.analysis.statistics import bootstrap_weights, percentile_interv
 from mechwidgets.core.components import LayerComponent, expand_selectors
 from mechwidgets.core.errors import SpecError, TaskError
 from mechwidgets.data.catalog import PromptPairs
-from mechwidgets.data.positions import as_positions
 from mechwidgets.data.tasks import Task
-from mechwidgets.metrics import Prompts, Scorer, bind, describe, differentiable, logit_diff
+from mechwidgets.metrics import Prompts, Scorer, bind, describe, differentiable
 from mechwidgets.viz.charts import heatmap
 
 Direction = Literal["denoise", "noise"]
@@ -71,11 +69,10 @@ class PairedPrompts:
 
 def _texts_positions(data: Any, what: str) -> tuple[list[str], np.ndarray | None, Any]:
     """Texts, read positions and default behaviour of a Task, PromptPairs' clean side or texts."""
+    if isinstance(data, PromptPairs):
+        data = data.to_task()
     if isinstance(data, Task):
         return list(data.texts), data.positions, data.behavior
-    if isinstance(data, PromptPairs):
-        metric = logit_diff(correct=data.clean_answer, wrong=data.corrupt_answer)
-        return list(data.clean), as_positions([data.position] * len(data), len(data)), metric
     if isinstance(data, str) or not isinstance(data, Sequence):
         raise TaskError(
             f"'{what}' must be a Task, PromptPairs or a list of texts, got {type(data).__name__}"
@@ -147,7 +144,7 @@ def check_lengths(clean: Prompts, corrupt: Prompts) -> None:
 class PatchPlan:
     """What a patching run needs: pairs, the run patched into, the source, the cells.
 
-    ``source_acts`` are the source run's activations at every site the cells touch;
+    ``source`` are the prompts patched from (run beside the base copies in each edit pass);
     ``base_values``/``source_values`` are the metric (n,) of the two unpatched runs.
     """
 
@@ -155,7 +152,7 @@ class PatchPlan:
     direction: Direction
     base: Prompts
     cells: list[Cell]
-    source_acts: dict[SiteKey, torch.Tensor]
+    source: Prompts
     base_values: np.ndarray
     source_values: np.ndarray
 
@@ -184,10 +181,10 @@ def plan_patching(
         )
     base, source = pairs.base_and_source(direction)
     cells = grid_cells(model, components, pairs.clean.width, by_position)
-    source_acts, source_values = capture(model, source, [c.site for c in cells], [pairs.scorer])
+    _, source_values = capture(model, source, [], [pairs.scorer])
     _, base_values = capture(model, base, [], [pairs.scorer])
     return PatchPlan(
-        pairs, direction, base, cells, source_acts,
+        pairs, direction, base, cells, source,
         base_values[0].cpu().numpy(), source_values[0].cpu().numpy(),
     )  # fmt: skip
 
@@ -416,7 +413,7 @@ def patch_result(
     clean, corrupt = (base, source) if direction == "noise" else (source, base)
     data.attrs.update(direction=direction, method=method, metric=describe(pairs.metric))
     return PatchResult(
-        action="patch",
+        action="patch" if method == "activation" else "attribution_patch",
         data=data,
         table=table,
         params={"direction": direction, "method": method, "n": len(pairs.clean)},

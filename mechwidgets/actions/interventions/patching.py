@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mechwidgets.actions.interventions.attribution import attribution_moves
-from mechwidgets.actions.interventions.edits import run_cells
+from mechwidgets.actions.interventions.edits import Source, run_cells
 from mechwidgets.actions.interventions.grid import (
     Direction,
     PatchResult,
@@ -81,10 +81,11 @@ def patch(
     plan = plan_patching(
         model, clean, corrupt, behavior, grid, components, direction, n, gradient=attribution
     )
-    values, _ = run_cells(model, plan.base, plan.cells, plan.source_acts, [plan.pairs.scorer])
+    source = Source(plan.source)
+    values, _ = run_cells(model, plan.base, plan.cells, source, [plan.pairs.scorer])
     moves = {"activation": values[0].cpu().numpy() - plan.base_values}
     if attribution:
         moves["attribution"] = attribution_moves(
-            model, plan.base, plan.source_acts, plan.cells, plan.pairs.scorer
+            model, plan.base, source, plan.cells, plan.pairs.scorer
         )
     return patch_result(model, plan, moves, resamples, level, seed)

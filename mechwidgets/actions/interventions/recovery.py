@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult
-from mechwidgets.actions.interventions.edits import Cell, capture, run_cells, site_of
+from mechwidgets.actions.interventions.edits import Cell, Source, capture, run_cells, site_of
 from mechwidgets.analysis.statistics import (
     batch_score,
     bootstrap_pvalue,
@@ -323,13 +322,12 @@ def _patched_readouts(
             model, texts, None if positions is None else positions[index], index, len(task)
         )
         acts, _ = capture(model, prompts, [src_key, read_key])
-        rows = torch.arange(len(prompts))
-        sources = {cell.site: acts[src_key] for cell in cells}
-        _, reads = run_cells(model, prompts, cells, sources, [], readout=readout)
+        source = Source(prompts, site=src_key)  # each prompt's own stream at the source
+        _, reads = run_cells(model, prompts, cells, source, [], readout=readout)
         assert reads is not None
         found = {
-            "before": acts[read_key][rows, prompts.read],
-            "source": acts[src_key][rows, prompts.read],
+            "before": acts[read_key],
+            "source": acts[src_key],
             **{f"after_{t}": reads[i] for i, t in enumerate(targets)},
         }
         for key, value in found.items():
