@@ -239,9 +239,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: Any) -> None:
-    from mechwidgets.report.text import score_table
+    from mechwidgets.report.text import compact_frame
 
-    print(score_table(result.table))
+    print(compact_frame(result.table).to_string(index=False))  # any action's table
     print(f"\nverdict: {result.verdict()}")
     out = (result.spec or {}).get("output_dir")
     if out:

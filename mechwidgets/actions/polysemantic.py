@@ -26,7 +26,7 @@ neuron of every layer. ``res.shortlist`` lists those neurons, most polysemantic 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -47,7 +47,7 @@ from mechwidgets.analysis.neurons import (
 )
 from mechwidgets.analysis.statistics import permutation_pvalue, score
 from mechwidgets.core.errors import CubeError, SpecError
-from mechwidgets.core.registry import register_action
+from mechwidgets.core.registry import Needs, register_action
 from mechwidgets.extract.cube import NEURONS
 from mechwidgets.probes.controls import shuffled_labels
 from mechwidgets.probes.linear import Standardizer, fit_select_predict, make_path
@@ -208,6 +208,10 @@ class Polysemantic(ResultAction):
     """Does one neuron load on several unrelated features? Loadings, index, shortlist."""
 
     name = "polysemantic"
+
+    def needs(self, params: Mapping[str, Any]) -> Needs:
+        """A cube with MLP neurons, so the runner's one extraction serves it."""
+        return Needs(neurons=True)
 
     def prepare(self, context: RunContext) -> NeuronPlan:
         """Check the cube (extracting neurons from a model and task if needed) and labels."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-import sys
 import types
 import typing
 from functools import cache
@@ -50,7 +49,7 @@ ACTION_ALIASES = {
 SELECTOR_ALIASES = {"layers_output": "resid", "attentions_output": "attn", "mlps_output": "mlp"}
 CONTROLS = ("label_shuffle", "random_subspace", "control_task")
 #: arguments of an action's function that a RunSpec supplies itself, never as params
-SUPPLIED = frozenset({"cube", "source", "model", "task", "seed", "controls"})
+SUPPLIED = frozenset({"cube", "source", "clean", "model", "task", "seed", "controls"})
 
 
 class _Spec(BaseModel):
@@ -272,18 +271,17 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def action_params(name: str) -> dict[str, tuple[Any, Any]] | None:
     """The parameters action ``name`` takes in a config: name -> (type, default).
 
-    Read from the action's public function (``mechwidgets.detect`` for ``detect``), so the
+    Read from the action's public function (``mechwidgets.detect`` for ``detect``, the one
+    its registration names otherwise: :func:`mechwidgets.core.registry.action_function`), so the
     table is written once: its keyword parameters, less those the RunSpec supplies (the
     data, ``seed``, ``controls``), and where the function passes ``**params`` on to the
     probing protocol, the protocol's fields. None for an action without such a function.
     """
-    from mechwidgets.core.registry import _ACTIONS, list_actions
+    from mechwidgets.core.registry import action_function
     from mechwidgets.probes.sweep import Protocol
 
-    if name not in list_actions():
-        return None
-    function = getattr(sys.modules[_ACTIONS[name].__module__], name, None)
-    if not callable(function):
+    function = action_function(name)
+    if function is None:
         return None
     hints = typing.get_type_hints(function)
     table: dict[str, tuple[Any, Any]] = {}
@@ -317,11 +315,17 @@ def _check_protocol(params: dict[str, Any], table: dict[str, tuple[Any, Any]]) -
 def _check_value(value: Any, hint: Any, default: Any) -> str | None:
     """What is wrong with ``value`` for a parameter typed ``hint``, or None.
 
-    Only the plain types are checked here (the action checks the rest when it runs): an
+    Only the plain types and ``Literal`` choices are checked here (the action checks the
+    rest when it runs): an
     ``int`` parameter is a count, so a whole number >= 1; a ``float`` a number; a ``str``
     a string; ``None`` passes where the type allows it.
     """
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            return f"choose one of {', '.join(map(str, choices))}{_did_you_mean(value, choices)}"
+        return None
     if origin is None:
         kinds = {hint}
     elif origin in (typing.Union, types.UnionType):

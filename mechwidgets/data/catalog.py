@@ -185,6 +185,28 @@ class PromptPairs:
         example = f"{self.clean[0]!r} -> {self.corrupt[0]!r}" if self.clean else "empty"
         return f"PromptPairs({self.name!r}, n={len(self)}, e.g. {example})"
 
+    def to_task(self) -> Task:
+        """The clean prompts as a Task: the factors that vary as labels, the read position,
+        and the clean-minus-corrupt answer logit difference as its behaviour."""
+        from mechwidgets.metrics import logit_diff  # torch: on first use
+
+        factors = self.metadata.get("factors", {})
+        classes = self.metadata.get("classes", {})
+        labels = {
+            k: np.asarray(v)
+            for k, v in factors.items()
+            if k in classes and np.unique(v).size > 1 and min(v) >= 0
+        }
+        return Task(
+            name=self.name,
+            texts=list(self.clean),
+            labels=labels,
+            split=self.split,
+            positions=[self.position] * len(self),
+            behavior=logit_diff(correct=self.clean_answer, wrong=self.corrupt_answer),
+            metadata={"classes": {k: classes[k] for k in labels}},
+        )
+
 
 def get_task_pairs(name: str = "subject_number", n: int = 500, seed: int = 0) -> PromptPairs:
     """Clean/corrupt prompt pairs that differ only in subject number.
