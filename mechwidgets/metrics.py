@@ -589,11 +589,6 @@ def _ids(words: list[str], model: Any, prompts: Prompts) -> torch.Tensor:
     return torch.tensor([cache[w] for w in words], device=prompts.read.device)
 
 
-def widen(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in at least float32 (half-precision logits are scored in float32, float64 kept)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def _rows(values: torch.Tensor, n: int) -> int:
     if values.shape[0] % n:
         raise SpecError(f"values have {values.shape[0]} rows, not a multiple of {n} prompts")

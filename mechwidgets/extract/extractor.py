@@ -386,29 +386,15 @@ def _layer_rows(
     return torch.stack(parts, 1)
 
 
-@torch.no_grad()
-def head_writes(model: Model, layer: int, z: torch.Tensor, heads: Sequence[int]) -> torch.Tensor:
-    """Each head's write into the residual stream: its slice of the output projection.
-
-    Parameters
-    ----------
-    z : the output projection's input, (..., n_heads * d_head).
-    heads : which heads.
-
-    Returns
-    -------
-    (..., len(heads), d_model) float32; summed over all heads plus the projection's bias
-    this is the attention output.
-    """
-    return head_projector(model, heads)(z, model.module("attn_out_proj", layer).weight)
-
-
 def head_projector(
     model: Model, heads: Sequence[int]
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``project(z, weight)``: :func:`head_writes` given the projection's stored weight.
+    """``project(z, weight)``: each head's write into the residual stream, its slice of the
+    attention output projection, from the projection's input ``z`` (..., n_heads * d_head)
+    and its stored ``weight``: (..., len(heads), d_model) float32 (summed over all heads
+    plus the projection's bias, the attention output).
 
-    A function of tensors and plain values only, so a remote trace can call it on the
+    A function of tensors and plain values only, so a remote trace calls it on the
     server's weight (nnsight ships it by its source).
     """
     n_heads, d_head, picked = model.shape.n_heads, model.d_head, list(heads)
