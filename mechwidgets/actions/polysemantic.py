@@ -48,7 +48,7 @@ from mechwidgets.analysis.neurons import (
 from mechwidgets.analysis.statistics import permutation_pvalue, score
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import Needs, register_action
-from mechwidgets.extract.cube import NEURONS
+from mechwidgets.extract.cube import NEURONS, check_cube
 from mechwidgets.probes.controls import shuffled_labels
 from mechwidgets.probes.linear import Standardizer, fit_select_predict, make_path
 from mechwidgets.probes.sweep import (
@@ -282,17 +282,7 @@ def _neuron_cube(context: RunContext, protocol: Protocol) -> xr.Dataset:
         )
     if cube is None:
         raise SpecError("polysemantic needs a cube with neurons, or a model and a task")
-    if not isinstance(cube, xr.Dataset):
-        raise CubeError(f"expected an xarray.Dataset cube, got {type(cube).__name__}")
-    if not has_neurons:
-        raise CubeError(
-            "cube has no 'neurons' variable (MLP activations); extract with "
-            "mw.extract(model, task, neurons=True) or pass the model and task"
-        )
-    if set(cube[NEURONS].dims) != {"sample", "layer", "neuron"}:
-        raise CubeError(
-            f"cube 'neurons' has dims {cube[NEURONS].dims}; expected (sample, layer, neuron)"
-        )
+    check_cube(cube, need=NEURONS)
     return cube
 
 

@@ -410,8 +410,20 @@ def check_header(ds: xr.Dataset, layout: CubeLayout | None) -> str | None:
     return None
 
 
-def check_cube(ds: xr.Dataset) -> None:
-    """Raise a one-line CubeError when ``ds`` breaks the cube contract; actions call it first."""
+def check_cube(ds: Any, need: str | None = None) -> None:
+    """Raise a one-line CubeError when ``ds`` breaks the cube contract.
+
+    The one check of the contract (the probes' reader, polysemantic and the cube files'
+    readers call it): an ``xarray.Dataset`` holding ``act`` and/or ``neurons`` over the
+    dimensions :data:`DIMS` names, in any order (every reader selects by name), and
+    ``need``, the variable the caller reads, among them.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise CubeError(f"expected an xarray.Dataset cube, got {type(ds).__name__}")
+    if need is not None and need not in ds.data_vars:
+        dims = ", ".join(DIMS[need])
+        how = "mw.extract(model, task, neurons=True)" if need == NEURONS else "mw.extract"
+        raise CubeError(f"cube has no '{need}' variable with dims ({dims}); build it with {how}")
     problem = _contract_problem(ds)
     if problem:
         raise CubeError(f"not an activation cube: it {problem}; build one with mechwidgets.extract")

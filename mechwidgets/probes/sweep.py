@@ -53,6 +53,7 @@ from mechwidgets.analysis.statistics import (
 )
 from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import CubeError, SpecError
+from mechwidgets.extract.cube import ACT, check_cube
 from mechwidgets.probes.controls import (
     WORDTYPE_PREFIX,
     check_controls,
@@ -270,17 +271,7 @@ def read_cube(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> Cu
     SpecError
         a metric that does not suit a label; layers or components not in the cube.
     """
-    if not isinstance(cube, xr.Dataset):
-        raise CubeError(f"expected an xarray.Dataset cube, got {type(cube).__name__}")
-    if "act" not in cube.data_vars:
-        raise CubeError(
-            "cube has no 'act' variable; expected activations with dims "
-            "(sample, layer, component, dim)"
-        )
-    if set(cube["act"].dims) != {"sample", "layer", "component", "dim"}:
-        raise CubeError(
-            f"cube 'act' has dims {cube['act'].dims}; expected (sample, layer, component, dim)"
-        )
+    check_cube(cube, need=ACT)
     if "split" not in cube.variables or cube["split"].dims != ("sample",):
         raise CubeError("cube has no 'split' variable along 'sample'; add train/val/test splits")
     split = np.asarray(cube["split"].values).astype(str)
