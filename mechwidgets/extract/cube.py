@@ -434,6 +434,6 @@ def _contract_problem(ds: xr.Dataset) -> str | None:
     if not present:
         return f"has neither '{ACT}' nor '{NEURONS}'"
     for name in present:
-        if ds[name].dims != DIMS[name]:
+        if set(ds[name].dims) != set(DIMS[name]):
             return f"has {name} with dims {ds[name].dims}, expected {DIMS[name]}"
     return None
