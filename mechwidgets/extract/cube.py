@@ -364,7 +364,9 @@ def checked_blocks(
     each of its checksummed blocks of ``rows`` samples matches; a one-line CubeError otherwise."""
     source, name, on_corrupt = where
     first = block_id[0] * chunk_rows // rows
-    middle = tuple(slice(i, i + 1) for i in block_id[1:-1])
+    # this chunk's part of the middle dims: chunks there are 1 wide or span the dim
+    ids, sizes = block_id[1:-1], block.shape[1:-1]
+    middle = tuple(slice(i * n, i * n + n) for i, n in zip(ids, sizes, strict=True))
     for k in range(0, len(block), rows):
         want = expected[(first + k // rows, *middle)]
         if not np.array_equal(block_crcs(block[k : k + rows]), want):

@@ -257,7 +257,7 @@ def write_batch(
     start: int,
     act: np.ndarray | None,
     neurons: np.ndarray | None = None,
-    group: zarr.Group | None = None,
+    arrays: dict[str, zarr.Array] | None = None,
 ) -> None:
     """Write the batch of rows from ``start`` (a multiple of the store's batch size) and
     its checksums as one region, then commit it. Safe from any process, in any order.
@@ -265,26 +265,32 @@ def write_batch(
     Written through zarr's arrays: the same region write as xarray's
     ``to_zarr(region=...)`` (the template fixed every encoding), without reopening and
     re-validating the whole dataset per batch, which cost 10 requests a batch on S3.
-    ``group``: the store opened for writing, to reuse across batches.
+    ``arrays``: the store's arrays opened for writing, to reuse across batches.
     """
-    group = _group(url, "r+") if group is None else group
-    rows = int(group.attrs["checksum_rows"])
+    arrays = _arrays(_group(url, "r+")) if arrays is None else arrays
+    rows = int(arrays[ACT if ACT in arrays else NEURONS].chunks[0])  # a batch along sample
     if start % rows:
         raise ValueError(f"batches start at multiples of {rows}, not {start}")
     block = start // rows
     for name, values in ((ACT, act), (NEURONS, neurons)):
-        if name not in group:
+        if name not in arrays:
             continue
         if values is None:
             raise ValueError(f"this cube has '{name}': pass its rows")
         values = np.ascontiguousarray(values, dtype=np.float32)
-        group[name][start : start + len(values)] = values
-        group[CHECKSUMS[name]][block] = block_crcs(values)
-    _commit(group, block)  # after the rows and checksums, so a commit implies both
+        arrays[name][start : start + len(values)] = values
+        arrays[CHECKSUMS[name]][block] = block_crcs(values)
+    _commit(arrays, block)  # after the rows and checksums, so a commit implies both
 
 
-def _commit(group: zarr.Group, block: int) -> None:
-    group[COMMITTED][block] = 1
+def _arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """The arrays a batch writes, opened once (each lookup reads their metadata)."""
+    names = [n for n in (ACT, NEURONS) if n in group]
+    return {n: group[n] for n in (*names, *(CHECKSUMS[n] for n in names), COMMITTED)}
+
+
+def _commit(arrays: dict[str, zarr.Array], block: int) -> None:
+    arrays[COMMITTED][block] = 1
 
 
 class StoreWriter:
@@ -307,7 +313,7 @@ class StoreWriter:
     ) -> None:
         self.url = str(url)
         self.rows = init_store(self.url, layout, per_sample, attrs, batch_rows)
-        self._group = _group(self.url, "r+")
+        self._arrays = _arrays(_group(self.url, "r+"))
         self._n = layout.n_samples
         local = _is_local(self.url)
         path = Path(_location(self.url))
@@ -330,7 +336,7 @@ class StoreWriter:
                     yield self._span(block)
 
     def _done(self, block: int) -> bool:
-        return bool(self._group[COMMITTED][block])
+        return bool(self._arrays[COMMITTED][block])
 
     def _span(self, block: int) -> tuple[int, int]:
         return block * self.rows, min(self._n, (block + 1) * self.rows)
@@ -346,7 +352,7 @@ class StoreWriter:
 
     def write(self, start: int, act: np.ndarray | None, neurons: np.ndarray | None = None) -> None:
         """Write and commit the batch starting at ``start``."""
-        write_batch(self.url, start, act, neurons, self._group)
+        write_batch(self.url, start, act, neurons, self._arrays)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -404,8 +410,12 @@ def open_store(url: str | Path, layout: CubeLayout | None = None) -> xr.Dataset:
     data = data.assign_coords({c: data[c].astype(object) for c in _string_coords(data)})
     # dask chunks of whole batches, about as large as the netCDF cube's checksummed blocks
     span = rows * max(1, rows_per_block([ds[v].shape for v in names], ds.sizes["sample"]) // rows)
+    small = sum(ds[v].nbytes for v in names) <= VERIFY_ON_OPEN_BYTES
     per_block = {"sample": span, "layer": 1, "component": 1, "dim": -1, "neuron": -1}
-    checked = data.chunk({d: n for d, n in per_block.items() if d in data.dims})
+    # checked whole now in chunks of whole shards (sequential reads), or lazily per slice
+    checked = data.chunk(
+        {"sample": span} if small else {d: n for d, n in per_block.items() if d in data.dims}
+    )
     where = redact(url)
     for name, expected in crcs.items():
         check = partial(
@@ -413,7 +423,7 @@ def open_store(url: str | Path, layout: CubeLayout | None = None) -> xr.Dataset:
         )
         blocks = checked[name].data.map_blocks(check, dtype=np.float32, meta=np.array((), "f4"))
         checked[name] = checked[name].copy(data=blocks)
-    if sum(ds[v].nbytes for v in names) <= VERIFY_ON_OPEN_BYTES:
+    if small:
         try:  # small enough to check whole now (as a netCDF cube is); then served unchecked
             for name in names:
                 checked[name].data.compute()

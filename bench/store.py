@@ -1,0 +1,77 @@
+"""Zarr cube against netCDF cube: write and read throughput on a local disk.
+
+A synthetic cube of N samples x 8 layers x 3 components x 256 (float32), written batch by
+batch (64 samples, checksums included) by each format's writer, then opened (the open
+checks every block: both cubes are under ``VERIFY_ON_OPEN_BYTES``) and read whole, and
+one layer x component read alone. Best of ``REPEAT``; MB/s of ``act`` bytes.
+
+    python bench/store.py [folder]   # default: a temporary folder
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mechwidgets.extract.cube import CubeLayout, CubeWriter, open_cube
+from mechwidgets.extract.store import StoreWriter
+
+N, BATCH, REPEAT = 6_400, 64, 3
+LAYOUT = CubeLayout(N, tuple(range(8)), ("resid", "attn", "mlp"), 256)
+PER_SAMPLE = {"sample_id": np.arange(N), "text": np.array([f"text {i}" for i in range(N)], object)}
+ATTRS = {"model": "bench", "cache_key": "bench"}
+
+
+def write(target: Path, batch: np.ndarray) -> float:
+    start = time.perf_counter()
+    writer = (
+        StoreWriter(target, LAYOUT, PER_SAMPLE, ATTRS, BATCH)
+        if target.suffix == ".zarr"
+        else CubeWriter(target, LAYOUT, PER_SAMPLE, ATTRS)
+    )
+    with writer as out:
+        for lo, hi in out.batches(BATCH):
+            out.write(lo, batch[: hi - lo])
+    return time.perf_counter() - start
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(folder: Path) -> None:
+    batch = np.random.default_rng(0).normal(size=(BATCH, 8, 3, 256)).astype(np.float32)
+    size = N * 8 * 3 * 256 * 4 / 2**20
+    print(f"cube: {N} x 8 x 3 x 256 float32 = {size:.0f} MB, batches of {BATCH}")
+    print(f"{'format':8} {'write MB/s':>11} {'open+read all MB/s':>19} {'one slice s':>12}")
+    for name in ("cube.nc", "cube.zarr"):
+        target = folder / name
+        writes, reads, slices = [], [], []
+        for _ in range(REPEAT):
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(
+                missing_ok=True
+            )
+            writes.append(write(target, batch))
+            reads.append(timed(lambda t=target: open_cube(t)["act"].values))
+            slices.append(
+                timed(lambda t=target: open_cube(t)["act"].sel(layer=3, component="mlp").values)
+            )
+        print(
+            f"{target.suffix[1:]:8} {size / min(writes):11.0f} {size / min(reads):19.0f}"
+            f" {min(slices):12.2f}"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        main(Path(sys.argv[1]))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            main(Path(tmp))
