@@ -169,3 +169,11 @@ def test_remote_without_credentials_fails_in_one_line_before_any_work(monkeypatc
     with pytest.raises(ModelError, match="not a remote setting"):
         mw.load_model("toy-grammar", remote="ndif")
     assert os.environ.get("NDIF_API_KEY") is None
+
+
+def test_a_self_hosted_ndif_without_the_hub_fails_in_one_line():
+    """A URL needs no NDIF key, but the architecture and tokenizer still come from the hub:
+    offline (as the tests run), that is one line naming the cause."""
+    with pytest.raises(ModelError, match="cannot read the config") as err:
+        mw.load_model("EleutherAI/pythia-70m", remote="https://ndif.example")
+    assert "\n" not in str(err.value)

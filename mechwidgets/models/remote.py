@@ -75,7 +75,7 @@ def remote_model(
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
         wrapped = nnsight.TransformersModel(name, revision=revision, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # offline, unknown id
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(
             f"cannot read the config and tokenizer of '{name}' ({first}); a remote model "
