@@ -129,6 +129,7 @@ def main() -> None:
         ("binary", "gaussian"),
         ("gaussian", "gaussian"),
         ("lognormal", "lognormal"),
+        ("binary", "sparse relu"),
         ("rare binary", "sparse relu"),
     ):
         for method in args.methods.split(","):

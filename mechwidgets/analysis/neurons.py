@@ -15,8 +15,8 @@ the numbers behind that call, neuron by neuron, for all neurons of a layer at on
   toy-grammar, a neuron made to fire for plural subjects and negative sentiment had a
   sentiment decoder weight 0.3 null standard deviations from zero (other neurons carry
   sentiment too) while its sentiment loading was -0.53.
-- :func:`normal_scores`, :func:`loading_z`, :func:`shuffled_loading_z`: the test of a
-  loading. Every shuffled labelling shares the labels' Gram matrix (a row permutation
+- :func:`rank_test`, :func:`normal_scores`, :func:`loading_z`, :func:`shuffled_loading_z`:
+  the test of a loading. Every shuffled labelling shares the labels' Gram matrix (a row permutation
   leaves ``Y^T Y`` unchanged), so all shuffled refits reuse one factorisation; the null's
   exact moments (mean 0, covariance ``G^-1 / (n - 1)``) give z-scores whose Gaussian tails
   reach the small p-values that a correction over thousands of neurons needs, which
@@ -24,10 +24,11 @@ the numbers behind that call, neuron by neuron, for all neurons of a layer at on
   the Gaussian *tail* is not: on raw lognormal activations and features (4,096 neurons,
   3 features, n = 300) p < 1e-4 came 87x too often and a Holm-significant loading in
   100% of null layers. So the test runs on normal scores (a rank test, van der Waerden
-  1952): each neuron's ranks mapped to standard-normal quantiles, ties broken at random,
-  which makes the permutation null Gaussian to the far tail whatever the activations' or
-  features' distribution: there, 0.77x and 4% (binary, Gaussian, lognormal and sparse
-  ReLU designs all within 2-7%; ``bench/polysemantic_calibration.py``, BENCHMARKS.md).
+  1952): each neuron's ranks mapped to standard-normal quantiles, which makes the
+  permutation null Gaussian to the far tail whatever the activations' or features'
+  distribution: there, 0.84x and 5% (binary, Gaussian, lognormal and sparse-ReLU designs
+  all 3-7%, none flagged polysemantic; ``bench/polysemantic_calibration.py``,
+  BENCHMARKS.md), with power on planted neurons at least the old test's.
 - :func:`loading_index`, :func:`conjunction_pvalues`, :func:`count_features`: the
   multi-feature loading index and its test.
 - :func:`decoder_alignment`, :func:`auroc`: the probe direction's alignment with each
@@ -128,9 +129,9 @@ def normal_scores(a: np.ndarray, rng: np.random.Generator | None = None) -> np.n
     neuron that is exactly 0 for most inputs (ReLU) against a rare 0/1 feature otherwise
     has a lumpy, hypergeometric-like null whose far tail the Gaussian underestimates.
     Without ``rng`` ties share their mean rank (for labels: a 0/1 feature stays 0/1).
-    Constant columns stay constant. The random ties cost power on very sparse neurons
-    (84% exactly 0: 0.24 -> 0.06 of planted neurons flagged at one weight, where the
-    Pearson test's family-wise error was 78%); on dense ones power is unchanged.
+    Constant columns stay constant. Random ties cost power on very sparse neurons (84%
+    exactly 0: 0.63 -> 0.06 of planted neurons flagged at one weight), so
+    :func:`rank_test` breaks them only where the tied null is not close to normal.
     """
     a = np.asarray(a, np.float64)
     n = len(a)

@@ -10,10 +10,11 @@ strength and every target column are then matrix products (:class:`RidgePath`).
 The default probe is a ridge-regression classifier on +-1 targets (one-vs-rest for more
 than two classes, plain ridge for continuous labels). It is a different estimator from L2
 logistic regression and agrees with it where neither fits the training set perfectly.
-Measured with ``bench/probe_agreement.py`` (BENCHMARKS.md): at strengths >= 2 x n_train
-(the default grid's three strongest) the two are within a point of test accuracy on
-every planted cube; at the weakest strengths they differ by up to 7 points on planted
-cubes and by 36 on toy-grammar's animacy, where both fit the training nouns perfectly.
+Measured with ``bench/probe_agreement.py`` (BENCHMARKS.md): at matched strength they are
+within a point of test accuracy at the default grid's two strongest strengths (>= 14 x
+n_train) and within 1.7 at 2 x n_train, but differ by up to 13.5 points on planted cubes
+(d = 768) and by 36 on toy-grammar's animacy at the weakest, where both fit the training
+nouns perfectly.
 Each choosing its own strength on validation, they agree to 0-0.9 points on average on
 planted cubes with held-out word types (N 300-4,000, d 64-768; at most 3.4 on one slice,
 1.5 where accuracy >= 0.9) and exactly on toy-grammar's number, sentiment and tense, but
