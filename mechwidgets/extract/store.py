@@ -90,6 +90,9 @@ def _location(url: str | Path) -> str:
 
 def _open_group(url: str) -> xr.Dataset | None:
     """The store's template, opened lazily, or None when no complete template is there."""
+    fs, root = fsspec.core.url_to_fs(_location(url))
+    if not fs.exists(f"{root}/{COMMITTED}/zarr.json"):  # one request, where opening takes many
+        return None
     try:
         ds = xr.open_zarr(_location(url), consolidated=False, chunks=None, decode_cf=True)
     except (FileNotFoundError, KeyError, ValueError, OSError):
@@ -426,7 +429,7 @@ def open_store(url: str | Path, layout: CubeLayout | None = None) -> xr.Dataset:
     if small:
         try:  # small enough to check whole now (as a netCDF cube is); then served unchecked
             for name in names:
-                checked[name].data.compute()
+                checked[name].data.compute(scheduler="synchronous")
         except BaseException:
             ds.close()
             raise
