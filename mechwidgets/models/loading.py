@@ -123,7 +123,7 @@ class Model:
         The hash is computed once per state of the weights, not per call: it is kept with
         each parameter's and buffer's storage address, dtype, shape and torch's in-place
         version counter, and recomputed only when one of those changed (an in-place edit,
-        ``load_state_dict``, ``.to(dtype)``, a replaced module). Hashing costs 0.14 s of
+        ``load_state_dict``, ``.to(dtype)``, a replaced module). Hashing costs 0.14-0.16 s of
         CPU at 70M parameters and ran on every extraction before; the check costs
         microseconds. Edits through ``.data`` bypass torch's version counters: after one,
         call :meth:`forget_identity` (and for a large named model also set
