@@ -31,6 +31,11 @@ that died (``kill -9``) are listed with their age and removed by ``clear_cache``
 next writer of that key. ``MECHWIDGETS_CACHE`` overrides the folder (default
 ``~/.cache/mechwidgets``).
 
+Zarr cubes written elsewhere (``extract(..., store=path_or_url)``, see
+:mod:`mechwidgets.extract.store`) are recorded in the folder's store index
+(``stores.jsonl``, URLs without credentials), so ``mechinterp cache list`` shows them with
+their committed batches; ``clear_cache`` forgets them and leaves their data.
+
 >>> key = cache_key({"model": "zoo:toy-grammar@ab12", "layers": [0, 1]})
 >>> with claim(key):
 ...     cube = load(key, layout)
@@ -144,7 +149,7 @@ def load(key: str, layout: CubeLayout) -> xr.Dataset | None:
         return None
     seen = _OPENED.get(path)
     if seen is not None and _vouches(seen[0], key, state):
-        return seen[1].copy(deep=False)
+        return _serve(seen[1])
     try:
         verified = _is_verified(path, key)
         cube = open_cube(
@@ -169,7 +174,15 @@ def load(key: str, layout: CubeLayout) -> xr.Dataset | None:
     _OPENED[path] = (stamp, cube)
     while len(_OPENED) > OPENED_MAX:
         _OPENED.pop(next(iter(_OPENED)))
-    return cube.copy(deep=False)
+    return _serve(cube)
+
+
+def _serve(cube: xr.Dataset) -> xr.Dataset:
+    """A shallow copy of a kept cube whose ``close()`` closes its file (xarray reopens it
+    when the kept cube is read again)."""
+    served = cube.copy(deep=False)
+    served.set_close(cube.close)  # copy() drops the closer
+    return served
 
 
 def _stamp(key: str, state: dict[str, int]) -> dict[str, Any]:

@@ -17,6 +17,9 @@ Contract (what every action may rely on):
 - ``attrs``: strings and numbers only (netCDF has no dicts, bools or None); structured
   values are JSON strings. ``complete`` is 1 only once every sample has been written.
 
+The same cube can live in a Zarr v3 store (:mod:`mechwidgets.extract.store`), which
+:func:`open_cube` opens too; ``checksum_rows``, a storage detail, is dropped on open.
+
 :class:`CubeWriter` writes batch by batch into a file, so memory is bounded by a batch,
 and records a checksum per block: a crc32 of ``checksum_rows`` rows of one layer (and
 component) of each variable. :func:`open_cube` opens a finished file lazily (dask chunks
