@@ -25,6 +25,7 @@ from mechwidgets.actions.detect import ProbePlan, ProbeResult
 from mechwidgets.actions.interventions.recovery import RecoveryResult, RecoverySpec
 from mechwidgets.analysis.geometry import cka_matrix
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
+from mechwidgets.cluster import using
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
@@ -258,6 +259,7 @@ def collapse(
     controls: Iterable[str] = DEFAULT_CONTROLS,
     seeds: int = 5,
     seed: int = 0,
+    client: Any = None,
     cka: str = "debiased",
     component: str | None = None,
     recovery: Mapping[str, Any] | None = None,
@@ -269,7 +271,7 @@ def collapse(
     ----------
     cube : an activation cube.
     label : the label variable; may be omitted when the cube has only one.
-    controls, seeds, seed, **params : as in :func:`mechwidgets.detect`.
+    controls, seeds, seed, client, **params : as in :func:`mechwidgets.detect`.
     cka : ``debiased`` (default; unbiased HSIC) or ``linear`` CKA for the heatmap.
     component : the component of the headline numbers; default ``resid``.
     recovery : also patch the peak layer's residual stream into later layers of the model
@@ -305,4 +307,5 @@ def collapse(
         controls=list(controls),
         seed=seed,
     )
-    return cast(CollapseResult, run_action("collapse", context))
+    with using(client):
+        return cast(CollapseResult, run_action("collapse", context))

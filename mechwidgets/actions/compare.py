@@ -35,6 +35,7 @@ from scipy.integrate import trapezoid
 from mechwidgets.actions.base import ResultAction, RunContext, run_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult, units_phrase
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
+from mechwidgets.cluster import using
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
@@ -454,6 +455,7 @@ def compare(
     controls: Iterable[str] = DEFAULT_CONTROLS,
     seeds: int = 5,
     seed: int = 0,
+    client: Any = None,
     threshold: float | None = None,
     component: str | None = None,
     **params: Any,
@@ -468,7 +470,7 @@ def compare(
     labels : two or more label variables of the cube; with a list of cubes, one label per
         cube, in order (a single name when every cube's label has it). Labels with the
         same name are told apart by the cubes' task names (``"label (task)"``).
-    controls, seeds, seed, **params : as in :func:`mechwidgets.detect`.
+    controls, seeds, seed, client, **params : as in :func:`mechwidgets.detect`.
     threshold : score that counts as "emerged"; default halfway between chance and a
         perfect score, per label (0.75 for balanced binary accuracy, 0.5 for r2).
     component : the component the headline (``earliest``) is read from; default ``resid``.
@@ -495,4 +497,5 @@ def compare(
         controls=list(controls),
         seed=seed,
     )
-    return cast(CompareResult, run_action("compare", context))
+    with using(client):
+        return cast(CompareResult, run_action("compare", context))

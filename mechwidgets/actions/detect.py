@@ -19,6 +19,7 @@ import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, run_action
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
+from mechwidgets.cluster import using
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.probes.sweep import (
@@ -292,6 +293,7 @@ def detect(
     controls: Iterable[str] = DEFAULT_CONTROLS,
     seeds: int = 5,
     seed: int = 0,
+    client: Any = None,
     **params: Any,
 ) -> DetectResult:
     """Does each (layer, component) slice of ``cube`` linearly encode ``label``?
@@ -303,6 +305,8 @@ def detect(
     controls : any of ``label_shuffle``, ``random_subspace``, ``control_task``.
     seeds : how many seeds (shuffles, subspaces, control tasks, bootstrap streams).
     seed : the first seed value.
+    client : a ``dask.distributed.Client``: each slice is probed on a worker, which opens
+        the cube's file itself (:mod:`mechwidgets.cluster`); the same numbers as without.
     **params : protocol options: ``permutations`` (200), ``resamples`` (1000),
         ``strengths``, ``metric``, ``probe`` (``ridge``/``logistic``), ``level`` (0.95),
         ``correction`` (``holm``/``bh``), ``subspace_rank``, ``layers``, ``components``,
@@ -329,4 +333,5 @@ def detect(
         controls=list(controls),
         seed=seed,
     )
-    return cast(DetectResult, run_action("detect", context))
+    with using(client):
+        return cast(DetectResult, run_action("detect", context))

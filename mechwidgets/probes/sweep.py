@@ -28,7 +28,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -51,6 +51,7 @@ from mechwidgets.analysis.statistics import (
     score,
     simultaneous_interval,
 )
+from mechwidgets.cluster import map_slices
 from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.extract.cube import ACT, check_cube
@@ -493,23 +494,42 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
     # start-up and contention than they save (a 15-slice, 800 x 32 detect: 0.8 s on one
     # thread, 2.6-5.4 s on two busy cores), so such sweeps run on one thread.
     small = cube.sizes["sample"] * dim <= _SMALL_SLICE
+    where = {
+        (layer, comp): (li, ci)
+        for li, layer in enumerate(view.layers)
+        for ci, comp in enumerate(view.components)
+    }
+    # on a dask client (mechwidgets.cluster.using) each slice is a task on a worker
+    shared = (replace(view, cube=xr.Dataset()), draws, weights, protocol)
     with threadpool_limits(1) if small else contextlib.nullcontext():
-        for li, layer in enumerate(view.layers):
-            for ci, comp in enumerate(view.components):
-                x = _load(cube, layer, comp)
-                if x is None:
-                    continue
-                probed[li, ci] = True
-                slice_out = _probe_slice(x, view, draws, weights, protocol)
-                for key, per_label in slice_out.items():
-                    for ni, value in enumerate(per_label):
-                        out[key][ni, li, ci] = value
+        for slice_key, slice_out in map_slices(cube, probe_at, where, *shared):
+            if slice_out is None:
+                continue
+            li, ci = where[slice_key]
+            probed[li, ci] = True
+            for key, per_label in slice_out.items():
+                for ni, value in enumerate(per_label):
+                    out[key][ni, li, ci] = value
     if not probed.any():
         raise CubeError(
             "every slice of the cube is all NaN, so nothing can be probed; extract it again "
             "(a NaN cube comes from a model that overflowed: try dtype='float32')"
         )
     return _assemble(out, probed, view, protocol, controls)
+
+
+def probe_at(
+    cube: xr.Dataset,
+    layer: int,
+    comp: str,
+    view: CubeView,
+    draws: dict[str, _Draws],
+    weights: np.ndarray,
+    protocol: Protocol,
+) -> dict[str, list[np.ndarray]] | None:
+    """One slice loaded and probed (:func:`_probe_slice`); None when it is absent."""
+    x = _load(cube, layer, comp)
+    return None if x is None else _probe_slice(x, view, draws, weights, protocol)
 
 
 def _load(cube: xr.Dataset, layer: int, comp: str) -> np.ndarray | None:

@@ -1,0 +1,154 @@
+"""dask.distributed for the cube: probing slices and extracting batches on workers.
+
+Given a ``dask.distributed.Client``, ``detect`` / ``compare`` / ``collapse`` (``client=c``)
+probe each (layer, component) slice on a worker, and ``extract(model, task,
+store="x.zarr", client=c)`` computes each batch on a worker and writes it into the Zarr
+cube. Workers open the cube file themselves from its path, once per worker, and load a
+zoo model once per worker by its name; only per-slice numbers and the batches' regions of
+the store move, never the cube through the scheduler. Seeded draws are made once on the
+client and shared, so results equal the single-process ones exactly.
+
+>>> from dask.distributed import Client, LocalCluster
+>>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))
+>>> res = mw.detect(mw.open_cube("cube.nc"), "number", client=client)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from threadpoolctl import threadpool_limits
+
+from mechwidgets.core.errors import CubeError, SpecError
+from mechwidgets.extract.cube import ACT, CubeLayout, is_zarr, open_cube
+
+_CLIENT: ContextVar[Any] = ContextVar("mechwidgets_client", default=None)
+
+
+def check_client(client: Any) -> None:
+    """A one-line SpecError unless ``client`` is None or a ``dask.distributed.Client``."""
+    if client is None:
+        return
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise SpecError(
+            "client= needs dask.distributed: pip install 'mechwidgets[distributed]'"
+        ) from None
+    if not isinstance(client, Client):
+        raise SpecError(
+            f"client= takes a dask.distributed.Client, got {type(client).__name__}; "
+            "e.g. Client(LocalCluster(n_workers=2)) or Client('tcp://scheduler:8786')"
+        )
+
+
+@contextlib.contextmanager
+def using(client: Any) -> Iterator[None]:
+    """Within the block, slices are probed on ``client``'s workers (None: in-process)."""
+    check_client(client)
+    token = _CLIENT.set(client)
+    try:
+        yield
+    finally:
+        _CLIENT.reset(token)
+
+
+def current() -> Any:
+    """The client set by :func:`using`, or None."""
+    return _CLIENT.get()
+
+
+def cube_source(cube: xr.Dataset) -> tuple[str, tuple]:
+    """Where workers open ``cube`` and what identifies its activations there.
+
+    Raises
+    ------
+    CubeError
+        For a cube held in memory (no file behind it) or whose activations were loaded.
+    """
+    source = cube.encoding.get("source")
+    if not source or ACT not in cube or not hasattr(cube[ACT].data, "dask"):
+        raise CubeError(
+            "client= probes a cube that workers open from its file; this one is in memory: "
+            "write it with mechwidgets.cluster.save_cube(cube, 'cube.zarr') and open that"
+        )
+    source = str(source)
+    ident: tuple = (cube.sizes["sample"], cube.sizes["dim"])
+    if not is_zarr(source):
+        stat = Path(source).stat()
+        ident += (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return source, ident
+
+
+@lru_cache(maxsize=4)
+def _worker_cube(source: str, ident: tuple) -> xr.Dataset:
+    """The cube as a worker opens it, once per worker process (cached by identity)."""
+    cube = open_cube(source) if is_zarr(source) else open_cube(source, verified=True)
+    if cube_source(cube)[1] != ident:
+        raise CubeError(
+            f"cube {source} differs from the cube given to client= (another file now, or "
+            "a selection of samples); open the file and pass it whole"
+        )
+    return cube
+
+
+def _on_worker(source: str, ident: tuple, fn: Callable, key: tuple, *shared: Any) -> Any:
+    with threadpool_limits(1):  # one task per worker thread; each gets one BLAS thread
+        return fn(_worker_cube(source, ident), *key, *shared)
+
+
+def map_slices(
+    cube: xr.Dataset, fn: Callable[..., Any], keys: Iterable[tuple], *shared: Any
+) -> Iterator[tuple[tuple, Any]]:
+    """``(key, fn(cube, *key, *shared))`` for every key, on the current client's workers.
+
+    Without a client (:func:`using`) this is a loop in this process. With one, ``shared``
+    is sent to every worker once and each key is one task over the worker's own opening of
+    the cube's file; results arrive in completion order.
+    """
+    client = current()
+    if client is None:
+        for key in keys:
+            yield key, fn(cube, *key, *shared)
+        return
+    from dask.distributed import as_completed
+
+    source, ident = cube_source(cube)
+    shared_futures = client.scatter(list(shared), broadcast=True, hash=False)
+    tasks = {
+        client.submit(_on_worker, source, ident, fn, key, *shared_futures, pure=False): key
+        for key in keys
+    }
+    try:
+        for future in as_completed(tasks):
+            yield tasks[future], future.result()
+    finally:
+        client.cancel(list(tasks))
+
+
+def save_cube(cube: xr.Dataset, target: str | Path, batch_rows: int = 256) -> str | Path:
+    """Write an in-memory cube (``act``, per-sample variables, attrs) as a cube file
+    (netCDF, or Zarr for a ``.zarr`` path / URL) that workers can open; returns ``target``."""
+    from mechwidgets.extract.cache import cube_writer
+
+    act = cube[ACT].transpose("sample", "layer", "component", "dim")
+    layout = CubeLayout(
+        n_samples=cube.sizes["sample"],
+        layers=tuple(int(v) for v in cube["layer"].values),
+        components=tuple(str(v) for v in cube["component"].values),
+        d_model=cube.sizes["dim"],
+    )
+    per_sample = {
+        str(k): np.asarray(v.values) for k, v in cube.variables.items() if v.dims == ("sample",)
+    }
+    with cube_writer(target, layout, per_sample, dict(cube.attrs), batch_rows) as out:
+        for start, stop in out.batches(batch_rows):
+            out.write(start, np.asarray(act[start:stop].values, np.float32))
+    return target
