@@ -94,6 +94,8 @@ grammar_model = mw.load_model("toy-grammar")
 grammar = mw.extract(grammar_model, mw.get_task("subject_number", n=300), selectors=["resid:2"])
 mw.viz.token_scores(grammar_model, grammar, "subject_number", layer=2, k=6)
 """
+#: a tutorial with two stored result charts, opened untrusted
+SHIPPED = "02_compare.ipynb"
 #: toy-induction's sequences: 16 tokens, so a head's causal pattern has 16 * 17 / 2 cells
 INDUCTION_CELLS = 8 * 16 * 17 // 2
 #: text elements of the charts whose box is not inside their SVG's box
@@ -172,6 +174,8 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         },
     )
     nbformat.write(notebook, work / "explorer.ipynb")
+    # a shipped tutorial as a user gets it: stored outputs, no signature, so untrusted
+    shutil.copy(ROOT / "notebooks" / SHIPPED, work / SHIPPED)
     # no "get Jupyter news?" toast over the screenshots, no "Select Kernel" dialog
     settings = tmp_path / "config" / "lab" / "user-settings" / "@jupyterlab"
     for plugin, value in [
@@ -299,7 +303,9 @@ def _check_views(page, expect) -> None:
     _shot_with_tooltip(page, result_chart, SHOTS / "chart.png")
 
     attention = charts.nth(1)
-    expect(attention.locator("g.mark-rect.role-mark path")).to_have_count(INDUCTION_CELLS, timeout=30_000)
+    expect(attention.locator("g.mark-rect.role-mark path")).to_have_count(
+        INDUCTION_CELLS, timeout=30_000
+    )
     expect(attention).to_contain_text("L0.H0")
     attention.locator("g.mark-rect.role-mark path").nth(40).hover()
     expect(tooltip).to_contain_text("weight")
@@ -316,6 +322,19 @@ def _check_views(page, expect) -> None:
 
     clipped = page.evaluate(CLIPPED_TEXT)
     assert clipped == [], f"chart text outside its SVG: {clipped[:10]}"
+
+
+def _check_untrusted(page, expect, url: str) -> None:
+    """A shipped notebook opened untrusted shows its charts' PNG fallbacks, not widgets."""
+    page = page.context.browser.new_page()  # a second tab: the first keeps its notebook
+    page.set_default_timeout(30_000)
+    page.goto(f"{url}/lab/tree/{SHIPPED}")
+    outputs = page.locator(".jp-Notebook .jp-OutputArea-output")
+    expect(outputs.first).to_be_visible(timeout=30_000)
+    images = page.locator('.jp-OutputArea-output[data-mime-type="image/png"] img')
+    expect(images).to_have_count(2, timeout=30_000)  # the two results' charts
+    assert page.get_by_text("Error displaying widget").count() == 0
+    assert page.locator(".mw-chart").count() == 0  # untrusted: no widget code ran
 
 
 def test_layer_explorer_renders_and_syncs_selection_in_jupyterlab(jupyterlab, tmp_path):
@@ -338,6 +357,7 @@ def test_layer_explorer_renders_and_syncs_selection_in_jupyterlab(jupyterlab, tm
             page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
             try:
                 _drive(page, expect, url, work)
+                _check_untrusted(page, expect, url)
                 outside = [u for u in requests if not u.startswith((url, "blob:", "data:"))]
                 assert outside == [], f"requests left localhost (a CDN?): {outside[:5]}"
             except AssertionError as exc:
