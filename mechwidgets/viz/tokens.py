@@ -203,7 +203,10 @@ def _task_classes(cube: xr.Dataset, label: str, values: np.ndarray) -> tuple[str
 
     task = str(cube.attrs.get("task", ""))
     if task in list_tasks():
-        names = get_task(task, n=20).classes(label)
+        try:  # as many samples as the cube holds: some tasks refuse small draws
+            names = get_task(task, n=int(cube.sizes["sample"])).classes(label)
+        except MechError:
+            names = ()
         if len(names) > int(max(values)) and all(float(v).is_integer() for v in values):
             return tuple(names[int(v)] for v in values)
     return tuple(str(v) for v in values)
