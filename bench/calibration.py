@@ -90,13 +90,11 @@ class Measure:
 
     @property
     def target(self) -> str:
-        return {
-            "error": f"<= {self.nominal:g}",
-            "coverage": f">= {COVERAGE_TARGET:g}",
-            "power": "no worse than before",
-            "all": "1",
-            "check": "1",
-        }[self.kind]
+        if self.kind == "error":
+            return f"<= {self.nominal:g}"
+        if self.kind == "coverage":
+            return f">= {COVERAGE_TARGET:g}"
+        return "no worse than before" if self.kind == "power" else "1"
 
 
 @dataclass
@@ -138,11 +136,12 @@ class Outcome:
     def row(self) -> str:
         lo, hi = self.interval
         nominal = "" if self.nominal is None else f"{self.nominal:g}"
-        base = "" if self.baseline is None else f"{self.baseline:.3f}"
+        digits = 5 if self.nominal is not None and self.nominal < 0.01 else 3
+        base = "" if self.baseline is None else f"{self.baseline:.{digits}f}"
         ok = {True: "pass", False: "FAIL", None: "-"}[self.passed]
         return (
-            f"| {self.design} | {self.label} | {self.reps} | **{self.rate:.3f}** "
-            f"[{lo:.3f}, {hi:.3f}] | {nominal} | {self.target} | {base} | {ok} |"
+            f"| {self.design} | {self.label} | {self.reps} | **{self.rate:.{digits}f}** "
+            f"[{lo:.{digits}f}, {hi:.{digits}f}] | {nominal} | {self.target} | {base} | {ok} |"
         )
 
 
@@ -654,18 +653,20 @@ def run_design(
     reps: int,
     jobs: int = 1,
     baseline: Mapping[str, float] | None = None,
+    first: int = 0,
 ) -> list[Outcome]:
-    """``reps`` replicates of design ``name`` (capped by its ``max_reps``), one Outcome per
-    measure. ``baseline`` maps ``design/measure`` to an earlier rate (e.g. before a fix)."""
+    """Replicates ``first .. first + reps - 1`` of design ``name`` (capped by its
+    ``max_reps``), one Outcome per measure. ``baseline`` maps ``design/measure`` to an
+    earlier rate (e.g. before a fix)."""
     design = designs()[name]
-    reps = min(reps, design.max_reps or reps)
+    last = min(first + reps, design.max_reps or first + reps)
     start = time.perf_counter()
     work = partial(run_replicate, name)
     if jobs > 1:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            results = pool.map(work, range(reps), chunksize=1)
+            results = pool.map(work, range(first, last), chunksize=1)
     else:
-        results = [work(rep) for rep in range(reps)]
+        results = [work(rep) for rep in range(first, last)]
     seconds = time.perf_counter() - start
     out = []
     for key, measure in design.measures.items():
@@ -690,6 +691,15 @@ def run_design(
             )  # fmt: skip
         )
     return out
+
+
+def merge(old: Outcome, new: Outcome) -> Outcome:
+    """Two runs of the same design and measure on disjoint replicates, as one."""
+    return Outcome(
+        new.design, new.measure, new.label, new.kind, old.hits + new.hits,
+        old.trials + new.trials, old.reps + new.reps, new.nominal, new.target,
+        old.seconds + new.seconds, new.baseline,
+    )  # fmt: skip
 
 
 def load_outcomes(path: Path, baseline: Mapping[str, float] | None = None) -> list[Outcome]:
@@ -721,6 +731,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=200, help="replicate cubes per design")
     parser.add_argument("--design", nargs="*", help="design names or prefixes (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--first", type=int, default=0, help="first replicate; > 0 adds to --out's counts"
+    )
     parser.add_argument("--out", type=Path, help="merge the outcomes into this JSON file")
     parser.add_argument("--baseline", type=Path, help="JSON of an earlier run, for 'before'")
     parser.add_argument("--table", type=Path, help="only print the table of this JSON run")
@@ -736,15 +749,22 @@ def main() -> None:
             print(o.row())
         return
     for name in select(args.design):
-        outcomes = run_design(name, args.reps, args.jobs, baseline)
-        for o in outcomes:
-            print(o.row(), flush=True)
+        outcomes = run_design(name, args.reps, args.jobs, baseline, args.first)
+        if not outcomes:  # past the design's max_reps
+            continue
         print(f"<!-- {name}: {outcomes[0].seconds:.0f} s -->", flush=True)
         if args.out:
-            old = json.loads(args.out.read_text()) if args.out.exists() else []
-            kept = [r for r in old if r["design"] != name]
-            fresh = [asdict(o) | {"rate": o.rate, "passed": o.passed} for o in outcomes]
-            args.out.write_text(json.dumps(kept + fresh, indent=1) + "\n")
+            saved = load_outcomes(args.out) if args.out.exists() else []
+            earlier = {o.measure: o for o in saved if o.design == name}
+            if args.first > 0:
+                outcomes = [
+                    merge(earlier[o.measure], o) if o.measure in earlier else o for o in outcomes
+                ]
+            kept = [o for o in saved if o.design != name] + outcomes
+            rows = [asdict(o) | {"rate": o.rate, "passed": o.passed} for o in kept]
+            args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        for o in outcomes:
+            print(o.row(), flush=True)
 
 
 if __name__ == "__main__":
