@@ -36,6 +36,7 @@ SMALL = {"controls": ["label_shuffle"], "seeds": 1, "permutations": 20, "resampl
 @pytest.fixture(scope="module")
 def s3():
     """A fresh S3 server on loopback, with credentials and endpoint in the environment."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server logs every request
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
@@ -82,6 +83,9 @@ def test_cube_round_trip_through_s3(s3, toy, cache, tmp_path, count_calls, caplo
     calls = count_calls(model.module("block", 0))
     again = mw.extract(model, task, batch_size=BATCH, store=url)  # read back, no forward pass
     assert calls == [] and np.array_equal(again["act"].values, local["act"].values)
+
+    cached = mw.extract(model, task, batch_size=BATCH)  # the cache index finds the S3 cube
+    assert calls == [] and cached.encoding["source"] == url
 
     back = mw.convert_cube(url, tmp_path / "toy.nc")  # and offline as netCDF
     np.testing.assert_array_equal(mw.open_cube(back)["act"].values, local["act"].values)

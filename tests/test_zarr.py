@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -120,6 +121,18 @@ def test_a_finished_store_is_reopened_without_a_forward_pass(toy, cache, tmp_pat
     calls = count_calls(model.module("block", 0))
     again = mw.extract(model, task, batch_size=BATCH, store=tmp_path / "c.zarr")
     assert calls == [] and np.array_equal(again["act"].values, first["act"].values)
+
+
+def test_a_cached_extract_reuses_a_recorded_store(toy, cache, tmp_path, count_calls):
+    model, task = toy
+    store = mw.extract(model, task, batch_size=BATCH, store=tmp_path / "c.zarr")
+    calls = count_calls(model.module("block", 0))
+    cube = mw.extract(model, task, batch_size=BATCH)  # the cache folder has no file of it
+    assert calls == [] and cube.encoding["source"] == str(tmp_path / "c.zarr")
+    assert np.array_equal(cube["act"].values, store["act"].values)
+    shutil.rmtree(tmp_path / "c.zarr")  # gone: the cache extracts again
+    mw.extract(model, task, batch_size=BATCH)
+    assert len(calls) == N // BATCH
 
 
 def test_convert_both_ways_keeps_the_cube(toy, reference, stored, cache, tmp_path):

@@ -136,7 +136,8 @@ def claim(key: str) -> Iterator[None]:
 
 def load(key: str, layout: CubeLayout) -> xr.Dataset | None:
     """The cached cube for ``key``, or None when absent or failing a check (then it is
-    moved to quarantine with a one-line warning). Call it inside :func:`claim`.
+    moved to quarantine with a one-line warning). Call it inside :func:`claim`. Without
+    a file in the folder, a finished Zarr cube of ``key`` in the store index is served.
 
     A cube this process opened before, whose file has not changed since (the stamp rule
     of the module doc), is served again without opening the file: a shallow copy of the
@@ -146,7 +147,7 @@ def load(key: str, layout: CubeLayout) -> xr.Dataset | None:
     try:
         state = _file_state(path)
     except FileNotFoundError:
-        return None
+        return recorded_cube(key, layout)
     seen = _OPENED.get(path)
     if seen is not None and _vouches(seen[0], key, state):
         return _serve(seen[1])
@@ -371,6 +372,24 @@ def recorded_stores() -> dict[str, dict[str, Any]]:
             record = json.loads(line)
             out[record["url"]] = record
     return out
+
+
+def recorded_cube(key: str, layout: CubeLayout) -> xr.Dataset | None:
+    """A finished Zarr cube of ``key`` from the store index (the latest that opens and
+    passes its checks), or None: a cube extracted to a store once is reused by a later
+    ``extract`` of the same request, local or remote, with no forward pass."""
+    for url, record in reversed(recorded_stores().items()):
+        if record.get("key") != key:
+            continue
+        try:
+            cube = open_cube(url, layout)
+        except (CubeError, OSError) as exc:  # unfinished, removed, changed or unreachable
+            log.info("mechwidgets: recorded store not used: %s", exc)
+            continue
+        if _identity_problem(cube.attrs, key) is None:
+            return cube
+        cube.close()
+    return None
 
 
 def _store_entry(record: dict[str, Any]) -> CacheEntry:
