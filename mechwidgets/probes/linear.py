@@ -189,7 +189,12 @@ class RidgePath:
     def __init__(self, x_train: np.ndarray, dtype: type = np.float64) -> None:
         x = np.asarray(x_train, np.float64)
         xt = np.swapaxes(x, 1, 2)
-        if x.shape[1] >= x.shape[2]:
+        if x.shape[2] == 1:
+            # one-column designs (the rank-1 random-subspace draws, a thousand per slice):
+            # the eigenbasis is [[1]] and the eigenvalue the Gram entry, as LAPACK gives
+            # them exactly; a thousand 1 x 1 eigh and products would be most of their cost
+            evals, vecs = (xt @ x)[:, :, 0], np.ones((x.shape[0], 1, 1))
+        elif x.shape[1] >= x.shape[2]:
             evals, vecs = np.linalg.eigh(xt @ x)
         else:
             evals, u = np.linalg.eigh(x @ xt)
@@ -199,11 +204,14 @@ class RidgePath:
         self.dtype = dtype
         self.evals = np.clip(evals, 0.0, None)
         self.vecs: np.ndarray = vecs.astype(dtype)
-        self._xv = (x @ vecs).astype(dtype)
+        self._unit = x.shape[2] == 1  # projections are the designs themselves
+        self._xv = x.astype(dtype) if self._unit else (x @ vecs).astype(dtype)
         self.alphas = np.empty(0)
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Standardised ``(g or 1, n, p)`` activations in the eigenbasis, ``(g, n, k)``."""
+        if self._unit:
+            return np.asarray(x, self.dtype)
         return np.asarray(x, self.dtype) @ self.vecs
 
     def fit(self, targets: np.ndarray, alphas: np.ndarray) -> None:
@@ -219,7 +227,10 @@ class RidgePath:
 
     def decision(self, projected: np.ndarray, alpha_index: np.ndarray) -> np.ndarray:
         """Decision values ``(g, n, m)``; ``alpha_index`` ``(g or 1, m)`` picks strengths."""
-        return projected @ self._scaled(alpha_index) + self.intercept
+        scaled = self._scaled(alpha_index)
+        if projected.shape[-1] == 1:  # a product over one term: the same values, no matmul
+            return projected * scaled + self.intercept
+        return projected @ scaled + self.intercept
 
     def weights(self, alpha_index: np.ndarray) -> np.ndarray:
         """Weights ``(g, p, m)`` in the standardised basis."""
