@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from mechwidgets.core.errors import CubeError, SpecError
+from mechwidgets.core.errors import CubeError, ModelError, SpecError
 from mechwidgets.extract.cube import ACT, CubeLayout, is_zarr, open_cube
 
 _CLIENT: ContextVar[Any] = ContextVar("mechwidgets_client", default=None)
@@ -152,3 +152,84 @@ def save_cube(cube: xr.Dataset, target: str | Path, batch_rows: int = 256) -> st
         for start, stop in out.batches(batch_rows):
             out.write(start, np.asarray(act[start:stop].values, np.float32))
     return target
+
+
+def model_spec(model: Any) -> tuple[str, str | None, str, str]:
+    """How a worker loads ``model``: name, revision, dtype and the weights' identity.
+
+    Raises
+    ------
+    ModelError
+        For a model built in memory or run remotely: workers load models by name.
+    """
+    if getattr(model, "source", None) is None or model.remote:
+        raise ModelError(
+            "client= extraction loads the model on each worker by its name; load it with "
+            "mw.load_model('<zoo name, HF id or saved folder>'), or extract without client="
+        )
+    revision = model.revision if str(model.source).startswith("hf:") else None
+    return model.name, revision, str(model.dtype).removeprefix("torch."), model.identity
+
+
+@lru_cache(maxsize=2)
+def _worker_model(spec: tuple[str, str | None, str, str]) -> Any:
+    """The model as a worker loads it, once per worker process."""
+    from mechwidgets.models.loading import load_model
+
+    name, revision, dtype, identity = spec
+    model = load_model(name, revision=revision, dtype=dtype)
+    if model.identity != identity:
+        raise ModelError(
+            f"model '{name}' given to client= has edited weights that workers cannot load by "
+            "name; save it (save_pretrained) and load that folder, or extract without client="
+        )
+    return model
+
+
+def _write_on_worker(
+    spec: tuple[str, str | None, str, str], url: str, start: int, stop: int, job: tuple
+) -> int:
+    from mechwidgets.extract.extractor import compute_batch
+    from mechwidgets.extract.store import write_batch
+
+    plan, texts, index, padding_side = job
+    part = None if index is None else index[start:stop]
+    values = compute_batch(_worker_model(spec), plan, texts[start:stop], part, padding_side)
+    write_batch(url, start, *values)
+    return start
+
+
+def write_on_workers(
+    client: Any,
+    model: Any,
+    url: str,
+    spans: list[tuple[int, int]],
+    job: tuple,
+    progress: bool = False,
+) -> None:
+    """Compute and write each ``(start, stop)`` batch of a Zarr cube on a worker.
+
+    ``job`` (plan, texts, per-text token index or None, padding side) goes to every
+    worker once; each task computes one batch with the worker's own copy of the model
+    and writes and commits its region of the store, so only the task's start comes back.
+    """
+    from dask.distributed import as_completed
+    from tqdm.auto import tqdm
+
+    spec = model_spec(model)
+    [shared] = client.scatter([job], broadcast=True, hash=False)
+    tasks = [
+        client.submit(_write_on_worker, spec, url, start, stop, shared, pure=False)
+        for start, stop in spans
+    ]
+    try:
+        for future in tqdm(
+            as_completed(tasks),
+            total=len(tasks),
+            desc="extract",
+            unit="batch",
+            disable=not progress,
+        ):
+            future.result()
+    finally:
+        client.cancel(tasks)

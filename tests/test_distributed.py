@@ -11,7 +11,7 @@ import xarray as xr
 
 import mechwidgets as mw
 from mechwidgets.cluster import save_cube
-from mechwidgets.core.errors import CubeError, SpecError
+from mechwidgets.core.errors import CubeError, ModelError, SpecError
 from mechwidgets.probes.synthetic import planted_cube
 
 distributed = pytest.importorskip("distributed")
@@ -81,3 +81,33 @@ def test_a_sample_selection_is_refused_not_misread(client, cube_file):
 def test_client_must_be_a_dask_client(cube_file):
     with pytest.raises(SpecError, match="dask.distributed.Client"):
         mw.detect(cube_file, "number", client="tcp://127.0.0.1:8786", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return mw.load_model("toy-grammar"), mw.get_task("subject_number", n=80)
+
+
+def test_extract_on_workers_writes_the_single_process_cube(client, toy, tmp_path):
+    model, task = toy
+    with mw.extract(model, task, store=tmp_path / "one.zarr", batch_size=16) as one:
+        local = one.load()
+    with mw.extract(model, task, store=tmp_path / "two.zarr", batch_size=16, client=client) as two:
+        sharded = two.load()
+    np.testing.assert_array_equal(local["act"].values, sharded["act"].values)
+    xr.testing.assert_identical(local.drop_vars("act"), sharded.drop_vars("act"))
+    # each worker loaded the model once and wrote batches (five of 16 rows here)
+    loaded = client.run(
+        lambda: __import__("mechwidgets.cluster", fromlist=["_"])._worker_model.cache_info()
+    )
+    assert sum(info.misses for info in loaded.values()) <= 2
+    assert sum(info.hits + info.misses for info in loaded.values()) == 5
+
+
+def test_extract_client_needs_a_store_and_a_named_model(client, toy, tmp_path):
+    model, task = toy
+    with pytest.raises(SpecError, match="store="):
+        mw.extract(model, task, client=client)
+    built = mw.load_model(model.hf, tokenizer=model.tokenizer)
+    with pytest.raises(ModelError, match="by its name"):
+        mw.extract(built, task, store=tmp_path / "x.zarr", client=client)

@@ -32,6 +32,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from mechwidgets import cluster
 from mechwidgets.core.components import EMBED, expand_selectors, without_embed
 from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
 from mechwidgets.data.positions import (
@@ -49,6 +50,7 @@ from mechwidgets.extract.cube import (
     GROUP,
     RESERVED,
     CubeLayout,
+    is_zarr,
     open_cube,
 )
 from mechwidgets.extract.unseen import Unseen, visible
@@ -162,6 +164,7 @@ def extract(
     progress: bool | None = None,
     unseen: Unseen = "error",
     store: str | Path | None = None,
+    client: Any = None,
 ) -> xr.Dataset:
     """Run the model over texts and return the activation cube (lazy, on disk).
 
@@ -197,6 +200,9 @@ def extract(
         folder: one chunk per batch, resumable (the same call after an interruption
         computes only the batches not yet committed), shareable by concurrent writers (see
         :mod:`mechwidgets.extract.store`).
+    client : a ``dask.distributed.Client``: with ``store``, each batch is computed by a
+        worker, which loads the model once by its name, and written into its region of the
+        store (:mod:`mechwidgets.cluster`); the same cube as without.
 
     Returns
     -------
@@ -212,6 +218,11 @@ def extract(
         raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
     if token is not None and positions is not None:
         raise SpecError("pass either token= or positions=, not both")
+    if client is not None:
+        cluster.check_client(client)
+        if store is None or not is_zarr(store):
+            raise SpecError("client= writes a Zarr cube: also pass store='cube.zarr' (or a URL)")
+        cluster.model_spec(model)  # a model workers can load by name, before any pass
     texts, per_sample, task_positions = _samples(data)
     plan = plan_extraction(model, layers, components, selectors, neurons)
     policy, specs = _positions(
@@ -242,11 +253,15 @@ def extract(
                 n_batches = -(-len(texts) // batch_size)
                 show = progress if progress is not None else n_batches > PROGRESS_MIN_BATCHES
                 batches = out.batches(batch_size)
+                index = None if specs is None else reads.index
+                if client is not None:  # each batch computed and written by a worker
+                    job = (plan, texts, index, padding_side)
+                    cluster.write_on_workers(client, model, str(path), list(batches), job, show)
+                    # (that consumed `batches`: the loop below has nothing left to do)
                 for start, stop in tqdm(batches, desc="extract", unit="batch", disable=not show):
-                    inputs = model.tokenize(texts[start:stop], padding_side=padding_side)
-                    index = None if specs is None else reads.index[start:stop]
-                    pool = _pooler(inputs["attention_mask"], index)
-                    out.write(start, *run_batch(model, plan, inputs, pool))
+                    part = None if index is None else index[start:stop]
+                    values = compute_batch(model, plan, texts[start:stop], part, padding_side)
+                    out.write(start, *values)
             # A file this call wrote is not read back to verify it: its checksums are of
             # the very buffers it wrote (a Zarr store, maybe shared, is checked as it opens).
             cube = open_cube(path, layout, verified=store is None)
@@ -298,6 +313,18 @@ def texts_hash(texts: Sequence[str]) -> str:
         data = text.encode()
         digest.update(len(data).to_bytes(8, "little") + data)
     return digest.hexdigest()
+
+
+def compute_batch(
+    model: Model,
+    plan: Plan,
+    texts: list[str],
+    index: np.ndarray | None,
+    padding_side: Literal["left", "right"] | None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One batch of texts tokenized, read and pooled (see :func:`run_batch`)."""
+    inputs = model.tokenize(texts, padding_side=padding_side)
+    return run_batch(model, plan, inputs, _pooler(inputs["attention_mask"], index))
 
 
 @torch.no_grad()
