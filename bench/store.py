@@ -3,7 +3,8 @@
 A synthetic cube of N samples x 8 layers x 3 components x 256 (float32), written batch by
 batch (64 samples, checksums included) by each format's writer, then opened (the open
 checks every block: both cubes are under ``VERIFY_ON_OPEN_BYTES``) and read whole, and
-one layer x component read alone. Best of ``REPEAT``; MB/s of ``act`` bytes.
+one layer x component read alone. Best of ``REPEAT``; MB/s of ``act`` bytes. Then where
+a Zarr write's time goes: claiming a batch, its rows (one shard), its checksums, its flag.
 
     python bench/store.py [folder]   # default: a temporary folder
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mechwidgets.extract.cube import CubeLayout, CubeWriter, open_cube
+from mechwidgets.extract.cube import CubeLayout, CubeWriter, block_crcs, open_cube
 from mechwidgets.extract.store import StoreWriter
 
 N, BATCH, REPEAT = 6_400, 64, 3
@@ -67,6 +68,31 @@ def main(folder: Path) -> None:
             f"{target.suffix[1:]:8} {size / min(writes):11.0f} {size / min(reads):19.0f}"
             f" {min(slices):12.2f}"
         )
+    zarr_write_split(folder, batch)
+
+
+def zarr_write_split(folder: Path, batch: np.ndarray) -> None:
+    """Seconds per step of one Zarr write, summed over the batches."""
+    writer = StoreWriter(folder / "split.zarr", LAYOUT, PER_SAMPLE, ATTRS, BATCH)
+    arrays, spent = writer._arrays, dict.fromkeys(("claim", "rows", "checksums", "flag"), 0.0)
+    batches = writer.batches(BATCH)
+    while True:
+        start = time.perf_counter()
+        try:
+            lo, hi = next(batches)
+        except StopIteration:
+            break
+        spent["claim"] += time.perf_counter() - start
+        block, start = lo // BATCH, time.perf_counter()
+        arrays["act"][lo:hi] = batch
+        spent["rows"] += time.perf_counter() - start
+        start = time.perf_counter()
+        arrays["act_crc32"][block] = block_crcs(batch)
+        spent["checksums"] += time.perf_counter() - start
+        start = time.perf_counter()
+        arrays["committed"][block] = 1
+        spent["flag"] += time.perf_counter() - start
+    print("zarr write, s per step over all batches:", {k: round(v, 2) for k, v in spent.items()})
 
 
 if __name__ == "__main__":
