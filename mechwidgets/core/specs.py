@@ -150,7 +150,7 @@ class ActionSpec(_Spec):
                     f"unknown parameter '{key}' for {self.name}"
                     f"{_did_you_mean(key, list(table))}; it takes: {', '.join(table)}",
                 )
-            problem = _check_value(value, *table[key])
+            problem = _check_value(value, *table[key], name=key)
             if problem:
                 raise PydanticCustomError(
                     "spec", f"bad value {value!r} for '{self.name}' parameter '{key}': {problem}"
@@ -312,13 +312,13 @@ def _check_protocol(params: dict[str, Any], table: dict[str, tuple[Any, Any]]) -
         raise PydanticCustomError("spec", str(exc)) from None
 
 
-def _check_value(value: Any, hint: Any, default: Any) -> str | None:
-    """What is wrong with ``value`` for a parameter typed ``hint``, or None.
+def _check_value(value: Any, hint: Any, default: Any, name: str = "") -> str | None:
+    """What is wrong with ``value`` for a parameter ``name`` typed ``hint``, or None.
 
     Only the plain types and ``Literal`` choices are checked here (the action checks the
-    rest when it runs): an
-    ``int`` parameter is a count, so a whole number >= 1; a ``float`` a number; a ``str``
-    a string; ``None`` passes where the type allows it.
+    rest when it runs): an ``int`` parameter is a count, so a whole number >= 1, unless it
+    names a layer (``source_layer``: an index, 0 included); a ``float`` a number; a
+    ``str`` a string; ``None`` passes where the type allows it.
     """
     origin = typing.get_origin(hint)
     if origin is Literal:
@@ -339,7 +339,7 @@ def _check_value(value: Any, hint: Any, default: Any) -> str | None:
     if kinds <= {int, type(None)}:
         if not (is_number and value == int(value) and not isinstance(value, float)):
             return f"give a whole number{example}"
-        if value < 1:
+        if value < 1 and not name.endswith("layer"):
             return f"give a count of 1 or more{example}"
     elif kinds <= {float, int, type(None)} and not is_number:
         return f"give a number{example}"

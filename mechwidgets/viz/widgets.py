@@ -362,9 +362,9 @@ def _grid_source(result: Any) -> Any:
 def _class_names(result: Any, classes: Any) -> dict[str, tuple[str, ...]]:
     """Class names per label: given, from a Task, or from the built-in task the run named."""
     if classes is None:
-        spec = getattr(result, "spec", None) or {}
-        name = (spec.get("dataset") or {}).get("name")
-        classes = _builtin_task(name) if isinstance(name, str) else None
+        dataset = (getattr(result, "spec", None) or {}).get("dataset") or {}
+        name = dataset.get("name")
+        classes = _builtin_task(name, dataset.get("n")) if isinstance(name, str) else None
     if classes is None:
         return {}
     if callable(getattr(classes, "classes", None)):  # a Task
@@ -372,11 +372,12 @@ def _class_names(result: Any, classes: Any) -> dict[str, tuple[str, ...]]:
     return {str(k): tuple(str(v) for v in names) for k, names in dict(classes).items()}
 
 
-def _builtin_task(name: str) -> Any:
-    """A small draw of the built-in task ``name`` (for its class names), or None."""
+def _builtin_task(name: str, n: int | None = None) -> Any:
+    """A draw of the built-in task ``name`` (for its class names), or None: of the run's
+    ``n`` samples, which the task allows (some tasks refuse small draws)."""
     from mechwidgets.data.catalog import get_task, list_tasks
 
-    return get_task(name, n=20) if name in list_tasks() else None
+    return get_task(name, n=n or 20) if name in list_tasks() else None
 
 
 def _class_name(value: Any, names: tuple[str, ...] = ()) -> str:
