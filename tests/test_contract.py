@@ -8,6 +8,8 @@ A new action must add a small config to ``CASES``; the first test fails until it
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import subprocess
 import sys
@@ -189,3 +191,18 @@ def test_a_bad_parameter_fails_before_any_work(name, bad, tiny_dir, monkeypatch)
         run_spec(spec)
     assert time.perf_counter() - start < 1.0
     assert isinstance(info.value, MechError) and "\n" not in str(info.value)
+
+
+#: modules whose docstring examples run as written (no model weights, no files)
+DOCTESTED = (
+    "mechwidgets.core.components",
+    "mechwidgets.data.splits",
+    "mechwidgets.probes.synthetic",
+)
+
+
+@pytest.mark.parametrize("module", DOCTESTED)
+def test_docstring_examples_run(module: str) -> None:
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    found = doctest.testmod(importlib.import_module(module), optionflags=flags)
+    assert found.attempted > 0 and found.failed == 0

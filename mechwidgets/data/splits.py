@@ -6,6 +6,7 @@ split. Built-in tasks split lexical items (nouns, adjectives) this way and user 
 split rows.
 
 >>> stratified_split(np.array([0, 0, 0, 1, 1, 1, 1]), seed=0)
+array(['train', 'test', 'val', 'train', 'test', 'val', 'train'], dtype='<U5')
 """
 
 from __future__ import annotations
