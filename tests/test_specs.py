@@ -2,17 +2,8 @@
 
 import pytest
 
-from mechwidgets.core import registry
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.specs import RunSpec
-
-
-@pytest.fixture(autouse=True)
-def _an_action(monkeypatch):
-    """A stand-in 'detect' while the real one is absent; the registry is restored after."""
-    if "detect" not in registry.list_actions():
-        monkeypatch.setitem(registry._ACTIONS, "detect", type("Detect", (), {"name": "detect"}))
-
 
 NESTED = """
 run_name: toy
