@@ -37,7 +37,7 @@ from mechwidgets.actions.interventions.ablation import ABLATIONS, ablation_sourc
 from mechwidgets.actions.interventions.edits import READ, Cell, Source, capture, run_cells
 from mechwidgets.actions.interventions.grid import check_lengths, components_of
 from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
-from mechwidgets.core.components import LayerComponent
+from mechwidgets.core.components import COMPONENT_ORDER, LayerComponent
 from mechwidgets.core.errors import SpecError, TaskError
 from mechwidgets.core.registry import Needs, register_action
 from mechwidgets.data.catalog import PromptPairs
@@ -602,7 +602,7 @@ class Localize(ResultAction):
         comps = params.get("components")
         items = [] if comps is None else [comps] if isinstance(comps, str) else list(comps)
         kinds = {str(item).partition(":")[0] for item in items}
-        return Needs(components=tuple(k for k in ("resid", "attn", "mlp", "head") if k in kinds))
+        return Needs(components=tuple(k for k in COMPONENT_ORDER if k in kinds and k != "neuron"))
 
     def prepare(self, context: Any) -> dict[str, Any]:
         """Check that a model and task are present and the parameters are known."""

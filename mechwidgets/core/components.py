@@ -29,6 +29,9 @@ PREFIXES: dict[str, Kind] = {
     "head": "attention_head",
     "neuron": "mlp_neuron",
 }
+#: the one reading order of components (tables, charts, grids, widgets): the streams,
+#: then heads and neurons, each by index (:func:`component_key`)
+COMPONENT_ORDER: tuple[str, ...] = tuple(PREFIXES)
 #: the layer index of the embedding output: the residual stream entering block 0 (token
 #: embeddings, plus position embeddings and LayerNorm where the family has them)
 EMBED = -1
@@ -72,6 +75,18 @@ class LayerComponent:
         if self.kind == "mlp_neuron":
             return f"neuron:{self.layer}.{self.neuron}"
         return f"{prefix_of(self.kind)}:{self.layer}"
+
+
+def component_key(name: str) -> tuple[int, int, str]:
+    """Sort key of a cube component name in :data:`COMPONENT_ORDER`, heads and neurons by
+    index; unknown names last.
+
+    >>> sorted(["head.10", "mlp", "head.2", "resid"], key=component_key)
+    ['resid', 'mlp', 'head.2', 'head.10']
+    """
+    prefix, _, index = name.partition(".")
+    rank = COMPONENT_ORDER.index(prefix) if prefix in COMPONENT_ORDER else len(COMPONENT_ORDER)
+    return rank, int(index) if index.isdigit() else -1, name
 
 
 def prefix_of(kind: Kind) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from mechwidgets.core.components import COMPONENT_ORDER, component_key
 from mechwidgets.core.errors import MechError
 
 if TYPE_CHECKING:  # altair takes seconds to import: each drawing function imports it
@@ -33,7 +34,6 @@ CONTROL_STYLES = {
 }
 PROBE = "probe"
 UNDEFINED = "undefined"
-_COMPONENT_ORDER = ("resid", "attn", "mlp")
 _CURVE_COLUMNS = ("label", "layer", "component", "control", "score", "ci_low", "ci_high")
 
 
@@ -359,11 +359,14 @@ def _tooltip(df: pd.DataFrame) -> list[Any]:
 
 
 def _ordered(values: pd.Series) -> list[Any]:
-    """Axis order: numbers ascending; components resid/attn/mlp first; else as they come."""
+    """Axis order: numbers ascending; components in the one component order; else as
+    they come."""
     uniq = list(pd.unique(values))
     if pd.api.types.is_numeric_dtype(values):
         return sorted(int(v) if float(v).is_integer() else float(v) for v in uniq)
-    known = [c for c in _COMPONENT_ORDER if c in uniq]
+    known = sorted(
+        (str(v) for v in uniq if component_key(str(v))[0] < len(COMPONENT_ORDER)), key=component_key
+    )
     return known + [str(v) for v in uniq if v not in known]
 
 

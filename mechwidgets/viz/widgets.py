@@ -28,13 +28,12 @@ import pandas as pd
 import traitlets
 import xarray as xr
 
+from mechwidgets.core.components import component_key
 from mechwidgets.core.errors import MechError, SpecError
 
 STATIC = Path(__file__).parent / "static"
 #: the columns every action result's ``.table`` has (extras may follow)
 TABLE_COLUMNS = ("label", "layer", "component", "control", "score", "ci_low", "ci_high")
-#: cube component names in reading order; heads and neurons follow by index
-COMPONENT_ORDER = ("resid", "attn", "mlp", "head", "neuron")
 _GRID_VALUES = ["score", "ci_low", "ci_high"]
 
 
@@ -45,13 +44,6 @@ class WidgetError(MechError, ValueError):
 def _f32(values: Any) -> bytes:
     """``values`` as the little-endian float32 bytes the widgets' JavaScript decodes."""
     return np.ascontiguousarray(values, dtype="<f4").tobytes()
-
-
-def _component_key(name: str) -> tuple[int, int, str]:
-    """Sort key putting ``resid, attn, mlp, head.0, head.1, ..., head.10`` in that order."""
-    prefix, _, index = name.partition(".")
-    rank = COMPONENT_ORDER.index(prefix) if prefix in COMPONENT_ORDER else len(COMPONENT_ORDER)
-    return rank, int(index) if index.isdigit() else -1, name
 
 
 class LayerExplorer(anywidget.AnyWidget):
@@ -177,7 +169,7 @@ class LayerExplorer(anywidget.AnyWidget):
         rows = self._table[self._table["label"] == change["new"]]
         real = rows[rows["control"] == "none"]
         layers = sorted(int(v) for v in pd.unique(rows["layer"]))
-        comps = sorted((str(v) for v in pd.unique(rows["component"])), key=_component_key)
+        comps = sorted((str(v) for v in pd.unique(rows["component"])), key=component_key)
         index = pd.MultiIndex.from_product([layers, comps], names=["layer", "component"])
         shape = [len(layers), len(comps)]
 

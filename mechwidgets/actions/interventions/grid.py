@@ -33,7 +33,7 @@ from mechwidgets.actions.interventions.edits import (
     check_components,
 )
 from mechwidgets.analysis.statistics import bootstrap_weights, percentile_interval
-from mechwidgets.core.components import LayerComponent, expand_selectors
+from mechwidgets.core.components import LayerComponent, component_key, expand_selectors
 from mechwidgets.core.errors import SpecError, TaskError
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
@@ -203,8 +203,9 @@ def components_of(
     if embed and any(item in ("resid", "residual") for item in items):
         comps.insert(0, LayerComponent("residual", EMBED))
     check_components(model, comps)
-    order = {"residual": 0, "attention": 1, "mlp": 2, "attention_head": 3, "mlp_neuron": 4}
-    return sorted(comps, key=lambda c: (order[c.kind], c.layer, c.head or 0, c.neuron or 0))
+    return sorted(
+        comps, key=lambda c: (component_key(c.name)[0], c.layer, c.head or 0, c.neuron or 0)
+    )
 
 
 def grid_cells(
