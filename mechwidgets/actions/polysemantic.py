@@ -283,7 +283,7 @@ def _neuron_cube(context: RunContext, protocol: Protocol) -> xr.Dataset:
     if cube is None:
         raise SpecError("polysemantic needs a cube with neurons, or a model and a task")
     check_cube(cube, need=NEURONS)
-    return cube
+    return cast(xr.Dataset, cube)
 
 
 def _per_sample(cube: xr.Dataset) -> xr.Dataset:

@@ -121,6 +121,12 @@ class ExtractionSpec(_Spec):
         return out
 
 
+class ComputeSpec(_Spec):
+    """Where the action's probes run: the workers of a running dask scheduler."""
+
+    scheduler: str = Field(description="a dask.distributed scheduler address, tcp://host:8786")
+
+
 class ActionSpec(_Spec):
     """The action by name and its parameters, checked against what the action takes."""
 
@@ -190,6 +196,9 @@ class RunSpec(_Spec):
     action: ActionSpec
     controls: list[ControlSpec] | None = None
     output_dir: str | None = None
+    compute: ComputeSpec | None = Field(
+        None, description="probe slices on a dask scheduler's workers (mechwidgets.cluster)"
+    )
     tasks: list[DatasetSpec] = Field(
         default_factory=list,
         description="compare across tasks: further tasks, each extracted like `dataset` "
@@ -324,7 +333,8 @@ def _check_value(value: Any, hint: Any, default: Any, name: str = "") -> str | N
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            return f"choose one of {', '.join(map(str, choices))}{_did_you_mean(value, choices)}"
+            names = [str(c) for c in choices]
+            return f"choose one of {', '.join(names)}{_did_you_mean(str(value), names)}"
         return None
     if origin is None:
         kinds = {hint}

@@ -37,7 +37,7 @@ import numpy as np
 from mechwidgets.core.errors import TaskError
 from mechwidgets.data import grammar, induction
 from mechwidgets.data.grammar import Sentence
-from mechwidgets.data.positions import Position
+from mechwidgets.data.positions import Position, as_positions
 from mechwidgets.data.splits import SPLIT_FRACTIONS, SPLITS, stratified_split
 from mechwidgets.data.tasks import LogitDiff, RepeatLogProb, Task
 
@@ -202,7 +202,7 @@ class PromptPairs:
             texts=list(self.clean),
             labels=labels,
             split=self.split,
-            positions=[self.position] * len(self),
+            positions=as_positions([self.position] * len(self), len(self)),
             behavior=logit_diff(correct=self.clean_answer, wrong=self.corrupt_answer),
             metadata={"classes": {k: classes[k] for k in labels}},
         )
