@@ -25,7 +25,6 @@ neuron of every layer. ``res.shortlist`` lists those neurons, most polysemantic 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -33,7 +32,6 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import xarray as xr
-from threadpoolctl import threadpool_limits
 
 from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, run_action
 from mechwidgets.analysis.neurons import (
@@ -50,7 +48,12 @@ from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import Needs, register_action
 from mechwidgets.extract.cube import NEURONS, check_cube
 from mechwidgets.probes.controls import shuffled_labels
-from mechwidgets.probes.linear import Standardizer, fit_select_predict, make_path
+from mechwidgets.probes.linear import (
+    Standardizer,
+    blas_threads_for,
+    fit_select_predict,
+    make_path,
+)
 from mechwidgets.probes.sweep import (
     CubeView,
     Protocol,
@@ -71,8 +74,6 @@ CHART_MAX = 40
 _SHUFFLE_STREAM = 7
 #: the random stream that breaks ties in the neurons' ranks, per layer
 _TIE_STREAM = 8
-#: layers of at most this many values (samples x neurons) run on one BLAS thread
-_SMALL_LAYER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -256,8 +257,7 @@ class Polysemantic(ResultAction):
             ],
             axis=1,
         )
-        small = n * plan.cube.sizes["neuron"] <= _SMALL_LAYER
-        with threadpool_limits(1) if small else contextlib.nullcontext():
+        with blas_threads_for(n * plan.cube.sizes["neuron"]):
             per_layer = [_layer_stats(plan, layer, orders) for layer in plan.layers]
         data = _assemble(plan, per_layer, orders.shape[1])
         return PolysemanticResult(

@@ -24,7 +24,6 @@ the verdict says so.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections.abc import Iterable
@@ -36,7 +35,6 @@ import pandas as pd
 import xarray as xr
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from threadpoolctl import threadpool_limits
 
 from mechwidgets.analysis.statistics import (
     CORRECTIONS,
@@ -68,6 +66,7 @@ from mechwidgets.probes.linear import (
     LabelEncoding,
     Path,
     Standardizer,
+    blas_threads_for,
     fit_select_predict,
     make_path,
 )
@@ -88,8 +87,6 @@ MIN_UNITS = 8
 ITEM_UNITS = ("item", "items")
 #: one independent random stream per purpose and seed
 _STREAMS = {"label_shuffle": 1, "random_subspace": 2, "control_task": 3, "bootstrap": 4}
-#: slices of at most this many values (samples x dim) are probed on one BLAS thread
-_SMALL_SLICE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -490,10 +487,6 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
     )
     dim = int(cube.sizes["dim"])
     draws = {name: _draws(view.labels[name], view, protocol, dim) for name in names}
-    # Small slices make many small matrix products; on them BLAS threads cost more in
-    # start-up and contention than they save (a 15-slice, 800 x 32 detect: 0.8 s on one
-    # thread, 2.6-5.4 s on two busy cores), so such sweeps run on one thread.
-    small = cube.sizes["sample"] * dim <= _SMALL_SLICE
     where = {
         (layer, comp): (li, ci)
         for li, layer in enumerate(view.layers)
@@ -501,7 +494,7 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
     }
     # on a dask client (mechwidgets.cluster.using) each slice is a task on a worker
     shared = (replace(view, cube=xr.Dataset()), draws, weights, protocol)
-    with threadpool_limits(1) if small else contextlib.nullcontext():
+    with blas_threads_for(cube.sizes["sample"] * dim):
         for slice_key, slice_out in map_slices(cube, probe_at, where, *shared):
             if slice_out is None:
                 continue
