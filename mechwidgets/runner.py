@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from mechwidgets.actions.base import ActionResult, RunContext, run_action
+from mechwidgets.cluster import connect, using
 from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import Needs, action_needs
@@ -175,6 +176,7 @@ def run_spec(
     ex = extraction_for(spec.extraction, needs)
     if ex.cache and needs.cube:
         check_writable(cache_dir(), "the activation cache", "set MECHWIDGETS_CACHE")
+    client = connect(spec.compute.scheduler) if spec.compute else None  # before the work
     timings: dict[str, float] = {}
     torch.manual_seed(spec.seed)  # actions seed their own draws; this covers any torch RNG use
     with _timed(timings, "task", progress):
@@ -209,8 +211,10 @@ def run_spec(
         seed=spec.seed,
         spec=spec.to_dict(),
     )
-    with _timed(timings, "action", progress):
+    with _timed(timings, "action", progress), using(client):
         result = run_action(spec.action.name, context)
+    if client is not None:
+        client.close()
     result.timings = {**result.timings, **timings}
     result.activations = {
         **result.activations,

@@ -46,6 +46,14 @@ def cube_file(request, memory_cube, tmp_path_factory):
     return mw.open_cube(save_cube(memory_cube, path, batch_rows=64))
 
 
+def _slice_tasks(client) -> int:
+    """Slice tasks the workers have run so far (each asks its cached cube once per task)."""
+    info = client.run(
+        lambda: __import__("mechwidgets.cluster", fromlist=["_"])._worker_cube.cache_info()
+    )
+    return sum(i.hits + i.misses for i in info.values())
+
+
 def _same(a, b) -> None:
     xr.testing.assert_identical(a.data, b.data)
     pd.testing.assert_frame_equal(a.table, b.table)
@@ -53,12 +61,12 @@ def _same(a, b) -> None:
 
 def test_detect_on_workers_equals_single_process(client, cube_file):
     local = mw.detect(cube_file, "number", **SMALL)
+    before = _slice_tasks(client)
     remote = mw.detect(cube_file, "number", client=client, **SMALL)
+    assert _slice_tasks(client) - before == 15  # every slice was a task on a worker
     _same(local, remote)
     best = remote.summary()["best"]
     assert (best["layer"], best["component"]) == (2, "resid")
-    # every slice ran on a worker: both workers took part
-    assert len(client.run(lambda: 1)) == 2
 
 
 def test_compare_and_collapse_on_workers_equal_single_process(client, cube_file):
@@ -111,3 +119,20 @@ def test_extract_client_needs_a_store_and_a_named_model(client, toy, tmp_path):
     built = mw.load_model(model.hf, tokenizer=model.tokenizer)
     with pytest.raises(ModelError, match="by its name"):
         mw.extract(built, task, store=tmp_path / "x.zarr", client=client)
+
+
+def test_runspec_compute_probes_on_the_scheduler_workers(client, tmp_path, monkeypatch):
+    from mechwidgets.runner import run_spec
+
+    monkeypatch.setenv("MECHWIDGETS_CACHE", str(tmp_path / "cache"))
+    spec = {
+        "dataset": {"name": "subject_number", "n": 120},
+        "extraction": {"model_name": "toy-grammar", "selectors": ["resid:all"]},
+        "action": {"name": "detect", "params": {"label": "subject_number", **SMALL}},
+        "controls": ["label_shuffle"],
+    }
+    local = run_spec(spec)
+    before = _slice_tasks(client)
+    remote = run_spec({**spec, "compute": {"scheduler": client.scheduler.address}})
+    assert _slice_tasks(client) - before == 4  # the toy model's 4 residual layers
+    _same(local, remote)
