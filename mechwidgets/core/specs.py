@@ -263,7 +263,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
         """The mapping, after checking that no key repeats."""
         seen: dict[Any, yaml.Mark] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if isinstance(key, typing.Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
                     None,
