@@ -50,9 +50,7 @@ def test_recovery_without_a_source_layer_fails_before_any_model_loads(tmp_path) 
         run_spec({**spec, "task": "subject_number"})
 
 
-def test_patching_config_runs_from_the_cli_and_reruns_to_the_same_numbers(
-    tmp_path, capsys
-) -> None:
+def test_patching_config_runs_from_the_cli_and_reruns_to_the_same_numbers(tmp_path, capsys) -> None:
     config = yaml.safe_load((ROOT / "configs/patching_toy.yaml").read_text())
     config["dataset"]["n"] = 40  # the fewest pairs the task draws; 8 of them are patched
     config["action"]["params"] |= {"components": ["resid", "attn"], "n": 8, "resamples": 50}
