@@ -100,11 +100,17 @@ def _worker_cube(source: str, ident: tuple) -> xr.Dataset:
     return cube
 
 
-def _on_worker(source: str, ident: tuple, fn: Callable, key: tuple, *shared: Any) -> Any:
+def _on_worker(source: str, ident: tuple, fn: Callable, keys: list, *shared: Any) -> list:
     # one task per worker thread, each on one BLAS thread; the slice is read here, not
     # through the worker's own client (dask's default inside a task: 0.6 s more a slice)
     with threadpool_limits(1), dask.config.set(scheduler="synchronous"):
-        return fn(_worker_cube(source, ident), *key, *shared)
+        return [(key, fn(_worker_cube(source, ident), *key, *shared)) for key in keys]
+
+
+#: tasks per worker thread: a few, so a slow worker does not hold the sweep back, while
+#: each task's round trip (about 0.2 s on the 2 busy cores of bench/scale.py) is paid by
+#: several slices
+TASKS_PER_THREAD = 2
 
 
 def map_slices(
@@ -113,10 +119,12 @@ def map_slices(
     """``(key, fn(cube, *key, *shared))`` for every key, on the current client's workers.
 
     Without a client (:func:`using`) this is a loop in this process. With one, ``shared``
-    is sent to every worker once and each key is one task over the worker's own opening of
-    the cube's file; results arrive in completion order.
+    is sent to every worker once and the keys go out in ``TASKS_PER_THREAD`` tasks per
+    worker thread, each over the worker's own opening of the cube's file; results arrive
+    in completion order.
     """
     client = current()
+    keys = list(keys)
     if client is None:
         for key in keys:
             yield key, fn(cube, *key, *shared)
@@ -124,16 +132,18 @@ def map_slices(
     from dask.distributed import as_completed
 
     source, ident = cube_source(cube)
+    threads = max(1, sum(client.nthreads().values()))
+    n_tasks = min(len(keys), threads * TASKS_PER_THREAD)
     shared_futures = client.scatter(list(shared), broadcast=True, hash=False)
-    tasks = {
-        client.submit(_on_worker, source, ident, fn, key, *shared_futures, pure=False): key
-        for key in keys
-    }
+    tasks = [
+        client.submit(_on_worker, source, ident, fn, keys[i::n_tasks], *shared_futures, pure=False)
+        for i in range(n_tasks)
+    ]
     try:
         for future in as_completed(tasks):
-            yield tasks[future], future.result()
+            yield from future.result()
     finally:
-        client.cancel(list(tasks))
+        client.cancel(tasks)
 
 
 def save_cube(cube: xr.Dataset, target: str | Path, batch_rows: int = 256) -> str | Path:
