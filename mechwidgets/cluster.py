@@ -55,8 +55,12 @@ def using(client: Any) -> Iterator[None]:
     """Within the block, slices are probed on ``client``'s workers (None: in-process)."""
     check_client(client)
     token = _CLIENT.set(client)
+    # a Client makes itself dask's default scheduler: the labels and splits this process
+    # reads from the cube would each go through the cluster (a round trip per read)
+    local = dask.config.set(scheduler="synchronous") if client is not None else None
     try:
-        yield
+        with local or contextlib.nullcontext():
+            yield
     finally:
         _CLIENT.reset(token)
 
