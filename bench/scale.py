@@ -14,7 +14,7 @@ Then a paper projection for 16 and 256 workers from the measured parts: the clie
 serial part (reading labels, drawing controls, statistics), the per-slice task cost, and
 the scheduler's per-task overhead (measured with no-op tasks).
 
-    python bench/scale.py [--quick]
+    python bench/scale.py [--quick | --large]
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import mechwidgets as mw
 from mechwidgets.cluster import save_cube
 from mechwidgets.probes.synthetic import planted_cube
 
-QUICK = "--quick" in sys.argv
-N_TEXTS, BATCH = (128, 32) if QUICK else (256, 32)
-SAMPLES, LAYERS, DIM = (600, 4, 64) if QUICK else (800, 6, 64)
+QUICK, LARGE = "--quick" in sys.argv, "--large" in sys.argv
+N_TEXTS, BATCH = (128, 32) if QUICK else (1024, 64) if LARGE else (256, 32)
+SAMPLES, LAYERS, DIM = (600, 4, 64) if QUICK else (2000, 8, 256) if LARGE else (800, 6, 64)
 DETECT = {"seeds": 2, "permutations": 50, "resamples": 200} if QUICK else {}
 
 
