@@ -145,3 +145,11 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MECHWIDGETS_CACHE", None)
     else:
         os.environ["MECHWIDGETS_CACHE"] = old
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh, empty activation cache folder for one test (``MECHWIDGETS_CACHE``)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("MECHWIDGETS_CACHE", str(folder))
+    return folder

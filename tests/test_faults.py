@@ -55,13 +55,6 @@ def toy():
     return load_model("toy-grammar"), get_task("subject_number", n=N)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("MECHWIDGETS_CACHE", str(folder))
-    return folder
-
-
 def in_child(target, *args, timeout: float = 60) -> int:
     """Run ``target(*args)`` in a forked child; its exit code (-9: killed by SIGKILL)."""
     child = FORK.Process(target=_child, args=(target, *args))

@@ -59,13 +59,6 @@ def toy():
     return load_model("toy-grammar"), get_task("subject_number", n=N)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("MECHWIDGETS_CACHE", str(folder))
-    return folder
-
-
 def everything_in(fs, prefix: str) -> bytes:
     return b"".join(fs.cat_file(p) for p in fs.find(prefix))
 

@@ -42,13 +42,6 @@ def toy():
     return load_model("toy-grammar"), get_task("subject_number", n=N)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("MECHWIDGETS_CACHE", str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def reference(toy):
     """The netCDF cube of the same call, computed in one process, read into memory."""
