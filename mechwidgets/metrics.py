@@ -16,8 +16,9 @@ values, so ``task.behavior`` and ``mw.metrics.logit_diff(...)`` are used the sam
 :func:`bind` turns a metric and the tokenized :class:`Prompts` into a differentiable
 :class:`Scorer`, from the logits (or the hidden state a probe or hidden-state metric
 reads) to one value per prompt, checking first that the model can give what the metric
-reads; patching, attribution and localize use the same scorer. Patching practice (RECIPES.md):
-prefer these continuous metrics, and normalise with :func:`normalized_effect`.
+reads; patching, attribution and localize use the same scorer. Patching practice
+(Heimersheim & Nanda 2024): prefer these continuous metrics, and normalise with
+:func:`normalized_effect`.
 
 >>> metric = logit_diff(correct="is", wrong="are")
 >>> prompts = Prompts.build(model, ["the dog near the cars"])
@@ -605,7 +606,7 @@ class Scorer:
     marked tokens); ``score_at`` maps what is gathered there, (k * n, m, vocab or width)
     for ``k`` stacked copies of the prompts, to one value per row. Reading only those
     positions lets the edit engine skip the output head everywhere else (the largest single
-    cost of a small model's forward pass, RECIPES.md "Extraction costs").
+    cost of a small model's forward pass).
 
     ``score_at`` runs inside traces, remote ones included, so it closes over tensors and
     plain values only and calls nothing but torch (nnsight ships it to NDIF by its source,

@@ -1,7 +1,7 @@
 """localize and patching on the zoo models, against their known circuits.
 
 toy-induction: the circuit is the heads whose previous-token or prefix-matching score on
-the model card exceeds 0.5 (RECIPES.md, "Induction heads in 2 layers"). toy-grammar: the
+the model card exceeds 0.5 (Olsson et al. 2022's two-layer setting). toy-grammar: the
 verb's number comes from the subject noun alone, so patching the subject's embedding
 restores the whole logit difference, and with depth the information flows from the
 subject to the read token (the last one), not back and not elsewhere. Random-weight BERTs

@@ -111,7 +111,7 @@ def test_toy_grammar_uses_animacy_sentiment_and_tense_where_the_grammar_needs_th
 def test_toy_induction_has_the_induction_heads_its_card_claims(toy_induction) -> None:  # noqa: ANN001
     claimed = card("toy-induction")["evaluation"]
     scores = head_scores(toy_induction)
-    # RECIPES.md: a sharp previous-token head in layer 0 and induction heads in layer 1
+    # the model card's claim: a sharp previous-token head in layer 0 and induction heads in layer 1
     assert scores["previous_token"][0].max() > 0.5 and scores["prefix_matching"][1].max() > 0.5
     np.testing.assert_allclose(
         scores["prefix_matching"], claimed["prefix_matching_score"], atol=1e-3

@@ -256,7 +256,7 @@ class DetectResult(ProbeResult):
     def _unresolved(self, s: dict[str, Any]) -> bool:
         """No slice significant only because the permutation count cannot resolve it: some
         slice beats every draw, yet the smallest p-value draws can give is not small enough
-        after correction (RECIPES.md)."""
+        after correction (B permutations give at best 1/(B+1))."""
         draws = s["seeds"] * s["permutations"]
         floor = 1.0 / (draws + 1.0)
         at_floor = (self.real["p_value"] <= floor * (1 + 1e-9)).any()

@@ -4,7 +4,7 @@ Grammar tasks read the sentences of :mod:`mechwidgets.data.grammar` at the token
 toy-grammar needs the feature; ``induction`` reads the random-token sequences of
 toy-induction. Every split draws its lexical items (nouns, adjectives, verbs; for
 induction the token read) from its own pool, so test items are unseen in training and a
-control task on word types measures something (RECIPES.md, "Probes and controls").
+control task on word types measures something (Hewitt & Liang 2019).
 
 ===================  ==========================================  ========================
 task                 text, read at the last token                label(s)

@@ -1,7 +1,7 @@
 """Random-token sequences with a repeated segment: the data of toy-induction.
 
 A sequence is a random prefix, a segment of random length (4..8) and the same segment
-again, 16 tokens in all (RECIPES.md, "Induction heads in 2 layers"). A random length
+again, 16 tokens in all (the two-layer setting of Olsson et al. 2022). A random length
 keeps a layer-0 head from solving the task by position alone. Tokens are written as
 words ``t0`` .. ``t31`` so they pass through a word-level tokenizer one to one.
 

@@ -6,7 +6,7 @@ run's activation ``a`` is replaced by the source run's ``a'`` is approximately
 ``(a' - a) . dM/da``, the gradient taken in the base run. It costs one forward pass of
 the source prompts (to cache ``a'``), one forward and one backward pass of the base
 prompts, whatever the grid's size. It is exact for small, local changes and can miss
-across saturated attention or layer norms (RECIPES.md, "Patching practice"), so
+across saturated attention or layer norms (Kramar et al. 2024), so
 :func:`~mechwidgets.actions.interventions.patching.patch` reports its agreement with
 real patching on the same grid.
 

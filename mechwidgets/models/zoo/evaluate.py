@@ -2,7 +2,7 @@
 
 toy-grammar: subject-verb agreement across an attractor of the opposite number on
 prefixes never trained on. toy-induction: loss on the repeated half against the first
-half, and every head's previous-token and prefix-matching scores (RECIPES.md).
+half, and every head's previous-token and prefix-matching scores (Olsson et al. 2022).
 
 >>> model, tokenizer = load_folder(model_dir("toy-grammar"))
 >>> agreement(model, tokenizer, agreement_eval_set())["accuracy"]

@@ -96,7 +96,7 @@ RECIPES = {
         description=(
             "2-layer GPT-NeoX (d_model 64, 4 heads of 16, MLP 16) trained on random tokens "
             "(vocabulary 32) ending in a segment of random length 4..8 and its repeat, 16 "
-            "tokens (RECIPES.md, 'Induction heads in 2 layers'). Ground truth: one layer-0 "
+            "tokens (the two-layer setting of Olsson et al. 2022). Ground truth: one layer-0 "
             "head attends to the previous token and layer-1 heads are induction heads."
         ),
         architecture={
@@ -158,7 +158,7 @@ RECIPES = {
             "no head above 0.5 on either score, its layer-0 heads carrying the largest "
             "effects (2.9-3.4 nats): a circuit these two scores do not describe. The "
             "previous-token head usually matters most "
-            "(2.1-2.9 nats against 0.2-0.5 for each induction head), as RECIPES.md reports."
+            "(2.1-2.9 nats against 0.2-0.5 for each induction head)."
         ),
     ),
 }
