@@ -59,9 +59,6 @@ NOMINAL_ALPHA = 0.05
 NOMINAL_COVERAGE = 0.95
 #: the issue's target for every coverage
 COVERAGE_TARGET = 0.93
-#: replicate cubes of the 144-slice design at most (each is a full default detect of 144
-#: slices; the design checks resolution, which does not need hundreds of replicates)
-MANY_SLICE_REPS = 20
 #: the per-neuron p-value threshold of the polysemantic tail check
 TAIL = 1e-3
 #: the measure kinds and how each passes
@@ -363,7 +360,6 @@ class Design:
     name: str
     replicate: Callable[[np.random.Generator, int], dict[str, Hit]]
     measures: dict[str, Measure]
-    max_reps: int | None = None
 
 
 def _detect_null(rng: np.random.Generator, rep: int, cube: xr.Dataset) -> dict[str, Hit]:
@@ -433,7 +429,9 @@ def _many_slices(rng: np.random.Generator, rep: int) -> dict[str, Hit]:
     s = res.summary()
     return {
         "all": s["n_significant"] == s["n_slices"] == 144,
-        "decoded": bool(real_rows(res)["score"].min() >= 0.95),
+        # each slice's own test accuracy is a binomial draw around ~0.99 on 80 items, so
+        # the minimum of 144 of them is no check of the design; their mean is
+        "decoded": bool(real_rows(res)["score"].mean() >= 0.98),
         "verdict": "not decodable" not in res.verdict(),
     }
 
@@ -559,10 +557,9 @@ def designs() -> dict[str, Design]:
             _many_slices,
             {
                 "all": Measure("all 144 slices significant (Holm, defaults)", "all"),
-                "decoded": Measure("every slice's test accuracy >= 0.95 (design check)", "check"),
+                "decoded": Measure("mean test accuracy >= 0.98 (design check)", "check"),
                 "verdict": Measure("verdict does not say 'not decodable'", "all"),
             },
-            max_reps=MANY_SLICE_REPS,
         )
     )
     out.append(
@@ -655,11 +652,9 @@ def run_design(
     baseline: Mapping[str, float] | None = None,
     first: int = 0,
 ) -> list[Outcome]:
-    """Replicates ``first .. first + reps - 1`` of design ``name`` (capped by its
-    ``max_reps``), one Outcome per measure. ``baseline`` maps ``design/measure`` to an
-    earlier rate (e.g. before a fix)."""
-    design = designs()[name]
-    last = min(first + reps, design.max_reps or first + reps)
+    """Replicates ``first .. first + reps - 1`` of design ``name``, one Outcome per measure.
+    ``baseline`` maps ``design/measure`` to an earlier rate (e.g. before a fix)."""
+    design, last = designs()[name], first + reps
     start = time.perf_counter()
     work = partial(run_replicate, name)
     if jobs > 1:
@@ -759,8 +754,6 @@ def main() -> None:
         return
     for name in select(args.design):
         outcomes = run_design(name, args.reps, args.jobs, baseline, args.first)
-        if not outcomes:  # past the design's max_reps
-            continue
         print(f"<!-- {name}: {outcomes[0].seconds:.0f} s -->", flush=True)
         if args.out:
             saved = load_outcomes(args.out) if args.out.exists() else []
