@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from extract import pythia70m_shaped, random_texts  # noqa: E402  (the shared bench model)
 
 import mechwidgets as mw  # noqa: E402
-from mechwidgets.actions.interventions.edits import (  # noqa: E402
+from mechwidgets.intervene.edits import (  # noqa: E402
     MAX_LOGITS,
     MAX_ROWS,
     READ,
@@ -54,7 +54,7 @@ from mechwidgets.actions.interventions.edits import (  # noqa: E402
     Source,
     run_cells,
 )
-from mechwidgets.actions.interventions.grid import (  # noqa: E402
+from mechwidgets.intervene.grid import (  # noqa: E402
     PatchResult,
     agreement,
     plan_patching,

@@ -20,12 +20,9 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
-    from mechwidgets import metrics
     from mechwidgets.actions.collapse import collapse
     from mechwidgets.actions.compare import compare
     from mechwidgets.actions.detect import detect
-    from mechwidgets.actions.interventions.attribution import attribution_patch
-    from mechwidgets.actions.interventions.patching import patch
     from mechwidgets.actions.localize import localize
     from mechwidgets.actions.polysemantic import polysemantic
     from mechwidgets.data.catalog import get_task, get_task_pairs, list_tasks
@@ -33,6 +30,9 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from mechwidgets.extract import extract
     from mechwidgets.extract.cube import open_cube
     from mechwidgets.extract.store import convert_cube
+    from mechwidgets.intervene import metrics
+    from mechwidgets.intervene.attribution import attribution_patch
+    from mechwidgets.intervene.patching import patch
     from mechwidgets.models.loading import Model, load_model
     from mechwidgets.models.zoo import list_models
     from mechwidgets.viz import widgets
@@ -43,7 +43,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Model": "mechwidgets.models.loading",
     "Task": "mechwidgets.data.tasks",
-    "attribution_patch": "mechwidgets.actions.interventions.attribution",
+    "attribution_patch": "mechwidgets.intervene.attribution",
     "collapse": "mechwidgets.actions.collapse",
     "compare": "mechwidgets.actions.compare",
     "convert_cube": "mechwidgets.extract.store",
@@ -55,15 +55,26 @@ _LAZY = {
     "list_tasks": "mechwidgets.data.catalog",
     "load_model": "mechwidgets.models.loading",
     "localize": "mechwidgets.actions.localize",
-    "metrics": "mechwidgets.metrics",
+    "metrics": "mechwidgets.intervene.metrics",
     "open_cube": "mechwidgets.extract.cube",
-    "patch": "mechwidgets.actions.interventions.patching",
+    "patch": "mechwidgets.intervene.patching",
     "polysemantic": "mechwidgets.actions.polysemantic",
     "widgets": "mechwidgets.viz.widgets",
 }
 #: subpackages reachable as attributes (``mw.viz.ChartView``), also imported on first use
 _SUBPACKAGES = frozenset(
-    {"actions", "analysis", "core", "data", "jupyter", "models", "probes", "report", "viz"}
+    {
+        "actions",
+        "analysis",
+        "core",
+        "data",
+        "intervene",
+        "jupyter",
+        "models",
+        "probes",
+        "report",
+        "viz",
+    }
 )
 __all__ = [
     "Model",

@@ -14,11 +14,11 @@ import torch
 from conftest import TINY_CONFIGS, build_tiny, number_task
 
 import mechwidgets as mw
-from mechwidgets.actions.interventions.ablation import ablate, donors
-from mechwidgets.actions.interventions.edits import READ, Cell
 from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
-from mechwidgets.metrics import Prompts, bind
+from mechwidgets.intervene.edits import READ, Cell
+from mechwidgets.intervene.metrics import Prompts, bind
+from mechwidgets.intervene.sources import ablate, donors
 from mechwidgets.models.loading import load_model
 from mechwidgets.probes.linear import fit_probe
 

@@ -22,9 +22,9 @@ from conftest import number_task
 
 import mechwidgets as mw
 from mechwidgets.actions.base import RunContext, run_action
-from mechwidgets.actions.interventions.edits import capture
 from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
-from mechwidgets.metrics import Prompts, bind
+from mechwidgets.intervene.edits import capture
+from mechwidgets.intervene.metrics import Prompts, bind
 from mechwidgets.models.zoo import model_dir
 from mechwidgets.probes.linear import fit_probe
 from mechwidgets.runner import run_spec

@@ -16,10 +16,10 @@ from conftest import number_task
 from transformers import BertModel
 
 import mechwidgets as mw
-from mechwidgets.actions.interventions.edits import capture
 from mechwidgets.core.errors import ModelError, SpecError, TaskError
 from mechwidgets.data.tasks import LogitDiff, RepeatLogProb
-from mechwidgets.metrics import (
+from mechwidgets.intervene.edits import capture
+from mechwidgets.intervene.metrics import (
     Prompts,
     bind,
     describe,

@@ -10,9 +10,9 @@ import transformers
 from conftest import IDS, word_tokenizer
 
 import mechwidgets as mw
-from mechwidgets.actions.interventions.recovery import recovery_test
 from mechwidgets.core.errors import SpecError
 from mechwidgets.data.splits import stratified_split
+from mechwidgets.intervene.recovery import recovery_test
 from mechwidgets.probes.linear import fit_probe
 
 ERASED_AT = 2

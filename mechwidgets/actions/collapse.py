@@ -22,12 +22,12 @@ import xarray as xr
 
 from mechwidgets.actions.base import ResultAction, RunContext, run_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult
-from mechwidgets.actions.interventions.recovery import RecoveryResult, RecoverySpec
 from mechwidgets.analysis.geometry import cka_matrix
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.cluster import using
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import register_action
+from mechwidgets.intervene.recovery import RecoveryResult, RecoverySpec
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
     pooled_boot,
@@ -275,7 +275,7 @@ def collapse(
     cka : ``debiased`` (default; unbiased HSIC) or ``linear`` CKA for the heatmap.
     component : the component of the headline numbers; default ``resid``.
     recovery : also patch the peak layer's residual stream into later layers of the model
-        and probe the final layer again (:mod:`mechwidgets.actions.interventions.recovery`):
+        and probe the final layer again (:mod:`mechwidgets.intervene.recovery`):
         ``dict(model=..., task=...)`` with the model and Task the cube came from, and
         optionally ``source_layer`` (default the peak), ``target_layer`` (one or several;
         default every layer in between), ``readout_layer`` (default the final layer),

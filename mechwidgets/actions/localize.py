@@ -33,9 +33,6 @@ import pandas as pd
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction
-from mechwidgets.actions.interventions.ablation import ABLATIONS, ablation_source
-from mechwidgets.actions.interventions.edits import READ, Cell, Source, capture, run_cells
-from mechwidgets.actions.interventions.grid import check_lengths, components_of
 from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
 from mechwidgets.core.components import COMPONENT_ORDER, LayerComponent
 from mechwidgets.core.errors import SpecError, TaskError
@@ -43,7 +40,9 @@ from mechwidgets.core.registry import Needs, register_action
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract.extractor import extract
-from mechwidgets.metrics import (
+from mechwidgets.intervene.edits import READ, Cell, Source, capture, run_cells
+from mechwidgets.intervene.grid import check_lengths, components_of
+from mechwidgets.intervene.metrics import (
     LogitDiff,
     ProbeReadout,
     Prompts,
@@ -54,6 +53,7 @@ from mechwidgets.metrics import (
     output_head,
     probe,
 )
+from mechwidgets.intervene.sources import ABLATIONS, ablation_source
 from mechwidgets.probes.linear import LinearProbe, fit_probe
 from mechwidgets.viz.charts import heatmap
 
@@ -99,14 +99,15 @@ def localize(
     task : a Task, or PromptPairs (clean prompts as samples, their corrupt prompts for
         ``patch``, the clean-minus-corrupt answer logit difference as behaviour).
     label : the feature to probe; None skips probing and intervenes on every candidate.
-    behavior : the metric (:mod:`mechwidgets.metrics`); default the task's own. A logit
+    behavior : the metric (:mod:`mechwidgets.intervene.metrics`); default the task's own. A logit
         difference of two fixed words with a label (``logit_diff("is", "are")`` on subject
         number) is signed per class, by the sign of its clean mean in that class, so the
         drop measures lost preference for the right word in both classes. On a model
         without an output head the task's own (logit) behaviour is skipped.
-    probe : a probe or hidden-state metric (:func:`mechwidgets.metrics.probe`,
-        :func:`~mechwidgets.metrics.hidden`) whose drop is reported beside the behaviour's;
-        default, with a label, the accuracy of a probe fitted after the last block.
+    probe : a probe or hidden-state metric (:func:`~mechwidgets.intervene.metrics.probe`,
+        :func:`~mechwidgets.intervene.metrics.hidden`) whose drop is reported beside the
+        behaviour's; default, with a label, the accuracy of a probe fitted after the last
+        block.
     components : kinds ``resid``, ``attn``, ``mlp``, ``head``, ``neuron`` or selectors
         such as ``"head:1.*"``.
     top_k : with a label, how many of the best-decoded candidates to intervene on

@@ -1,6 +1,6 @@
 """``patch``, ``attribution_patch`` and ``recovery`` as registered actions.
 
-The engine lives in :mod:`mechwidgets.actions.interventions`; this module registers its
+The engine lives in :mod:`mechwidgets.intervene`; this module registers its
 three public functions like the other actions, so each runs from a YAML config, the
 ``mechinterp`` command and the ``%mechinterp`` magic, and re-runs from its bundle. Their
 parameters are the functions' keyword parameters, checked when the RunSpec is parsed.
@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from mechwidgets.actions.base import ActionResult, ResultAction, RunContext
-from mechwidgets.actions.interventions.attribution import attribution_patch
-from mechwidgets.actions.interventions.patching import patch
-from mechwidgets.actions.interventions.recovery import recovery_test
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import Needs, register_action
+from mechwidgets.intervene.attribution import attribution_patch
+from mechwidgets.intervene.patching import patch
+from mechwidgets.intervene.recovery import recovery_test
 
 
 class _ModelAction(ResultAction):

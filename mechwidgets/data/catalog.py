@@ -188,7 +188,7 @@ class PromptPairs:
     def to_task(self) -> Task:
         """The clean prompts as a Task: the factors that vary as labels, the read position,
         and the clean-minus-corrupt answer logit difference as its behaviour."""
-        from mechwidgets.metrics import logit_diff  # torch: on first use
+        from mechwidgets.intervene.metrics import logit_diff  # torch: on first use
 
         factors = self.metadata.get("factors", {})
         classes = self.metadata.get("classes", {})

@@ -13,7 +13,7 @@ pass, so no activation ever leaves it (on a remote model only metric values come
 Many edits share one forward pass: the prompts are stacked once per edit and edit ``k``
 touches only its own block of rows, so a grid of hundreds of cells costs a few batched
 passes instead of hundreds of small ones. Every pass is scored by one or more
-bound metrics (:class:`~mechwidgets.metrics.Scorer`), each read at its own site: the
+bound metrics (:class:`~mechwidgets.intervene.metrics.Scorer`), each read at its own site: the
 output head's logits after the last block, or the hidden state a probe or hidden-state
 metric reads, after the edits at that site. Components are reached only through the
 model's adapter accessors, in forward order, as nnsight requires.
@@ -33,7 +33,7 @@ import torch
 
 from mechwidgets.core.components import EMBED, LayerComponent
 from mechwidgets.core.errors import SelectorError, SpecError
-from mechwidgets.metrics import Prompts, Scorer, output_head
+from mechwidgets.intervene.metrics import Prompts, Scorer, output_head
 from mechwidgets.models.adapters import walk
 
 #: ``Cell.position`` value meaning "each prompt's read token"
@@ -276,7 +276,7 @@ def run_cells(
         source's replacement at its position(s), in copy ``k`` only.
     source : where the replacements come from (:class:`Source`); its prompts need the
         same count and padded width as ``prompts``.
-    scorers : from :func:`mechwidgets.metrics.bind`; each reads its site after the edits
+    scorers : from :func:`mechwidgets.intervene.metrics.bind`; each reads its site after the edits
         there (none: only ``readout`` is wanted).
     readout : also return the residual stream after block ``readout`` at the read token.
 

@@ -19,16 +19,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mechwidgets.actions.interventions.attribution import attribution_moves
-from mechwidgets.actions.interventions.edits import Source, run_cells
-from mechwidgets.actions.interventions.grid import (
+from mechwidgets.data.catalog import PromptPairs
+from mechwidgets.data.tasks import Task
+from mechwidgets.intervene.attribution import attribution_moves
+from mechwidgets.intervene.edits import Source, run_cells
+from mechwidgets.intervene.grid import (
     Direction,
     PatchResult,
     patch_result,
     plan_patching,
 )
-from mechwidgets.data.catalog import PromptPairs
-from mechwidgets.data.tasks import Task
 
 
 def patch(
@@ -54,7 +54,7 @@ def patch(
     clean : a Task, PromptPairs (its corrupt prompts are used when ``corrupt`` is None)
         or a list of texts.
     corrupt : one prompt per clean prompt with the same number of tokens (a Task or texts).
-    behavior : the metric (:mod:`mechwidgets.metrics`): a logit metric (needs the model's
+    behavior : the metric (:mod:`mechwidgets.intervene.metrics`): a logit metric (needs the model's
         output head: a decoder's language-model head, BERT's masked-LM head), or a probe
         or hidden-state metric (any model, encoders without a head included); default
         the clean task's own, or the clean-minus-corrupt answer logit difference for

@@ -1,7 +1,7 @@
 """Zero, mean and resample ablation: what replaces a component when it is knocked out.
 
 Each ablation is a source of replacement activations for the edit engine
-(:mod:`~mechwidgets.actions.interventions.edits`): ``zero`` writes zeros (off the
+(:mod:`~mechwidgets.intervene.edits`): ``zero`` writes zeros (off the
 model's distribution, so effects can be exaggerated); ``mean`` writes the mean over the
 prompts at the same token position; ``resample`` writes the activation another prompt
 produced at the same position (in distribution; Heimersheim & Nanda 2024). Rankings can
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mechwidgets.actions.interventions.edits import Cell, Source, run_cells
 from mechwidgets.core.errors import SpecError, TaskError
-from mechwidgets.metrics import Prompts, Scorer
+from mechwidgets.intervene.edits import Cell, Source, run_cells
+from mechwidgets.intervene.metrics import Prompts, Scorer
 
 ABLATIONS = ("zero", "mean", "resample")
 
@@ -30,7 +30,7 @@ def ablation_source(
     how: str, prompts: Prompts, seed: int = 0, classes: np.ndarray | None = None
 ) -> Source:
     """The replacement for ablation ``how``, made from the prompts' own run inside the edit
-    pass (:class:`~mechwidgets.actions.interventions.edits.Source`).
+    pass (:class:`~mechwidgets.intervene.edits.Source`).
 
     Parameters
     ----------
@@ -82,7 +82,7 @@ def ablate(
 
     Returns
     -------
-    ``(values, readouts)`` as :func:`~mechwidgets.actions.interventions.edits.run_cells`:
+    ``(values, readouts)`` as :func:`~mechwidgets.intervene.edits.run_cells`:
     (cells, n) metric values, and the residual stream after block ``readout`` at the read
     token (cells, n, d_model) when asked for.
     """

@@ -7,7 +7,7 @@ run's activation ``a`` is replaced by the source run's ``a'`` is approximately
 the source prompts (to cache ``a'``), one forward and one backward pass of the base
 prompts, whatever the grid's size. It is exact for small, local changes and can miss
 across saturated attention or layer norms (Kramar et al. 2024), so
-:func:`~mechwidgets.actions.interventions.patching.patch` reports its agreement with
+:func:`~mechwidgets.intervene.patching.patch` reports its agreement with
 real patching on the same grid.
 
 >>> res = attribution_patch(model, clean=pairs)          # PatchResult, method "attribution"
@@ -23,7 +23,9 @@ import nnsight
 import numpy as np
 import torch
 
-from mechwidgets.actions.interventions.edits import (
+from mechwidgets.data.catalog import PromptPairs
+from mechwidgets.data.tasks import Task
+from mechwidgets.intervene.edits import (
     Cell,
     SiteKey,
     Source,
@@ -32,15 +34,13 @@ from mechwidgets.actions.interventions.edits import (
     score_site,
     site_port,
 )
-from mechwidgets.actions.interventions.grid import (
+from mechwidgets.intervene.grid import (
     Direction,
     PatchResult,
     patch_result,
     plan_patching,
 )
-from mechwidgets.data.catalog import PromptPairs
-from mechwidgets.data.tasks import Task
-from mechwidgets.metrics import Prompts, Scorer
+from mechwidgets.intervene.metrics import Prompts, Scorer
 
 
 def attribution_moves(
@@ -140,7 +140,7 @@ def attribution_patch(
     ----------
     model : from :func:`mechwidgets.load_model`.
     clean, corrupt, behavior, grid, components, direction, n : as
-        :func:`~mechwidgets.actions.interventions.patching.patch`.
+        :func:`~mechwidgets.intervene.patching.patch`.
     resamples, level, seed : bootstrap over pairs for the intervals.
 
     Returns

@@ -26,18 +26,18 @@ import xarray as xr
 from scipy.stats import pearsonr, spearmanr
 
 from mechwidgets.actions.base import ActionResult
-from mechwidgets.actions.interventions.edits import (
-    EMBED,
-    Cell,
-    capture,
-    check_components,
-)
 from mechwidgets.analysis.statistics import bootstrap_weights, percentile_interval
 from mechwidgets.core.components import LayerComponent, component_key, expand_selectors
 from mechwidgets.core.errors import SpecError, TaskError
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
-from mechwidgets.metrics import Prompts, Scorer, bind, describe, differentiable
+from mechwidgets.intervene.edits import (
+    EMBED,
+    Cell,
+    capture,
+    check_components,
+)
+from mechwidgets.intervene.metrics import Prompts, Scorer, bind, describe, differentiable
 from mechwidgets.viz.charts import heatmap
 
 Direction = Literal["denoise", "noise"]

@@ -31,7 +31,6 @@ import pandas as pd
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult
-from mechwidgets.actions.interventions.edits import Cell, Source, capture, run_cells, site_of
 from mechwidgets.analysis.statistics import (
     batch_score,
     bootstrap_pvalue,
@@ -41,7 +40,8 @@ from mechwidgets.analysis.statistics import (
 from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import SpecError
 from mechwidgets.data.tasks import Task
-from mechwidgets.metrics import Prompts
+from mechwidgets.intervene.edits import Cell, Source, capture, run_cells, site_of
+from mechwidgets.intervene.metrics import Prompts
 from mechwidgets.probes.linear import fit_probe
 
 #: keys a ``recovery=`` mapping may hold
