@@ -188,6 +188,7 @@ def run_spec(
         model = load_model(ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype)
     check_budget(spec, task, model)
     with _timed(timings, "extract", progress):
+        tasks = [task, *others] if needs.cube else []
         cubes = [
             extract(
                 model,
@@ -198,8 +199,9 @@ def run_spec(
                 cache=ex.cache,
                 neurons=ex.neurons,
                 unseen=ex.unseen,
+                progress=_batch_progress(progress, k, len(tasks)),
             )
-            for t in ([task, *others] if needs.cube else [])
+            for k, t in enumerate(tasks)
         ]
     cube = cubes[0] if cubes else None
     context = RunContext(
@@ -386,6 +388,21 @@ def task_hash(task: Task) -> str:
         else:
             digest.update(positions.tobytes())
     return digest.hexdigest()
+
+
+def _batch_progress(
+    progress: Progress | None, k: int, n_tasks: int
+) -> Callable[[int, int], None] | None:
+    """Extraction batches of task ``k`` of ``n_tasks`` as fractions of the extract stage,
+    for ``progress`` (which then replaces extract's own bar); None keeps extract's bar."""
+    if progress is None:
+        return None
+    start, end = STAGE_START["extract"], STAGE_START["action"]
+
+    def report(done: int, total: int) -> None:
+        progress(start + (end - start) * (k + done / total) / n_tasks, "extract")
+
+    return report
 
 
 @contextmanager

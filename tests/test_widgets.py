@@ -21,7 +21,7 @@ import mechwidgets as mw
 from mechwidgets.actions.base import ActionResult
 from mechwidgets.core import registry
 from mechwidgets.core.errors import MechError, SpecError
-from mechwidgets.viz.widgets import STATIC, Launcher, LayerExplorer, WidgetError
+from mechwidgets.viz.widgets import STATIC, Launcher, LayerExplorer, RunCancelled, WidgetError
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [0, 1, 2, 3]
@@ -445,7 +445,8 @@ def test_run_button_runs_the_spec_and_displays_the_result(launcher, monkeypatch)
     runner = FakeRunner()
     runner.launcher = launcher
     monkeypatch.setitem(sys.modules, "mechwidgets.runner", runner)
-    launcher.run_button.click()
+    launcher.run_button.click()  # runs in a background thread
+    launcher.wait(timeout=60)
     assert [s.action.name for s in runner.specs] == ["widget_probe"]
     assert runner.button_during_run is True and launcher.run_button.disabled is False
     assert launcher.error is None and isinstance(launcher.result, Result)
@@ -569,8 +570,94 @@ def test_launcher_runs_a_real_action_on_the_embedded_model():
     seen = []
     ui.progress.observe(lambda change: seen.append(change["new"]), names="description")
     ui.run_button.click()
+    ui.wait(timeout=300)
     assert ui.error is None, ui.error
     assert ui.result.action == "detect"
     assert set(ui.result.table["layer"]) == {3}
     assert seen[-4:] == ["model", "extract", "action", "done"]  # the runner's stages, in order
     assert ui.progress.bar_style == "success"
+
+
+def toy_launcher(n: int = 320) -> Launcher:
+    """A Launcher set to a quick detect on the embedded toy model: one layer, resid."""
+    ui = Launcher()
+    ui.model.value, ui.task.value, ui.action.value = "toy-grammar", "subject_number", "detect"
+    ui.layers.value, ui.n.value, ui.seeds.value = "2", n, 1
+    for name, box in ui.components.items():
+        box.value = name == "resid"
+    return ui
+
+
+def test_launcher_has_one_bar_that_moves_with_each_extraction_batch(cache, capfd):
+    ui = toy_launcher()
+    n_batches = -(-ui.n.value // mw.core.specs.RunSpec.from_dict(ui.spec()).extraction.batch_size)
+    seen = []  # (fraction, stage, Run disabled, Cancel enabled) at each move of the bar
+    ui.progress.observe(
+        lambda change: seen.append(
+            (
+                change["new"],
+                ui.progress.description,
+                ui.run_button.disabled,
+                not ui.cancel_button.disabled,
+            )
+        ),
+        names="value",
+    )
+    ui.start()
+    assert ui.run_button.disabled and ui.running  # off from the click on, not a moment later
+    ui.wait(timeout=300)
+    assert ui.error is None, ui.error
+    fractions = [f for f, *_ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    extract = [f for f, stage, *_ in seen if stage == "extract"]
+    # the stage's start, then one move per batch, ending where the action stage starts
+    assert len(set(extract)) == n_batches + 1 and extract[-1] == pytest.approx(0.7)
+    assert all(run_off and cancel_on for *_, run_off, cancel_on in seen[:-1])
+    assert not ui.run_button.disabled and ui.cancel_button.disabled and ui.status.value == "done"
+    assert "extract:" not in capfd.readouterr().err  # extract's own tqdm bar stayed off
+
+
+def test_cancel_stops_the_run_before_the_next_stage(cache):
+    ui = toy_launcher()
+    stages = []
+
+    def on_stage(change):
+        stages.append(change["new"])
+        if change["new"] == "model":
+            ui.cancel()
+
+    ui.progress.observe(on_stage, names="description")
+    ui.start()
+    assert ui.wait(timeout=300) is None
+    assert stages == ["task", "model"]  # extraction never started
+    assert isinstance(ui.error, RunCancelled) and ui.status.value == "cancelled"
+    (line,) = ui.output.outputs
+    assert line["text"].startswith("cancelled before extract")
+    assert not ui.running and ui.cancel_button.disabled and ui.progress.bar_style == "warning"
+    assert not list(cache.glob("*.nc"))  # no cube was written
+
+
+def test_cancel_during_extraction_stops_at_the_next_batch(cache):
+    ui = toy_launcher()
+    batches = []
+
+    def on_value(change):
+        if ui.progress.description == "extract":
+            batches.append(change["new"])
+            if len(batches) == 2:  # the stage's start, then the first batch
+                ui.cancel()
+
+    ui.progress.observe(on_value, names="value")
+    ui.start()
+    ui.wait(timeout=300)
+    assert len(batches) == 2 and isinstance(ui.error, RunCancelled)
+    assert ui.output.outputs[0]["text"].startswith("cancelled during extract")
+    assert not list(cache.glob("*.nc"))  # the half-written cube was not kept
+
+
+def test_controls_are_off_for_actions_without_them():
+    ui = Launcher()
+    ui.action.value = "patch"
+    assert all(box.disabled for box in ui.controls.values()) and "controls" not in ui.spec()
+    ui.action.value = "detect"
+    assert not any(box.disabled for box in ui.controls.values()) and "controls" in ui.spec()

@@ -161,7 +161,7 @@ def extract(
     batch_size: int = 32,
     cache: bool = True,
     padding_side: Literal["left", "right"] | None = None,
-    progress: bool | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
     unseen: Unseen = "error",
     store: str | Path | None = None,
     client: Any = None,
@@ -190,7 +190,9 @@ def extract(
         temporary folder removed at exit (still lazy, still bounded by a batch).
     padding_side : ``"left"`` or ``"right"``; the tokenizer's own by default. Results
         do not depend on it.
-    progress : show a progress bar; by default only for more than a few batches.
+    progress : show a progress bar; by default only for more than a few batches. A
+        callable is called as ``progress(batches_done, n_batches)`` after each batch
+        instead of the bar (the Launcher's progress bar; it may raise to stop the run).
     unseen : texts the model cannot see (only special tokens, e.g. empty or blank, or an
         ``<unk>`` token): ``"error"`` (default) raises before any forward pass;
         ``"exclude"`` leaves them out and records how many in the cube's
@@ -251,17 +253,23 @@ def extract(
                 per_sample = {**per_sample, "position": reads.index, "token": reads.token}
             with cache_store.cube_writer(path, layout, per_sample, attrs, batch_size) as out:
                 n_batches = -(-len(texts) // batch_size)
-                show = progress if progress is not None else n_batches > PROGRESS_MIN_BATCHES
+                report = progress if callable(progress) else None
+                show = (
+                    n_batches > PROGRESS_MIN_BATCHES if progress is None else progress is True
+                )
                 batches = out.batches(batch_size)
                 index = None if specs is None else reads.index
                 if client is not None:  # each batch computed and written by a worker
                     job = (plan, texts, index, padding_side)
                     cluster.write_on_workers(client, model, str(path), list(batches), job, show)
                     # (that consumed `batches`: the loop below has nothing left to do)
-                for start, stop in tqdm(batches, desc="extract", unit="batch", disable=not show):
+                bar = tqdm(batches, desc="extract", unit="batch", disable=not show)
+                for done, (start, stop) in enumerate(bar, start=1):
                     part = None if index is None else index[start:stop]
                     values = compute_batch(model, plan, texts[start:stop], part, padding_side)
                     out.write(start, *values)
+                    if report is not None:
+                        report(done, n_batches)
             # A file this call wrote is not read back to verify it: its checksums are of
             # the very buffers it wrote (a Zarr store, maybe shared, is checked as it opens).
             cube = open_cube(path, layout, verified=store is None)

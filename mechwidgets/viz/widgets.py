@@ -17,7 +17,9 @@ little-endian float32 binary buffers with shape traits, never as JSON lists.
 
 from __future__ import annotations
 
+import inspect
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -387,18 +389,27 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, MechError) else f"{type(exc).__name__}: {text}"
 
 
+class RunCancelled(MechError, RuntimeError):
+    """The Launcher's run was cancelled (between stages or extraction batches)."""
+
+
 class Launcher(ipywidgets.VBox):
     """A form that builds a RunSpec for any registered action and runs it.
 
     The widgets are attributes (``model``, ``task``, ``action``, ``layers``,
     ``components``, ``labels``, ``n``, ``seeds``, ``controls``, ``output_dir``,
-    ``run_button``, ``progress``, ``output``), so a notebook or a test can set them and
-    call :meth:`spec` or :meth:`run`. ``labels`` is comma-separated: one label for
-    ``detect``, ``localize`` and ``collapse``, two or more for ``compare`` and
-    ``polysemantic``; empty means the task's default. ``seeds`` follows the chosen action's
-    default and is off for actions without seeds. Run is disabled while a run is going.
-    The last result is ``.result``; the last failure is ``.error`` and shows in the output
-    area as one line.
+    ``run_button``, ``cancel_button``, ``progress``, ``status``, ``output``), so a notebook
+    or a test can set them and call :meth:`spec` or :meth:`run`. ``labels`` is
+    comma-separated: one label for ``detect``, ``localize`` and ``collapse``, two or more
+    for ``compare`` and ``polysemantic``; empty means the task's default. ``seeds`` follows
+    the chosen action's default and is off for actions without seeds; ``controls`` are off
+    for actions without controls (the patching and localize actions).
+
+    The Run button runs in a background thread (:meth:`start`), so the notebook stays
+    responsive: Run is disabled while a run is going, the one progress bar moves with the
+    stages and with each extraction batch, and Cancel stops the run at the next batch or
+    stage (the status line then says "cancelled"). The last result is ``.result``; the
+    last failure is ``.error`` and shows in the output area as one line.
 
     Examples
     --------
@@ -455,11 +466,16 @@ class Launcher(ipywidgets.VBox):
             value="", placeholder="none: no bundle written", description="output folder", style=wide
         )
         self.run_button = ipywidgets.Button(description="Run", button_style="primary")
+        self.cancel_button = ipywidgets.Button(description="Cancel", disabled=True)
         self.progress = ipywidgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="")
+        self.status = ipywidgets.Label("")
         self.output = ipywidgets.Output()
         self.result: Any = None
         self.error: BaseException | None = None
-        self.run_button.on_click(lambda _button: self.run())
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.run_button.on_click(lambda _button: self.start())
+        self.cancel_button.on_click(lambda _button: self.cancel())
         self.action.observe(lambda _change: self._follow_action(), names="value")
         self._follow_action()
 
@@ -479,10 +495,8 @@ class Launcher(ipywidgets.VBox):
             row("controls", self.controls),
             self.output_dir,
         ]
-        super().__init__(
-            children=[*form, ipywidgets.HBox([self.run_button, self.progress]), self.output],
-            **kwargs,
-        )
+        bar = ipywidgets.HBox([self.run_button, self.cancel_button, self.progress, self.status])
+        super().__init__(children=[*form, bar, self.output], **kwargs)
 
     def _params(self) -> dict[str, Any]:
         """The chosen action's config parameters (name -> (type, default)); {} if unknown."""
@@ -490,12 +504,23 @@ class Launcher(ipywidgets.VBox):
 
         return (action_params(self.action.value) if self.action.value else None) or {}
 
+    def _takes_controls(self) -> bool:
+        """Whether the chosen action runs controls beside its probes."""
+        from mechwidgets.core.registry import action_function
+
+        function = action_function(self.action.value) if self.action.value else None
+        # an action registered without a public function: its controls are kept, it decides
+        return function is None or "controls" in inspect.signature(function).parameters
+
     def _follow_action(self) -> None:
-        """Seeds take the action's default and are off for actions without seeds."""
+        """Seeds take the action's default and are off for actions without seeds; the
+        controls are off for actions without controls."""
         seeds = self._params().get("seeds")
         self.seeds.disabled = seeds is None
         if seeds is not None and isinstance(seeds[1], int):
             self.seeds.value = seeds[1]
+        for box in self.controls.values():
+            box.disabled = not self._takes_controls()
 
     def spec(self) -> dict[str, Any]:
         """The flat RunSpec dict the form stands for (see ``RunSpec.from_dict``)."""
@@ -512,8 +537,9 @@ class Launcher(ipywidgets.VBox):
             "layers": layers,
             "components": comps,
             "n": int(self.n.value),
-            "controls": [name for name, box in self.controls.items() if box.value],
         }
+        if self._takes_controls():
+            spec["controls"] = [name for name, box in self.controls.items() if box.value]
         params = self._params()
         labels = [v.strip() for v in self.labels.value.split(",") if v.strip()]
         if labels and "labels" in params:
@@ -533,42 +559,81 @@ class Launcher(ipywidgets.VBox):
             spec["output_dir"] = self.output_dir.value.strip()
         return spec
 
+    def start(self) -> threading.Thread:
+        """Run the form in a background thread (what the Run button does); return it."""
+        if self.running:
+            raise SpecError("a run is going: wait for it, or press Cancel")
+        self._set_running(True)  # before the thread starts: a second click finds Run off
+        self._thread = threading.Thread(target=self._run, name="mechwidgets-launcher", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Wait for a run started with :meth:`start`; return its result (None if it failed)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.result
+
+    def cancel(self) -> None:
+        """Stop the run at the next stage or extraction batch (what Cancel does)."""
+        if self.running:
+            self._cancel.set()
+            self.status.value = "cancelling…"
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is going."""
+        return self.run_button.disabled
+
     def run(self) -> Any:
-        """Validate the form, run it, show the result (or one line of error); return it."""
+        """Validate the form, run it here, show the result (or one line of error); return it."""
+        if self.running:
+            raise SpecError("a run is going: wait for it, or press Cancel")
+        self._set_running(True)
+        return self._run()
+
+    def _run(self) -> Any:
         from mechwidgets.core.specs import RunSpec
+        from mechwidgets.runner import run_spec  # imported late: it pulls in torch
         from mechwidgets.viz.findings import display_parts
 
         self.output.clear_output()
         self.progress.value, self.progress.bar_style = 0.0, "info"
+        self.progress.description, self.status.value = "", ""
         self.result, self.error = None, None
-        self.run_button.disabled, self.run_button.description = True, "Running…"
+        self._cancel.clear()
         try:
             spec = RunSpec.from_dict(self.spec())
-            result = self._run_spec(spec)
+            result = run_spec(spec, progress=self._report)
         except Exception as exc:  # a click handler's traceback is hidden: say what failed
             self.error = exc
-            self.progress.bar_style = "danger"
+            cancelled = isinstance(exc, RunCancelled)
+            self.progress.bar_style = "warning" if cancelled else "danger"
+            self.status.value = "cancelled" if cancelled else "failed"
             self.output.append_stderr(_one_line(exc) + "\n")
             return None
         finally:
-            self.run_button.disabled, self.run_button.description = False, "Run"
+            self._set_running(False)
         self.result = result
         self.progress.value, self.progress.bar_style = 1.0, "success"
+        self.status.value = "done"
         for part in display_parts(result):  # verdict, chart, tables: one output each
             self.output.append_display_data(part)
         return result
 
-    def _run_spec(self, spec: Any) -> Any:
-        from mechwidgets.runner import run_spec  # imported late: it pulls in torch
-
-        with self.output:  # the runner's own tqdm bars land in the output area too
-            try:
-                return run_spec(spec, progress=self._report)
-            except Exception as exc:  # Output.__exit__ would print a traceback and swallow it
-                failure = exc
-        raise failure
+    def _set_running(self, running: bool) -> None:
+        self.run_button.disabled, self.cancel_button.disabled = running, not running
+        self.run_button.description = "Running…" if running else "Run"
 
     def _report(self, fraction: float, stage: str = "") -> None:
-        """Progress callback handed to ``run_spec``: fraction done and the stage's name."""
+        """Progress callback handed to ``run_spec``: fraction done and the stage's name.
+        Raises :class:`RunCancelled` once Cancel was pressed, which stops the run there."""
+        if self._cancel.is_set():
+            where = "during" if stage == self.progress.description else "before"
+            raise RunCancelled(
+                f"cancelled {where} {stage or 'the next stage'} "
+                f"({self.progress.value:.0%} done); press Run to start again"
+            )
+        self.progress.description = stage[:12]  # first: who observes the value sees its stage
         self.progress.value = min(1.0, max(0.0, float(fraction)))
-        self.progress.description = stage[:12]
+        self.status.value = f"{stage} {self.progress.value:.0%}" if stage != "done" else ""
