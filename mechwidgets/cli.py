@@ -199,6 +199,14 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    from mechwidgets.core.specs import RunSpec
+
+    if Path(args.config).suffix in (".yaml", ".yml"):  # checked before the runner loads torch
+        spec = RunSpec.from_file(args.config)
+        from mechwidgets.runner import run_spec
+
+        _print_result(run_spec(spec, output_dir=args.out))
+        return 0
     from mechwidgets.runner import (
         bundle_folder,
         is_bundle_source,
@@ -208,7 +216,7 @@ def _run_run(args: argparse.Namespace) -> int:
         run_spec,
     )
 
-    if not is_bundle_source(args.config):
+    if not is_bundle_source(args.config):  # a JSON config
         _print_result(run_spec(args.config, output_dir=args.out))
         return 0
     read_metrics(args.config)  # the numbers to compare with, checked before the re-run

@@ -36,7 +36,8 @@ from mechwidgets.actions.base import ActionResult, RunContext, run_action
 from mechwidgets.cluster import connect, using
 from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import SpecError
-from mechwidgets.core.registry import Needs, action_needs
+from mechwidgets.core.params import ProtocolParams
+from mechwidgets.core.registry import Needs, action_needs, check_params
 from mechwidgets.core.specs import DatasetSpec, ExtractionSpec, RunSpec
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.positions import position_key
@@ -86,21 +87,14 @@ def load_spec(source: RunSpec | dict[str, Any] | str | Path) -> RunSpec:
     if isinstance(source, dict):
         return RunSpec.from_dict(source)
     path = Path(source)
-    if not path.exists():
-        raise SpecError(f"no such config: {path}; give a YAML config or a bundle's {ARTIFACTS}")
-    if is_bundle_source(path):
-        spec = read_artifacts(path).get("spec")
-        if spec is None:
-            raise SpecError(
-                f"bundle {path} was written from Python, not from a RunSpec, so it cannot be re-run"
-            )
-        return RunSpec.from_dict(spec)
-    if path.suffix == ".json":
-        try:
-            return RunSpec.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"bad JSON in {path} at line {exc.lineno}: {exc.msg}") from None
-    return RunSpec.from_yaml(path)
+    if not is_bundle_source(path):
+        return RunSpec.from_file(path)
+    spec = read_artifacts(path).get("spec")
+    if spec is None:
+        raise SpecError(
+            f"bundle {path} was written from Python, not from a RunSpec, so it cannot be re-run"
+        )
+    return RunSpec.from_dict(spec)
 
 
 def resolve_task(dataset: DatasetSpec) -> Task:
@@ -269,16 +263,12 @@ def check_budget(spec: RunSpec, task: Task, model: Any = None) -> None:
     Without ``model`` the activation width and slice count are taken as 1 (a lower bound,
     known as soon as the task is); with it, as the extraction will give them.
     """
-    from mechwidgets.core.specs import action_params
     from mechwidgets.probes.sweep import DEFAULT_CONTROLS
 
-    table = action_params(spec.action.name) or {}
-    if "permutations" not in table:
+    params = check_params(spec.action.name, spec.action.params)
+    if not isinstance(params, ProtocolParams):  # no probing protocol, no draws to hold
         return
-    counts = {
-        key: spec.action.params.get(key, table[key][1])
-        for key in ("seeds", "permutations", "resamples")
-    }
+    counts = {key: getattr(params, key) for key in ("seeds", "permutations", "resamples")}
     n_slices, dim = 1, 1
     if model is not None:
         from mechwidgets.extract.extractor import plan_extraction

@@ -14,8 +14,17 @@ from test_runner import tiny_dir  # noqa: F401  (session fixture)
 from mechwidgets.actions import localize as localize_module
 from mechwidgets.cli import main
 from mechwidgets.core.errors import SpecError
-from mechwidgets.core.registry import Needs, action_needs, list_actions
-from mechwidgets.core.specs import RunSpec, action_params
+from mechwidgets.core.params import Params
+from mechwidgets.core.registry import (
+    Needs,
+    action_needs,
+    action_params,
+    check_params,
+    get_action,
+    list_actions,
+    register_action,
+)
+from mechwidgets.core.specs import RunSpec
 from mechwidgets.extract import extractor
 from mechwidgets.runner import run_spec
 
@@ -24,9 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_patching_actions_are_registered_with_their_parameters() -> None:
     assert {"patch", "attribution_patch", "recovery"} <= set(list_actions())
-    assert {"grid", "direction", "components"} <= set(action_params("patch") or {})
-    assert "attribution" not in (action_params("attribution_patch") or {})
-    assert {"label", "source_layer", "target_layers"} <= set(action_params("recovery") or {})
+    assert {"grid", "direction", "components"} <= set(action_params("patch").model_fields)
+    assert "attribution" not in action_params("attribution_patch").model_fields
+    recovery = action_params("recovery").model_fields
+    assert {"label", "source_layer", "target_layers"} <= set(recovery)
+    assert recovery["source_layer"].is_required() and recovery["label"].is_required()
     assert action_needs("patch", {}) == Needs(cube=False, pairs=True)
 
 
@@ -34,7 +45,8 @@ def test_patching_actions_are_registered_with_their_parameters() -> None:
     ("params", "message"),
     [
         ({"direction": "sideways"}, "'direction': choose one of denoise, noise"),
-        ({"resamples": 0}, "'resamples': give a count of 1 or more"),
+        ({"resamples": 0}, "'resamples': give a whole number of 1 or more, e.g. 1000"),
+        ({"grid": ["layr"]}, "choose one of layer, component, position (did you mean 'layer'?)"),
         ({"grdi": ["layer"]}, "unknown parameter 'grdi' for patch (did you mean 'grid'?)"),
     ],
 )
@@ -46,8 +58,35 @@ def test_a_bad_patching_parameter_fails_when_parsed(params, message) -> None:
 
 def test_recovery_without_a_source_layer_fails_before_any_model_loads(tmp_path) -> None:
     spec = {"action": "recovery", "label": "subject_number", "model": "no/such-model"}
-    with pytest.raises(SpecError, match="recovery needs source_layer"):
+    with pytest.raises(SpecError, match="recovery needs parameter 'source_layer'"):
         run_spec({**spec, "task": "subject_number"})
+
+
+def test_an_action_from_outside_registers_with_its_params_and_runs_by_name() -> None:
+    class EchoParams(Params):
+        word: str = "hi"
+
+    @register_action("echo_test", params=EchoParams)
+    class Echo:
+        def prepare(self, context):
+            return context
+
+        def run(self, prepared):
+            return prepared
+
+    try:
+        assert "echo_test" in list_actions()
+        assert check_params("echo_test", {"word": "yo"}).word == "yo"  # type: ignore[attr-defined]
+        with pytest.raises(SpecError, match="unknown parameter 'wrod' for echo_test"):
+            RunSpec.from_dict(
+                {"action": {"name": "echo_test", "params": {"wrod": 1}}, "model": "m", "task": "t"}
+            )
+        action = get_action("echo_test")
+        assert isinstance(action, Echo) and action.name == "echo_test"
+    finally:
+        from mechwidgets.core import registry
+
+        registry._ACTIONS.pop("echo_test")
 
 
 def test_patching_config_runs_from_the_cli_and_reruns_to_the_same_numbers(tmp_path, capsys) -> None:

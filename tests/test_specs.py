@@ -101,8 +101,9 @@ def test_a_key_given_twice_is_an_error_naming_both_lines():
         ({"lable": "x"}, "unknown field 'lable' (did you mean 'label'?)"),
         ({"action": {"name": "detect", "params": {"lable": "x"}}}, "did you mean 'label'?"),
         ({"permutations": 2.5}, "'detect' parameter 'permutations': give a whole number"),
-        ({"permutations": "100"}, "give a whole number, e.g. 200"),
-        ({"level": 2}, "bad value 2 for 'level'"),
+        ({"permutations": "100"}, "give a whole number of 1 or more, e.g. 200"),
+        ({"level": 2}, "bad value 2 for 'detect' parameter 'level': give a number between 0 and 1"),
+        ({"metric": "acuracy"}, "choose one of accuracy, auc, r2 (did you mean 'accuracy'?)"),
         ({"controls": [{"name": "label_shuffle", "params": {"n": 3}}]}, "take no options"),
         ({"dtype": "float23"}, "did you mean 'float32'?"),
         ({"layers": ""}, "layers is empty"),
@@ -121,18 +122,53 @@ def test_a_params_typo_is_not_blamed_on_the_action_params_when_it_is_top_level()
     assert str(err.value).startswith("unknown field 'modle' (did you mean 'model'?)")
 
 
-def test_action_params_are_read_from_each_action_function():
-    from mechwidgets.core.specs import action_params
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"permutatoins": 100},
+            "unknown parameter 'permutatoins' for detect (did you mean 'permutations'?); "
+            "it takes: label, seeds, permutations",
+        ),
+        (
+            {"level": 1.5},
+            "bad value 1.5 for 'detect' parameter 'level': give a number between 0 and 1, "
+            "e.g. 0.95",
+        ),
+        (
+            {"probe": "lasso"},
+            "bad value 'lasso' for 'detect' parameter 'probe': choose one of ridge, logistic",
+        ),
+    ],
+)
+def test_a_nested_action_parameter_is_checked_against_the_action_params(params, message):
+    data = {"action": {"name": "detect", "params": params}, "model": "m", "task": "t"}
+    with pytest.raises(SpecError) as err:
+        RunSpec.from_dict(data)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_each_action_declares_typed_frozen_params_sharing_the_protocol_fields():
+    from pydantic import ValidationError
+
+    from mechwidgets.core.params import Params, ProtocolParams
+    from mechwidgets.core.registry import action_params, list_actions
     from mechwidgets.probes.sweep import Protocol
 
+    probing = {"detect", "compare", "collapse", "polysemantic"}
+    for name in list_actions():
+        params = action_params(name)
+        assert issubclass(params, Params) and params.model_config["frozen"], name
+        assert issubclass(params, ProtocolParams) == (name in probing), name
     detect = action_params("detect")
-    assert {"label", "seeds", "permutations", "level", "probe"} <= set(detect)
-    assert not {"cube", "seed", "controls"} & set(detect)
-    assert set(Protocol.__dataclass_fields__) - {"controls"} <= set(detect)
-    localize = action_params("localize")
-    assert {"top_k", "behavior", "rank_by"} <= set(localize)
-    assert "permutations" not in localize  # localize passes nothing on to the protocol
-    assert detect["permutations"][1] == Protocol.permutations  # the default, for messages
+    assert set(Protocol.__dataclass_fields__) - {"controls"} <= set(detect.model_fields)
+    for key in ("permutations", "resamples", "probe", "level", "correction", "metric"):
+        assert detect.model_fields[key].default == getattr(Protocol, key), key
+    localize = action_params("localize").model_fields
+    assert {"top_k", "behavior", "rank_by"} <= set(localize) and "permutations" not in localize
+    checked = detect(label="subject_number", seeds=3)
+    with pytest.raises(ValidationError, match="frozen"):
+        checked.seeds = 4  # type: ignore[misc]
 
 
 def test_controls_left_out_are_the_default_and_an_empty_list_is_none():

@@ -37,7 +37,7 @@ from mechwidgets.actions.detect import ProbePlan, ProbeResult, units_phrase
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.cluster import using
 from mechwidgets.core.errors import CubeError, SpecError
-from mechwidgets.core.registry import register_action
+from mechwidgets.core.registry import check_params
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
     MIN_UNITS,
@@ -221,7 +221,6 @@ class TaskPlans:
     names: tuple[str, ...]
 
 
-@register_action("compare")
 class Compare(ResultAction):
     """Does feature A emerge before feature B? Aligned curves and their tests."""
 
@@ -489,11 +488,12 @@ def compare(
     >>> res.summary()["earliest"]
     >>> compare([syntax_cube, semantics_cube], labels=["subject_number", "sentiment"])
     """
+    given = {"labels": [labels] if isinstance(labels, str) else list(labels)}
+    given |= {"seeds": seeds, "threshold": threshold, "component": component, **params}
+    check_params("compare", given)  # a one-line SpecError naming a bad parameter, first
     context = RunContext(
         cube=cube if isinstance(cube, xr.Dataset) else list(cube),
-        params={"labels": [labels] if isinstance(labels, str) else list(labels)}
-        | {"seeds": seeds, "threshold": threshold}
-        | {"component": component, **params},
+        params=given,
         controls=list(controls),
         seed=seed,
     )

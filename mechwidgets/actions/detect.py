@@ -21,7 +21,7 @@ from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, run
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.cluster import using
 from mechwidgets.core.errors import CubeError, SpecError
-from mechwidgets.core.registry import register_action
+from mechwidgets.core.registry import check_params
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
     Protocol,
@@ -270,7 +270,6 @@ class DetectResult(ProbeResult):
         return layer_curve_chart(self.table, metric=str(self.real["metric"].iloc[0]))
 
 
-@register_action("detect")
 class Detect(ResultAction):
     """Does layer/component X encode feature Y? Probes every slice with controls."""
 
@@ -327,9 +326,11 @@ def detect(
     >>> res = detect(cube, label="subject_number", seeds=5)
     >>> res.summary()["best"]["layer"]
     """
+    given = {"label": label, "seeds": seeds, **params}
+    check_params("detect", given)  # a one-line SpecError naming a bad parameter, first
     context = RunContext(
         cube=cube,
-        params={"label": label, "seeds": seeds, **params},
+        params=given,
         controls=list(controls),
         seed=seed,
     )

@@ -45,7 +45,7 @@ from mechwidgets.analysis.neurons import (
 )
 from mechwidgets.analysis.statistics import permutation_pvalue, score
 from mechwidgets.core.errors import CubeError, SpecError
-from mechwidgets.core.registry import Needs, register_action
+from mechwidgets.core.registry import Needs, check_params
 from mechwidgets.extract.cube import NEURONS, check_cube
 from mechwidgets.probes.controls import shuffled_labels
 from mechwidgets.probes.linear import (
@@ -204,7 +204,6 @@ class PolysemanticResult(ActionResult):
         return heatmap(long, x="feature", y="unit", value=value, title=title + note, domain=domain)
 
 
-@register_action("polysemantic")
 class Polysemantic(ResultAction):
     """Does one neuron load on several unrelated features? Loadings, index, shortlist."""
 
@@ -478,6 +477,14 @@ def polysemantic(
     """
     from mechwidgets.models.loading import Model
 
+    given = {
+        "labels": labels,
+        "threshold": threshold,
+        "permutations": permutations,
+        "seeds": seeds,
+        **params,
+    }
+    check_params("polysemantic", given)  # a one-line SpecError naming a bad parameter, first
     is_model = isinstance(source, Model)
     if is_model and task is None:
         raise SpecError("with a model, pass the task to run it on: polysemantic(model, task, ...)")
@@ -487,13 +494,7 @@ def polysemantic(
         cube=None if is_model else source,
         model=source if is_model else None,
         task=task,
-        params={
-            "labels": labels,
-            "threshold": threshold,
-            "permutations": permutations,
-            "seeds": seeds,
-            **params,
-        },
+        params=given,
         seed=seed,
     )
     return cast(PolysemanticResult, run_action("polysemantic", context))

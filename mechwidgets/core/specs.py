@@ -12,12 +12,9 @@ the bad value and what is allowed.
 
 from __future__ import annotations
 
-import difflib
-import inspect
+import json
 import re
-import types
 import typing
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +33,8 @@ from pydantic_core import PydanticCustomError
 
 from mechwidgets.core.components import parse_selector, without_embed
 from mechwidgets.core.errors import SpecError
+from mechwidgets.core.params import did_you_mean
+from mechwidgets.core.registry import action_params, check_params, list_actions
 
 #: names from the seed design accepted as aliases of the action names
 ACTION_ALIASES = {
@@ -47,9 +46,6 @@ ACTION_ALIASES = {
 }
 #: selector prefixes from the seed design's extractor
 SELECTOR_ALIASES = {"layers_output": "resid", "attentions_output": "attn", "mlps_output": "mlp"}
-CONTROLS = ("label_shuffle", "random_subspace", "control_task")
-#: arguments of an action's function that a RunSpec supplies itself, never as params
-SUPPLIED = frozenset({"cube", "source", "clean", "model", "task", "seed", "controls"})
 
 
 class _Spec(BaseModel):
@@ -128,7 +124,8 @@ class ComputeSpec(_Spec):
 
 
 class ActionSpec(_Spec):
-    """The action by name and its parameters, checked against what the action takes."""
+    """The action by name and its parameters, checked against the action's Params class
+    (:mod:`mechwidgets.core.params`) when parsed, before anything heavy is imported."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -136,32 +133,18 @@ class ActionSpec(_Spec):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        from mechwidgets.core.registry import list_actions
-
         value = ACTION_ALIASES.get(value, value)
         if value not in list_actions():
-            hint = _did_you_mean(value, [*list_actions(), *ACTION_ALIASES])
+            hint = did_you_mean(value, [*list_actions(), *ACTION_ALIASES])
             raise ValueError(f"unknown action{hint}; choose one of {', '.join(list_actions())}")
         return value
 
     @model_validator(mode="after")
     def _params(self) -> ActionSpec:
-        table = action_params(self.name)
-        if table is None:  # an action without a public function checks its own params
-            return self
-        for key, value in self.params.items():
-            if key not in table:
-                raise PydanticCustomError(
-                    "spec",
-                    f"unknown parameter '{key}' for {self.name}"
-                    f"{_did_you_mean(key, list(table))}; it takes: {', '.join(table)}",
-                )
-            problem = _check_value(value, *table[key], name=key)
-            if problem:
-                raise PydanticCustomError(
-                    "spec", f"bad value {value!r} for '{self.name}' parameter '{key}': {problem}"
-                )
-        _check_protocol(self.params, table)
+        try:
+            check_params(self.name, self.params)
+        except SpecError as exc:
+            raise PydanticCustomError("spec", str(exc)) from None
         return self
 
 
@@ -251,6 +234,23 @@ class RunSpec(_Spec):
             raise SpecError(f"bad YAML{where}: {problem}; fix the config and run again") from None
         return cls.from_dict(data or {})
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunSpec:
+        """Load a YAML (``.yaml``/``.yml``) or JSON (``.json``) config file; a missing file
+        or bad JSON is a one-line SpecError. Imports nothing heavy, so the CLI checks a
+        config with it before the runner loads torch and the actions."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(
+                f"no such config: {path}; give a YAML config or a bundle's artifacts.json"
+            )
+        if path.suffix != ".json":
+            return cls.from_yaml(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"bad JSON in {path} at line {exc.lineno}: {exc.msg}") from None
+
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that :meth:`from_dict` turns back into an equal spec."""
         return self.model_dump(mode="json")
@@ -274,94 +274,6 @@ class UniqueKeyLoader(yaml.SafeLoader):
             if isinstance(key, typing.Hashable):
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
-
-
-@cache
-def action_params(name: str) -> dict[str, tuple[Any, Any]] | None:
-    """The parameters action ``name`` takes in a config: name -> (type, default).
-
-    Read from the action's public function (``mechwidgets.detect`` for ``detect``, the one
-    its registration names otherwise: :func:`mechwidgets.core.registry.action_function`), so the
-    table is written once: its keyword parameters, less those the RunSpec supplies (the
-    data, ``seed``, ``controls``), and where the function passes ``**params`` on to the
-    probing protocol, the protocol's fields. None for an action without such a function.
-    """
-    from mechwidgets.core.registry import action_function
-    from mechwidgets.probes.sweep import Protocol
-
-    function = action_function(name)
-    if function is None:
-        return None
-    hints = typing.get_type_hints(function)
-    table: dict[str, tuple[Any, Any]] = {}
-    for param in inspect.signature(function).parameters.values():
-        if param.kind == param.VAR_KEYWORD:
-            fields = Protocol.__dataclass_fields__
-            protocol_hints = typing.get_type_hints(Protocol)
-            for key, info in fields.items():
-                if key not in SUPPLIED and key not in table:
-                    table[key] = (protocol_hints[key], info.default)
-        elif param.name not in SUPPLIED and param.kind != param.VAR_POSITIONAL:
-            table[param.name] = (hints.get(param.name, Any), param.default)
-    return table
-
-
-def _check_protocol(params: dict[str, Any], table: dict[str, tuple[Any, Any]]) -> None:
-    """Build the probing protocol from ``params`` now, when the action takes it, so its
-    range checks (``level`` in (0, 1), a known ``probe``, ...) fail on parse."""
-    from mechwidgets.probes.sweep import Protocol
-
-    fields = set(Protocol.__dataclass_fields__) - SUPPLIED
-    if not fields <= set(table):
-        return
-    given = {k: v for k, v in params.items() if k in fields}
-    try:
-        Protocol.from_context(types.SimpleNamespace(params=given, controls=None, seed=0))
-    except SpecError as exc:
-        raise PydanticCustomError("spec", str(exc)) from None
-
-
-def _check_value(value: Any, hint: Any, default: Any, name: str = "") -> str | None:
-    """What is wrong with ``value`` for a parameter ``name`` typed ``hint``, or None.
-
-    Only the plain types and ``Literal`` choices are checked here (the action checks the
-    rest when it runs): an ``int`` parameter is a count, so a whole number >= 1, unless it
-    names a layer (``source_layer``: an index, 0 included); a ``float`` a number; a
-    ``str`` a string; ``None`` passes where the type allows it.
-    """
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            names = [str(c) for c in choices]
-            return f"choose one of {', '.join(names)}{_did_you_mean(str(value), names)}"
-        return None
-    if origin is None:
-        kinds = {hint}
-    elif origin in (typing.Union, types.UnionType):
-        kinds = set(typing.get_args(hint))
-    else:  # a container type (Iterable[str], Mapping, ...): the action checks it
-        return None
-    if value is None and type(None) in kinds:
-        return None
-    example = f", e.g. {default}" if isinstance(default, int | float | str) else ""
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if kinds <= {int, type(None)}:
-        if not (is_number and value == int(value) and not isinstance(value, float)):
-            return f"give a whole number{example}"
-        if value < 1 and not name.endswith("layer"):
-            return f"give a count of 1 or more{example}"
-    elif kinds <= {float, int, type(None)} and not is_number:
-        return f"give a number{example}"
-    elif kinds <= {str, type(None)} and not isinstance(value, str):
-        return f"give one name as a string{example}"
-    return None
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _is_path(source: str | Path) -> bool:
@@ -390,8 +302,6 @@ _SELECTOR_KEYS = ("layers", "components")
 
 def _action_name(data: dict[str, Any]) -> str | None:
     """The registered action a config names, or None when it names none."""
-    from mechwidgets.core.registry import list_actions
-
     action = data.get("action")
     name = action.get("name") if isinstance(action, dict) else action
     name = ACTION_ALIASES.get(name, name) if isinstance(name, str) else None
@@ -422,13 +332,13 @@ def _nest(data: dict[str, Any], action_name: str | None) -> dict[str, Any]:
     action = out.get("action")
     if not isinstance(action, dict):
         return out
-    table = action_params(action_name) if action_name else None
+    takes = action_params(action_name).model_fields if action_name else None
     params = dict(action.get("params") or {})
     for key in _SELECTOR_KEYS:
         if key in out:
             params.setdefault(key, out.pop(key))
     for key in list(out):
-        if key not in RunSpec.model_fields and (table is None or key in table):
+        if key not in RunSpec.model_fields and (takes is None or key in takes):
             params[key] = out.pop(key)
     if params:
         out["action"] = {**action, "params": params}
@@ -465,13 +375,13 @@ def _one_line(exc: ValidationError, action_name: str | None) -> str:
         return msg
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(err["loc"][:-1], action_name)
-        hint = _did_you_mean(str(err["loc"][-1]), allowed)
+        hint = did_you_mean(str(err["loc"][-1]), allowed)
         return f"unknown field '{loc}'{hint}; allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"missing field '{loc}'; add it to the config"
     bad = err.get("input")
     if err["type"] == "literal_error":
-        msg += _did_you_mean(str(bad), re.findall(r"'([^']*)'", err["ctx"]["expected"]))
+        msg += did_you_mean(str(bad), re.findall(r"'([^']*)'", err["ctx"]["expected"]))
     return f"bad value {bad!r} for '{loc}': {msg}"
 
 
@@ -489,8 +399,8 @@ def _allowed_keys(loc: tuple[Any, ...], action_name: str | None) -> list[str]:
             choices = getattr(info.validation_alias, "choices", [])
             keys += [c for c in choices if isinstance(c, str) and c not in keys]
     if not loc:
-        params = action_params(action_name) if action_name else None
-        keys += [*_FLAT, *_SELECTOR_KEYS, *(params or {})]
+        takes = action_params(action_name).model_fields if action_name else {}
+        keys += [*_FLAT, *_SELECTOR_KEYS, *takes]
     return list(dict.fromkeys(keys))
 
 
