@@ -46,19 +46,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from extract import pythia70m_shaped, random_texts  # noqa: E402  (the shared bench model)
 
 import mechwidgets as mw  # noqa: E402
+from mechwidgets.actions.patching import PatchResult  # noqa: E402
 from mechwidgets.intervene.edits import (  # noqa: E402
     MAX_LOGITS,
     MAX_ROWS,
     READ,
     Cell,
-    Source,
     run_cells,
 )
-from mechwidgets.intervene.grid import (  # noqa: E402
-    PatchResult,
-    agreement,
-    plan_patching,
-)
+from mechwidgets.intervene.grid import agreement, plan_patching  # noqa: E402
+from mechwidgets.intervene.sources import Source  # noqa: E402
 
 SEQ = 16
 T = TypeVar("T")

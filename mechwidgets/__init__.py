@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from mechwidgets.actions.compare import compare
     from mechwidgets.actions.detect import detect
     from mechwidgets.actions.localize import localize
+    from mechwidgets.actions.patching import attribution_patch, patch
     from mechwidgets.actions.polysemantic import polysemantic
     from mechwidgets.data.catalog import get_task, get_task_pairs, list_tasks
     from mechwidgets.data.tasks import Task
@@ -31,8 +32,6 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from mechwidgets.extract.cube import open_cube
     from mechwidgets.extract.store import convert_cube
     from mechwidgets.intervene import metrics
-    from mechwidgets.intervene.attribution import attribution_patch
-    from mechwidgets.intervene.patching import patch
     from mechwidgets.models.loading import Model, load_model
     from mechwidgets.models.zoo import list_models
     from mechwidgets.viz import widgets
@@ -43,7 +42,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Model": "mechwidgets.models.loading",
     "Task": "mechwidgets.data.tasks",
-    "attribution_patch": "mechwidgets.intervene.attribution",
+    "attribution_patch": "mechwidgets.actions.patching",
     "collapse": "mechwidgets.actions.collapse",
     "compare": "mechwidgets.actions.compare",
     "convert_cube": "mechwidgets.extract.store",
@@ -57,7 +56,7 @@ _LAZY = {
     "localize": "mechwidgets.actions.localize",
     "metrics": "mechwidgets.intervene.metrics",
     "open_cube": "mechwidgets.extract.cube",
-    "patch": "mechwidgets.intervene.patching",
+    "patch": "mechwidgets.actions.patching",
     "polysemantic": "mechwidgets.actions.polysemantic",
     "widgets": "mechwidgets.viz.widgets",
 }

@@ -16,9 +16,10 @@ from conftest import TINY_CONFIGS, build_tiny, number_task
 import mechwidgets as mw
 from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
-from mechwidgets.intervene.edits import READ, Cell
-from mechwidgets.intervene.metrics import Prompts, bind
-from mechwidgets.intervene.sources import ablate, donors
+from mechwidgets.intervene.edits import READ, Cell, run_cells
+from mechwidgets.intervene.prompts import Prompts
+from mechwidgets.intervene.scoring import bind
+from mechwidgets.intervene.sources import ablation_source, donors
 from mechwidgets.models.loading import load_model
 from mechwidgets.probes.linear import fit_probe
 
@@ -50,7 +51,9 @@ def test_zero_ablating_a_head_equals_zeroing_its_slice_by_hook(tiny_models, fami
     prompts = Prompts.build(model, CLEAN)
     scorer = bind(METRIC, model, prompts)
     head = LayerComponent("attention_head", 1, head=2)
-    values, _ = ablate(model, prompts, [Cell(head)], "zero", scorer)
+    values = run_cells(model, prompts, [Cell(head)], ablation_source("zero", prompts), [scorer])[0][
+        0
+    ]
 
     def zero(z):
         z[..., 2 * model.d_head : 3 * model.d_head] = 0
@@ -64,7 +67,9 @@ def test_mean_ablating_a_neuron_equals_its_per_position_mean_by_hook(neox):
     prompts = Prompts.build(neox, CLEAN)
     scorer = bind(METRIC, neox, prompts)
     neuron = LayerComponent("mlp_neuron", 0, neuron=7)
-    values, _ = ablate(neox, prompts, [Cell(neuron)], "mean", scorer)
+    values = run_cells(neox, prompts, [Cell(neuron)], ablation_source("mean", prompts), [scorer])[
+        0
+    ][0]
     with torch.no_grad(), neox.nn.trace(**prompts.inputs):
         acts = neox.mlp_out_proj(0).input.save()
     mask = prompts.inputs["attention_mask"].float()
@@ -189,9 +194,8 @@ def test_read_position_cells_edit_only_the_read_token(neox):
     prompts = Prompts.build(neox, CLEAN, positions=[1, 1, 1])
     scorer = bind(mw.metrics.logprob("the"), neox, prompts)
     late = Cell(LayerComponent("residual", 1), READ)  # after the last block, at the read token
-    values, _ = ablate(
-        neox, prompts, [late, Cell(LayerComponent("residual", 1), 4)], "zero", scorer
-    )
+    cells = [late, Cell(LayerComponent("residual", 1), 4)]
+    values = run_cells(neox, prompts, cells, ablation_source("zero", prompts), [scorer])[0][0]
     with torch.no_grad():
         base = scorer(neox.hf(**prompts.inputs).logits)
     assert not torch.allclose(values[0], base)
@@ -205,8 +209,8 @@ def test_read_position_cells_edit_only_the_read_token(neox):
         ({"corrupt": ["the cats sat", *CORRUPT[1:]]}, TaskError, "pair 0 has 6 clean and 3"),
         ({"behavior": mw.metrics.logit_diff("is are", "are")}, TaskError, "2 tokens"),
         ({"components": ["head:1.9"]}, SelectorError, "head 9"),
-        ({"grid": ("layer", "token")}, SpecError, "bad grid"),
-        ({"direction": "sideways"}, SpecError, "unknown direction"),
+        ({"grid": ("layer", "token")}, SpecError, "parameter 'grid'"),
+        ({"direction": "sideways"}, SpecError, "parameter 'direction'"),
         ({"behavior": None}, SpecError, "no behaviour metric"),
     ],
 )

@@ -24,7 +24,8 @@ import mechwidgets as mw
 from mechwidgets.actions.base import RunContext, run_action
 from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
 from mechwidgets.intervene.edits import capture
-from mechwidgets.intervene.metrics import Prompts, bind
+from mechwidgets.intervene.prompts import Prompts
+from mechwidgets.intervene.scoring import bind
 from mechwidgets.models.zoo import model_dir
 from mechwidgets.probes.linear import fit_probe
 from mechwidgets.runner import run_spec
@@ -196,10 +197,10 @@ def test_localize_runs_from_a_config_into_a_bundle(tmp_path):
     ("kwargs", "error", "words"),
     [
         ({"interventions": ["patch"]}, SpecError, "needs corrupt prompts"),
-        ({"interventions": ["shuffle"]}, SpecError, "unknown intervention"),
+        ({"interventions": ["shuffle"]}, SpecError, "parameter 'interventions'"),
         ({"label": "colour"}, TaskError, "has no label 'colour'"),
         ({"components": ["head:0.4"]}, SelectorError, "head 4"),
-        ({"corrupt": ["t1 t2"]}, TaskError, "1 corrupt prompts for 40 samples"),
+        ({"corrupt": ["t1 t2"]}, TaskError, "40 clean prompts but 1 corrupt"),
         ({"rank_by": "zero", "interventions": ["mean"]}, SpecError, "rank_by 'zero'"),
     ],
 )

@@ -17,16 +17,16 @@ from transformers import BertModel
 
 import mechwidgets as mw
 from mechwidgets.core.errors import ModelError, SpecError, TaskError
-from mechwidgets.data.tasks import LogitDiff, RepeatLogProb
 from mechwidgets.intervene.edits import capture
 from mechwidgets.intervene.metrics import (
-    Prompts,
-    bind,
+    LogitDiff,
+    RepeatLogProb,
     describe,
     normalized_effect,
     orientation,
-    output_head,
 )
+from mechwidgets.intervene.prompts import Prompts
+from mechwidgets.intervene.scoring import bind, output_head
 from mechwidgets.models.loading import load_model
 from mechwidgets.models.zoo.train import build_tokenizer
 from mechwidgets.probes.linear import LabelEncoding, LinearProbe, fit_probe

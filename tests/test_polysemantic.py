@@ -25,7 +25,7 @@ from mechwidgets.analysis.neurons import (
     two_sided_p,
 )
 from mechwidgets.core.errors import CubeError, SpecError
-from mechwidgets.intervene.metrics import Prompts
+from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.probes.linear import fit_probe
 
 FEATURES = ["f0", "f1", "f2", "f3"]

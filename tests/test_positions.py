@@ -25,7 +25,7 @@ from mechwidgets.actions.localize import _prompts as localize_prompts
 from mechwidgets.core.errors import SelectorError, TaskError
 from mechwidgets.data.positions import Position, as_positions, resolve_positions
 from mechwidgets.data.tasks import Task
-from mechwidgets.intervene.grid import prepare_pairs
+from mechwidgets.intervene.pairs import prepare_pairs
 from mechwidgets.models.loading import Model
 from mechwidgets.runner import run_spec
 

@@ -10,9 +10,9 @@ import transformers
 from conftest import IDS, word_tokenizer
 
 import mechwidgets as mw
+from mechwidgets.actions.recovery import recovery_test
 from mechwidgets.core.errors import SpecError
 from mechwidgets.data.splits import stratified_split
-from mechwidgets.intervene.recovery import recovery_test
 from mechwidgets.probes.linear import fit_probe
 
 ERASED_AT = 2
@@ -122,7 +122,7 @@ def test_bad_recovery_requests(erased, task, erased_cube):
         (dict(task=task), "pass recovery=dict"),
         (dict(model=erased, task=task, source_layer=2, readout_layer=3), "no layer between"),
         (dict(model=erased, task=task, source_layer=0, target_layer=3), "must lie after"),
-        (dict(model=erased, task=task, typo=1), "unknown recovery key"),
+        (dict(model=erased, task=task, typo=1), "unknown parameter 'recovery.typo'"),
         (dict(model=erased, task=task, readout_layer=9), "not a block"),
     ]
     for recovery, message in cases:

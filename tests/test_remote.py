@@ -18,8 +18,8 @@ from nnsight.intervention.backends.local import LocalSimulationBackend
 
 import mechwidgets as mw
 from mechwidgets.actions.localize import localize
+from mechwidgets.actions.recovery import recovery_test
 from mechwidgets.core.errors import ModelError
-from mechwidgets.intervene.recovery import recovery_test
 from mechwidgets.models.remote import returned_bytes
 
 TOL = 1e-5

@@ -13,7 +13,8 @@ import mechwidgets as mw
 from mechwidgets.core.errors import TaskError
 from mechwidgets.data import grammar, induction
 from mechwidgets.data.catalog import get_task, get_task_pairs, list_tasks
-from mechwidgets.data.tasks import LogitDiff, RepeatLogProb, Task
+from mechwidgets.data.tasks import Task
+from mechwidgets.intervene.metrics import LogitDiff, RepeatLogProb
 from mechwidgets.models.zoo.train import build_tokenizer
 
 GRAMMAR_TASKS = [

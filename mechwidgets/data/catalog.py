@@ -39,7 +39,8 @@ from mechwidgets.data import grammar, induction
 from mechwidgets.data.grammar import Sentence
 from mechwidgets.data.positions import Position, as_positions
 from mechwidgets.data.splits import SPLIT_FRACTIONS, SPLITS, stratified_split
-from mechwidgets.data.tasks import LogitDiff, RepeatLogProb, Task
+from mechwidgets.data.tasks import Task
+from mechwidgets.intervene.metrics import LogitDiff, RepeatLogProb, logit_diff
 
 #: label name -> (value of a sentence, id of the lexical item carrying it, names of those
 #: ids); both are None for the attractor of a sentence without one
@@ -188,8 +189,6 @@ class PromptPairs:
     def to_task(self) -> Task:
         """The clean prompts as a Task: the factors that vary as labels, the read position,
         and the clean-minus-corrupt answer logit difference as its behaviour."""
-        from mechwidgets.intervene.metrics import logit_diff  # torch: on first use
-
         factors = self.metadata.get("factors", {})
         classes = self.metadata.get("classes", {})
         labels = {

@@ -35,33 +35,6 @@ READERS = {
 }
 
 
-@dataclass(frozen=True)
-class LogitDiff:
-    """Behaviour metric: logit of the correct next word minus that of the wrong one.
-
-    Read at each sample's position (the last token of a prefix): for subject-verb
-    agreement ``correct[i]`` is "is" and ``wrong[i]`` "are" for a singular subject.
-    Words are single tokens of the task's model.
-    """
-
-    correct: tuple[str, ...]
-    wrong: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RepeatLogProb:
-    """Behaviour metric: mean log-probability of the tokens where ``mask`` is True.
-
-    ``mask`` is bool (sample, token): ``mask[i, t]`` marks token ``t`` of text ``i`` as
-    predictable from the tokens before it (the repeated half of an induction sequence),
-    so the metric is the mean over marked ``(i, t)`` of ``log p(token_t | tokens_<t)``.
-    Unlike a read position (:mod:`mechwidgets.data.positions`), the mask's token indices
-    count the text's own tokens (no special tokens): it marks a span of the text.
-    """
-
-    mask: np.ndarray
-
-
 @dataclass
 class Task:
     """Texts with labels and splits.
@@ -83,8 +56,8 @@ class Task:
     groups : integer id of the independent unit each sample belongs to (the cube's
         ``group`` variable), for statistics that resample units rather than items; None
         when samples are independent.
-    behavior : the task's default behaviour metric, if it has one (:class:`LogitDiff`,
-        :class:`RepeatLogProb`).
+    behavior : the task's default behaviour metric, if it has one (a value of
+        :mod:`mechwidgets.intervene.metrics`, e.g. ``LogitDiff`` or ``RepeatLogProb``).
     metadata : free-form facts: ``classes``, a ``description``, ``read_at``, and for
         built-in tasks the ``factors`` of every sample and the ``word_type_names``.
     """

@@ -7,11 +7,10 @@ run's activation ``a`` is replaced by the source run's ``a'`` is approximately
 the source prompts (to cache ``a'``), one forward and one backward pass of the base
 prompts, whatever the grid's size. It is exact for small, local changes and can miss
 across saturated attention or layer norms (Kramar et al. 2024), so
-:func:`~mechwidgets.intervene.patching.patch` reports its agreement with
+:func:`~mechwidgets.actions.patching.patch` reports its agreement with
 real patching on the same grid.
 
->>> res = attribution_patch(model, clean=pairs)          # PatchResult, method "attribution"
->>> res.table.nlargest(5, "effect")
+>>> moves = attribution_moves(model, plan.base, Source(plan.source), plan.cells, scorer)
 """
 
 from __future__ import annotations
@@ -23,24 +22,11 @@ import nnsight
 import numpy as np
 import torch
 
-from mechwidgets.data.catalog import PromptPairs
-from mechwidgets.data.tasks import Task
-from mechwidgets.intervene.edits import (
-    Cell,
-    SiteKey,
-    Source,
-    columns,
-    metric_reader,
-    score_site,
-    site_port,
-)
-from mechwidgets.intervene.grid import (
-    Direction,
-    PatchResult,
-    patch_result,
-    plan_patching,
-)
-from mechwidgets.intervene.metrics import Prompts, Scorer
+from mechwidgets.intervene.edits import Cell, metric_reader
+from mechwidgets.intervene.prompts import Prompts
+from mechwidgets.intervene.scoring import Scorer
+from mechwidgets.intervene.sites import SiteKey, columns, score_site, site_port
+from mechwidgets.intervene.sources import Source
 
 
 def attribution_moves(
@@ -118,42 +104,3 @@ def _mover(
         return torch.stack(out)
 
     return move
-
-
-def attribution_patch(
-    model: Any,
-    clean: Task | PromptPairs | Sequence[str],
-    corrupt: Task | Sequence[str] | None = None,
-    *,
-    behavior: Any = None,
-    grid: Sequence[str] = ("layer", "component", "position"),
-    components: str | Sequence[str] = ("resid", "attn", "mlp", "head"),
-    direction: Direction = "denoise",
-    n: int | None = None,
-    resamples: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> PatchResult:
-    """Estimate every patching effect of a grid from one forward and one backward pass.
-
-    Parameters
-    ----------
-    model : from :func:`mechwidgets.load_model`.
-    clean, corrupt, behavior, grid, components, direction, n : as
-        :func:`~mechwidgets.intervene.patching.patch`.
-    resamples, level, seed : bootstrap over pairs for the intervals.
-
-    Returns
-    -------
-    PatchResult with ``method="attribution"``: ``effect`` is the estimated share of the
-    clean-corrupt gap each cell moves.
-
-    Examples
-    --------
-    >>> mw.attribution_patch(model, clean=mw.get_task_pairs("subject_number", n=64))
-    """
-    plan = plan_patching(
-        model, clean, corrupt, behavior, grid, components, direction, n, gradient=True
-    )
-    moves = attribution_moves(model, plan.base, Source(plan.source), plan.cells, plan.pairs.scorer)
-    return patch_result(model, plan, {"attribution": moves}, resamples, level, seed)

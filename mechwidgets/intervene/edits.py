@@ -1,22 +1,19 @@
 """Edit activations inside a traced forward pass: the engine under ablation and patching.
 
-An edit (a :class:`Cell`) replaces one component's activation with the same slice of a
-source tensor: a residual stream (block output, or at layer :data:`EMBED` = -1 the
-embedding output that enters block 0, the cube's embedding layer), an attention or MLP
-write, one head's
-slice of the attention output projection's *input*, or one MLP neuron (a column of the
-MLP down projection's input), at one token position, at every position, or at each
+An edit (a :class:`Cell`) replaces one component's activation, at its site
+(:mod:`~mechwidgets.intervene.sites`: a residual stream, an attention or MLP write, one
+head's columns of the attention output projection's input, one MLP neuron), with the
+same slice of a replacement, at one token position, at every position, or at each
 prompt's read token. Zero, mean and resample ablation and activation patching differ only
-in the :class:`Source`: the source prompts run in the same forward pass, stacked after
-the edited copies, and their activation at each site becomes the replacement inside the
-pass, so no activation ever leaves it (on a remote model only metric values come back).
-Many edits share one forward pass: the prompts are stacked once per edit and edit ``k``
-touches only its own block of rows, so a grid of hundreds of cells costs a few batched
-passes instead of hundreds of small ones. Every pass is scored by one or more
-bound metrics (:class:`~mechwidgets.intervene.metrics.Scorer`), each read at its own site: the
-output head's logits after the last block, or the hidden state a probe or hidden-state
-metric reads, after the edits at that site. Components are reached only through the
-model's adapter accessors, in forward order, as nnsight requires.
+in the :class:`~mechwidgets.intervene.sources.Source`: the source prompts run in the same
+forward pass, stacked after the edited copies, and their activation at each site becomes
+the replacement inside the pass, so no activation ever leaves it (on a remote model only
+metric values come back). Many edits share one forward pass: the prompts are stacked
+once per edit and edit ``k`` touches only its own block of rows, so a grid of hundreds
+of cells costs a few batched passes instead of hundreds of small ones. Every pass is
+scored by one or more bound metrics (:class:`~mechwidgets.intervene.scoring.Scorer`),
+each read at its own site: the output head's logits after the last block, or the hidden
+state a probe or hidden-state metric reads, after the edits at that site.
 
 >>> _, base = capture(model, prompts, [], [scorer])
 >>> values, _ = run_cells(model, prompts, cells, Source(corrupt), [scorer])  # (1, cells, n)
@@ -31,28 +28,19 @@ from typing import Any, Literal
 import nnsight
 import torch
 
-from mechwidgets.core.components import EMBED, LayerComponent
-from mechwidgets.core.errors import SelectorError, SpecError
-from mechwidgets.intervene.metrics import Prompts, Scorer, output_head
-from mechwidgets.models.adapters import walk
+from mechwidgets.core.components import LayerComponent
+from mechwidgets.core.errors import SpecError
+from mechwidgets.intervene.prompts import Prompts
+from mechwidgets.intervene.scoring import Scorer, output_head
+from mechwidgets.intervene.sites import SiteKey, columns, score_site, site_of, site_port
+from mechwidgets.intervene.sources import Source
 
 #: ``Cell.position`` value meaning "each prompt's read token"
 READ: Literal["read"] = "read"
-#: component kind -> (model site, order of that site within a block's forward pass)
-SITES: dict[str, tuple[str, int]] = {
-    "attention_head": ("attn_out_proj", 0),
-    "attention": ("attn", 1),
-    "mlp_neuron": ("mlp_out_proj", 2),
-    "mlp": ("mlp", 3),
-    "residual": ("block", 4),
-}
 #: largest logits tensor (elements) one stacked pass may produce
 MAX_LOGITS = 1 << 25
 #: most stacked prompts in one pass (bounds the activations held by a pass)
 MAX_ROWS = 4096
-
-#: (layer, order within the block, site): sorts in forward order
-SiteKey = tuple[int, int, str]
 
 
 @dataclass(frozen=True)
@@ -66,77 +54,6 @@ class Cell:
     def site(self) -> SiteKey:
         """Where the edit happens."""
         return site_of(self.component)
-
-
-def site_of(component: LayerComponent) -> SiteKey:
-    """The site key of a component: its layer, forward order and model site."""
-    if component.kind == "residual" and component.layer == EMBED:
-        return (EMBED, SITES["residual"][1], "embed")
-    site, order = SITES[component.kind]
-    return (component.layer, order, site)
-
-
-def columns(model: Any, component: LayerComponent) -> slice:
-    """The slice of the site's last dimension that the component owns."""
-    if component.kind == "attention_head":
-        assert component.head is not None
-        return slice(component.head * model.d_head, (component.head + 1) * model.d_head)
-    if component.kind == "mlp_neuron":
-        assert component.neuron is not None
-        return slice(component.neuron, component.neuron + 1)
-    return slice(None)
-
-
-def check_components(model: Any, components: Iterable[LayerComponent]) -> None:
-    """Raise a one-line SelectorError for a layer, head or neuron the model does not have."""
-    shape = model.shape
-    for comp in components:
-        if comp.kind == "residual" and comp.layer == EMBED:
-            continue
-        limits = [("layer", comp.layer, shape.n_layers)]
-        if comp.head is not None:
-            limits.append(("head", comp.head, shape.n_heads))
-        if comp.neuron is not None:
-            limits.append(("neuron", comp.neuron, shape.d_mlp))
-        for what, index, size in limits:
-            if not 0 <= index < size:
-                raise SelectorError(
-                    f"{what} {index} of '{comp}' is out of range; {model.name} has "
-                    f"{what}s 0-{size - 1}"
-                )
-
-
-def score_site(model: Any, scorer: Scorer) -> SiteKey:
-    """Where a scorer reads: its component's site, or for logits the final norm's output
-    (after every block), or the last block's output where the family has no final norm."""
-    if scorer.component is not None:
-        return site_of(scorer.component)
-    if model.adapter.final_norm is None:
-        return site_of(LayerComponent("residual", model.shape.n_layers - 1))
-    return (model.shape.n_layers, 0, "final_norm")
-
-
-#: where a site's activation is read inside a trace: (envoy, "input" or "output")
-Port = tuple[Any, str]
-
-
-def site_port(model: Any, key: SiteKey) -> Port:
-    """The envoy and side holding a site's activation: a projection's input, the embedding
-    output (block 0's input), or a module's output. Looked up before a trace, so the traced
-    block references envoys only and also runs remotely."""
-    layer, _, site = key
-    if site == "embed":
-        return model.block(0), "input"
-    if site == "final_norm":
-        return walk(_base(model), model.adapter.final_norm), "output"
-    return model.envoy(site, layer), "input" if site.endswith("out_proj") else "output"
-
-
-def _base(model: Any) -> Any:
-    """The base model's envoy (Model.envoy reaches block components only; the embedding
-    and the final norm sit on the base model)."""
-    prefix = model.hf.base_model_prefix if model.hf.base_model is not model.hf else ""
-    return walk(model.nn, prefix)
 
 
 def metric_reader(
@@ -212,52 +129,6 @@ def capture(
                 values[index] = readers[index](x)
         tracer.stop()
     return acts, torch.stack(values) if scorers else torch.zeros(0, n)
-
-
-#: how the source prompts' activation becomes the replacement: itself (patching), zeros,
-#: its mean over the prompts per token position, or another prompt's row (resample)
-SourceKind = Literal["same", "zero", "mean", "rows"]
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the edits' replacement activations come from, made inside the edit pass.
-
-    Parameters
-    ----------
-    prompts : run in the same forward pass as the edited copies, stacked after them (so
-        they must have the edited prompts' count and padded width); never edited.
-    how : ``same`` (activation patching), ``zero``, ``mean`` (per token position, over the
-        prompts with a real token there) or ``rows`` (prompt ``i`` takes prompt
-        ``index[i]``'s activation: resample ablation).
-    index : (n,) donor row per prompt, for ``rows``.
-    site : read the source at this site for every cell (recovery: an earlier layer's
-        residual stream); by default at each cell's own site.
-    """
-
-    prompts: Prompts
-    how: SourceKind = "same"
-    index: torch.Tensor | None = None
-    site: SiteKey | None = None
-
-    def maker(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``make(x)``, for inside a trace: the replacement (n, seq, width) from the source
-        prompts' activation ``x``. Closes over tensors and plain values only."""
-        how, index = self.how, self.index
-        real = self.prompts.inputs["attention_mask"].to(torch.float32)[..., None].cpu()
-
-        def make(x: torch.Tensor) -> torch.Tensor:
-            if how == "zero":
-                return torch.zeros_like(x)
-            if how == "mean":
-                mask = real.to(x.device)
-                mean = (x.float() * mask).sum(0) / mask.sum(0).clamp(min=1)
-                return mean.to(x.dtype).expand_as(x)
-            if how == "rows":
-                return x[index.to(x.device)]
-            return x
-
-        return make
 
 
 def run_cells(

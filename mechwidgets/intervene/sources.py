@@ -1,27 +1,76 @@
-"""Zero, mean and resample ablation: what replaces a component when it is knocked out.
+"""Sources: what replaces a component's activation when it is patched or knocked out.
 
-Each ablation is a source of replacement activations for the edit engine
-(:mod:`~mechwidgets.intervene.edits`): ``zero`` writes zeros (off the
+A :class:`Source` says where the edit engine (:mod:`~mechwidgets.intervene.edits`) takes
+its replacement activations from: another run's (activation patching), or an ablation's
+(:func:`ablation_source`): ``zero`` writes zeros (off the
 model's distribution, so effects can be exaggerated); ``mean`` writes the mean over the
 prompts at the same token position; ``resample`` writes the activation another prompt
 produced at the same position (in distribution; Heimersheim & Nanda 2024). Rankings can
 flip between them, so every number the toolkit reports names its ablation.
 
 >>> cells = [Cell(LayerComponent("attention_head", 1, head=2))]
->>> values, _ = ablate(model, prompts, cells, "mean", bind(task.behavior, model, prompts))
+>>> source = ablation_source("mean", prompts)
+>>> values, _ = run_cells(model, prompts, cells, source, [bind(task.behavior, model, prompts)])
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from mechwidgets.core.errors import SpecError, TaskError
-from mechwidgets.intervene.edits import Cell, Source, run_cells
-from mechwidgets.intervene.metrics import Prompts, Scorer
+from mechwidgets.intervene.prompts import Prompts
+from mechwidgets.intervene.sites import SiteKey
+
+#: how the source prompts' activation becomes the replacement: itself (patching), zeros,
+#: its mean over the prompts per token position, or another prompt's row (resample)
+SourceKind = Literal["same", "zero", "mean", "rows"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the edits' replacement activations come from, made inside the edit pass.
+
+    Parameters
+    ----------
+    prompts : run in the same forward pass as the edited copies, stacked after them (so
+        they must have the edited prompts' count and padded width); never edited.
+    how : ``same`` (activation patching), ``zero``, ``mean`` (per token position, over the
+        prompts with a real token there) or ``rows`` (prompt ``i`` takes prompt
+        ``index[i]``'s activation: resample ablation).
+    index : (n,) donor row per prompt, for ``rows``.
+    site : read the source at this site for every cell (recovery: an earlier layer's
+        residual stream); by default at each cell's own site.
+    """
+
+    prompts: Prompts
+    how: SourceKind = "same"
+    index: torch.Tensor | None = None
+    site: SiteKey | None = None
+
+    def maker(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``make(x)``, for inside a trace: the replacement (n, seq, width) from the source
+        prompts' activation ``x``. Closes over tensors and plain values only."""
+        how, index = self.how, self.index
+        real = self.prompts.inputs["attention_mask"].to(torch.float32)[..., None].cpu()
+
+        def make(x: torch.Tensor) -> torch.Tensor:
+            if how == "zero":
+                return torch.zeros_like(x)
+            if how == "mean":
+                mask = real.to(x.device)
+                mean = (x.float() * mask).sum(0) / mask.sum(0).clamp(min=1)
+                return mean.to(x.dtype).expand_as(x)
+            if how == "rows":
+                return x[index.to(x.device)]
+            return x
+
+        return make
+
 
 ABLATIONS = ("zero", "mean", "resample")
 
@@ -30,7 +79,7 @@ def ablation_source(
     how: str, prompts: Prompts, seed: int = 0, classes: np.ndarray | None = None
 ) -> Source:
     """The replacement for ablation ``how``, made from the prompts' own run inside the edit
-    pass (:class:`~mechwidgets.intervene.edits.Source`).
+    pass (:class:`Source`).
 
     Parameters
     ----------
@@ -67,25 +116,3 @@ def donors(prompts: Prompts, seed: int = 0, classes: np.ndarray | None = None) -
             )
         out[i] = rng.choice(pool)
     return out
-
-
-def ablate(
-    model: Any,
-    prompts: Prompts,
-    cells: Sequence[Cell],
-    how: str,
-    scorer: Scorer,
-    readout: int | None = None,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Ablate each cell in turn (``how`` = zero, mean or resample) and score every prompt.
-
-    Returns
-    -------
-    ``(values, readouts)`` as :func:`~mechwidgets.intervene.edits.run_cells`:
-    (cells, n) metric values, and the residual stream after block ``readout`` at the read
-    token (cells, n, d_model) when asked for.
-    """
-    source = ablation_source(how, prompts, seed)
-    values, reads = run_cells(model, prompts, cells, source, [scorer], readout)
-    return values[0], reads

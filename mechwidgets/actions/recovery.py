@@ -30,18 +30,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult
+from mechwidgets.actions.base import ActionResult, RunContext
+from mechwidgets.actions.patching import ModelAction
 from mechwidgets.analysis.statistics import (
     batch_score,
     bootstrap_pvalue,
     bootstrap_weights,
     percentile_interval,
 )
-from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import SpecError
+from mechwidgets.core.registry import Needs, check_params
 from mechwidgets.data.tasks import Task
-from mechwidgets.intervene.edits import Cell, Source, capture, run_cells, site_of
-from mechwidgets.intervene.metrics import Prompts
+from mechwidgets.intervene.readouts import patched_readouts
 from mechwidgets.probes.linear import fit_probe
 
 #: keys a ``recovery=`` mapping may hold
@@ -253,6 +253,9 @@ def recovery_test(
     with ``ci_low``/``ci_high`` and ``p_value`` (one-sided, change > 0), ``returns`` and
     ``recovered_share``.
     """
+    layers = dict(source_layer=source_layer, target_layers=target_layers)
+    given = layers | dict(readout_layer=readout_layer, batch_size=batch_size)
+    check_params("recovery", given | dict(label=label, resamples=resamples, level=level))
     task.classes(label)  # a one-line TaskError for an unknown label
     last = model.shape.n_layers - 1
     readout = last if readout_layer is None else int(readout_layer)
@@ -261,7 +264,7 @@ def recovery_test(
     else:
         targets = tuple(int(t) for t in np.atleast_1d(target_layers))
     _check_layers(source_layer, targets, readout, last)
-    reads = _patched_readouts(model, task, source_layer, targets, readout, batch_size)
+    reads = patched_readouts(model, task, source_layer, targets, readout, batch_size)
     y, split = np.asarray(task.labels[label]), np.asarray(task.split)
     names = ["before", "source", *(f"after_{t}" for t in targets)]
     probes = [fit_probe(reads[name], y, split) for name in names]
@@ -298,41 +301,6 @@ def _check_layers(source: int, targets: tuple[int, ...], readout: int, last: int
             f"readout_layer {readout} (patching at the readout layer returns the source's "
             "representation by construction)"
         )
-
-
-def _patched_readouts(
-    model: Any,
-    task: Task,
-    source: int,
-    targets: tuple[int, ...],
-    readout: int,
-    batch_size: int,
-) -> dict[str, np.ndarray]:
-    """Residual streams at the read token: source and readout layers unpatched, and the
-    readout layer with each target's residual stream replaced by the source's."""
-    src_key = site_of(LayerComponent("residual", source))
-    read_key = site_of(LayerComponent("residual", readout))
-    cells = [Cell(LayerComponent("residual", t)) for t in targets]  # every position
-    parts: dict[str, list[np.ndarray]] = {}
-    positions = None if task.positions is None else np.asarray(task.positions)
-    for start in range(0, len(task), batch_size):
-        index = np.arange(start, min(len(task), start + batch_size))
-        texts = [task.texts[i] for i in index]
-        prompts = Prompts.build(
-            model, texts, None if positions is None else positions[index], index, len(task)
-        )
-        acts, _ = capture(model, prompts, [src_key, read_key])
-        source = Source(prompts, site=src_key)  # each prompt's own stream at the source
-        _, reads = run_cells(model, prompts, cells, source, [], readout=readout)
-        assert reads is not None
-        found = {
-            "before": acts[read_key],
-            "source": acts[src_key],
-            **{f"after_{t}": reads[i] for i, t in enumerate(targets)},
-        }
-        for key, value in found.items():
-            parts.setdefault(key, []).append(value.float().cpu().numpy())
-    return {key: np.concatenate(value) for key, value in parts.items()}
 
 
 def _result(
@@ -398,3 +366,12 @@ def _result(
             "level": level,
         },
     )
+
+
+class Recovery(ModelAction):
+    """Does a feature lost with depth return when an earlier residual stream is patched in?"""
+
+    def needs(self, params: Mapping[str, Any]) -> Needs:
+        """A model and a task; no cube (``label`` and ``source_layer`` are required
+        parameters, so a config without them fails when parsed)."""
+        return Needs(cube=False)
