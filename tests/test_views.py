@@ -10,6 +10,7 @@ import pytest
 import mechwidgets as mw
 from mechwidgets.viz.attention import AttentionError, attention_patterns, head_scores
 from mechwidgets.viz.chart_widget import ChartView
+from mechwidgets.viz.samples import slice_samples
 from mechwidgets.viz.tokens import TokenViewError, _token_activations, token_scores
 
 # ---- attention ------------------------------------------------------------------------
@@ -106,3 +107,95 @@ def test_token_view_refuses_what_it_cannot_show(grammar):
         token_scores(model, cube, "tense", layer=2)
     with pytest.raises(TokenViewError, match="no slice"):
         token_scores(model, cube, "subject_number", layer=2, component="mlp")
+
+
+# ---- sentences of a slice -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grammar_detect(grammar):
+    from mechwidgets.actions.detect import detect
+
+    _, cube = grammar
+    return detect(cube, "subject_number", seeds=1, controls=("label_shuffle",), layers=(0, 2))
+
+
+def test_a_slices_sentences_carry_their_label_prediction_and_score(grammar, grammar_detect):
+    _, cube = grammar
+    res = grammar_detect
+    view = res.samples(layer=0, component="resid", texts=cube)
+    frame = view.frame
+    test = cube["split"].values == "test"
+    assert view.n == test.sum() and set(frame["sample_id"]) == set(np.flatnonzero(test))
+    # ground truth from the cube: each row's sentence and class are its sample's
+    names = ("singular", "plural")
+    for row in frame.itertuples():
+        assert row.text == str(cube["text"].values[row.sample_id])
+        assert row.label == names[int(cube["subject_number"].values[row.sample_id])]
+        assert row.correct == (row.label == row.predicted)
+    # the table's accuracy is the share of these sentences the probe got right
+    score = res.table.query("layer == 0 and component == 'resid' and control == 'none'")["score"]
+    assert frame["correct"].mean() == pytest.approx(float(score.iloc[0]))
+    assert frame["correct"].is_monotonic_increasing  # the misclassified first
+    page = html.unescape(view._repr_html_())
+    assert frame["text"].iloc[0] in page and f"{view.n_wrong} misclassified" in page
+    with pytest.raises(mw.core.errors.MechError, match="no predictions .* layer 1"):
+        res.samples(layer=1, texts=cube)
+
+
+def test_clicking_a_cell_shows_its_sentences_and_token_view(grammar, grammar_detect):
+    from mechwidgets.viz.widgets import LayerExplorer
+
+    model, cube = grammar
+    ex = LayerExplorer(grammar_detect, model=model, cube=cube)
+    assert ex.samples_html == ""
+    ex.selected = {"layer": 2, "component": "resid"}
+    page = html.unescape(ex.samples_html)
+    first = grammar_detect.samples(layer=2, texts=cube).frame["text"].iloc[0]
+    assert first in page and "test sentences" in page
+    assert "class='mw-token'" in page and "probe at layer 2" in page  # the token view
+    ex.selected = {}
+    assert ex.samples_html == ""
+
+
+def test_a_run_from_a_spec_finds_its_sentences_itself():
+    from mechwidgets.runner import run_spec
+    from mechwidgets.viz.widgets import LayerExplorer
+
+    spec = {"action": "detect", "model": "toy-grammar", "task": "subject_number", "n": 200}
+    res = run_spec({**spec, "layers": "1", "components": ["resid"], "seeds": 1})
+    task = mw.get_task("subject_number", n=200)
+    frame = res.samples(layer=1).frame
+    assert [task.texts[i] for i in frame["sample_id"]] == list(frame["text"])
+    ex = LayerExplorer(res)
+    ex.selected = {"layer": 1, "component": "resid"}
+    assert html.escape(frame["text"].iloc[0]) in ex.samples_html
+    assert "mw-token" not in ex.samples_html  # no model given: sentences only
+
+
+def test_misclassified_sentences_come_first_with_class_names():
+    import pandas as pd
+    import xarray as xr
+
+    from mechwidgets.actions.base import ActionResult
+
+    y_true = np.array([0, 1, 0, 1, 0, 1])
+    y_pred = np.array([0, 1, 1, 1, 0, 0])  # samples 2 and 5 are wrong
+    preds = pd.DataFrame(
+        dict(sample_id=np.arange(6), label="animacy", layer=1, component="mlp")
+        | dict(y_true=y_true, y_pred=y_pred, y_score=np.linspace(-1, 1, 6))
+    )
+    res = ActionResult("detect", xr.Dataset(), pd.DataFrame(), predictions=preds)
+    texts = [f"sentence {i}" for i in range(6)]
+    view = res.samples(layer=1, component="mlp", texts=texts)
+    assert list(view.frame["sample_id"]) == [2, 5, 0, 1, 3, 4] and view.n_wrong == 2
+    # class names from a mapping; the score is the probe's, unchanged
+    named = slice_samples(res, 1, "mlp", texts=texts, classes={"animacy": ["inanimate", "animate"]})
+    row = named.frame.iloc[0]
+    assert (row.text, row.label, row.predicted) == ("sentence 2", "inanimate", "animate")
+    assert row.score == pytest.approx(-0.2)
+    assert "2 misclassified" in repr(view) and "WRONG" in repr(view)
+    with pytest.raises(mw.core.errors.MechError, match="beyond the 3 texts"):
+        res.samples(layer=1, component="mlp", texts=texts[:3])
+    with pytest.raises(mw.core.errors.MechError, match="no per-sample predictions"):
+        ActionResult("detect", xr.Dataset(), pd.DataFrame()).samples(layer=0)

@@ -9,6 +9,7 @@ import sys
 import types
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import altair as alt
 import numpy as np
@@ -21,6 +22,7 @@ import mechwidgets as mw
 from mechwidgets.actions.base import ActionResult
 from mechwidgets.core import registry
 from mechwidgets.core.errors import MechError, SpecError
+from mechwidgets.core.params import Params
 from mechwidgets.viz.widgets import STATIC, Launcher, LayerExplorer, RunCancelled, WidgetError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,7 @@ def make_predictions(n: int = 200) -> pd.DataFrame:
                 "control": "none",
                 "sample_id": np.arange(n),
                 "y_true": y_true,
+                "y_pred": (y_score >= 0.5).astype(int),
                 "y_score": y_score,
             }
         )
@@ -395,10 +398,17 @@ class FakeRunner(types.ModuleType):
         return result()
 
 
+class ProbeParams(Params):
+    """A stand-in action's parameters: none, but it runs controls."""
+
+    takes_controls: ClassVar[bool] = True
+
+
 @pytest.fixture
 def launcher(monkeypatch):
     stand_in = type("WidgetProbe", (), {"name": "widget_probe"})
-    monkeypatch.setitem(registry._ACTIONS, "widget_probe", stand_in)
+    entry = registry.Registration("widget_probe", ProbeParams, stand_in, None, None)
+    monkeypatch.setitem(registry._ACTIONS, "widget_probe", entry)
     ui = Launcher()
     ui.action.value = "widget_probe"
     return ui

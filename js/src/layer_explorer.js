@@ -5,6 +5,7 @@
 // control scores of the cell under the pointer, and on click writes `selected` =
 // {layer, component} back to Python, which answers with a `detail_*` payload: per-class
 // histograms of that probe's scores, or a patching grid, drawn below the heatmap.
+// Below that, `samples_html`: the probe's test sentences and token view (HTML from Python).
 //
 //   export default { render }  // anywidget's ESM entry: render({ model, el })
 
@@ -39,6 +40,10 @@ const STYLE = `
   padding: 4px 6px; white-space: pre; box-shadow: 0 1px 4px rgba(0,0,0,.2); z-index: 10; }
 .mw-explorer .mw-detail { margin-top: 8px; }
 .mw-explorer .mw-detail-title { font-weight: 600; margin-bottom: 2px; }
+.mw-explorer .mw-below { margin-top: 8px; max-height: 420px; overflow: auto; }
+.mw-explorer .mw-below table { border-collapse: collapse; }
+.mw-explorer .mw-below td, .mw-explorer .mw-below th { padding: 2px 8px; text-align: right; }
+.mw-explorer .mw-below th { border-bottom: 1px solid currentColor; }
 `;
 
 function svgEl(tag, attrs = {}, text = null) {
@@ -208,6 +213,11 @@ function drawDetail(model, parts) {
   else if (kind === "grid") drawPatchingGrid(model, box);
 }
 
+// The clicked probe's sentences and token view: HTML built (and escaped) by Python.
+function drawBelow(model, parts) {
+  parts.below.innerHTML = model.get("samples_html");
+}
+
 function buildSkeleton(el) {
   const root = htmlEl("div", "mw-explorer");
   root.append(htmlEl("style", null, STYLE));
@@ -224,9 +234,10 @@ function buildSkeleton(el) {
   const heatmap = svgEl("svg", { class: "mw-heatmap" });
   const tooltip = htmlEl("div", "mw-tooltip");
   const detail = htmlEl("div", "mw-detail");
-  root.append(head, heatmap, tooltip, detail);
+  const below = htmlEl("div", "mw-below");
+  root.append(head, heatmap, tooltip, detail, below);
   el.replaceChildren(root);
-  return { root, title, labelSelect, legendLo, legendHi, heatmap, tooltip, detail };
+  return { root, title, labelSelect, legendLo, legendHi, heatmap, tooltip, detail, below };
 }
 
 function fillLabels(model, select) {
@@ -241,6 +252,7 @@ function render({ model, el }) {
   let state = drawHeatmap(model, parts);
   fillLabels(model, parts.labelSelect);
   drawDetail(model, parts);
+  drawBelow(model, parts);
 
   const cellUnder = (event) => {
     const rect = parts.heatmap.getBoundingClientRect();
@@ -285,6 +297,7 @@ function render({ model, el }) {
   };
   const relabel = () => fillLabels(model, parts.labelSelect);
   const redrawDetail = () => drawDetail(model, parts);
+  const redrawBelow = () => drawBelow(model, parts);
   const handlers = [
     ...["scores", "ci_low", "ci_high", "control_scores", "shape", "selected", "metric"].map(
       (name) => [`change:${name}`, redrawHeatmap],
@@ -294,6 +307,7 @@ function render({ model, el }) {
     ...["detail_kind", "detail_title", "detail_values", "detail_edges", "detail_shape"].map(
       (name) => [`change:${name}`, redrawDetail],
     ),
+    ["change:samples_html", redrawBelow],
   ];
   for (const [event, fn] of handlers) model.on(event, fn);
   return () => {

@@ -144,6 +144,15 @@ class ActionResult:
         """Every chart of this result by name; the bundle saves each one."""
         return {"main": self.chart()}
 
+    def samples(
+        self, layer: int, component: str = "resid", label: str | None = None, texts: Any = None
+    ) -> Any:
+        """The test sentences of one probed slice with label, prediction and score, the
+        misclassified first (:func:`mechwidgets.viz.samples.slice_samples`)."""
+        from mechwidgets.viz.samples import slice_samples
+
+        return slice_samples(self, layer, component, label=label, texts=texts)
+
     def to_bundle(self, path: str | Path) -> Path | str:
         """Write the reproducible artifact bundle to ``path`` (a folder or an fsspec URL such
         as ``s3://bucket/run``) and return it."""

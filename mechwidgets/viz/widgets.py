@@ -17,7 +17,7 @@ little-endian float32 binary buffers with shape traits, never as JSON lists.
 
 from __future__ import annotations
 
-import inspect
+import html
 import re
 import threading
 from pathlib import Path
@@ -32,11 +32,14 @@ import xarray as xr
 
 from mechwidgets.core.components import component_key
 from mechwidgets.core.errors import MechError, SpecError
+from mechwidgets.viz.samples import class_name, class_names
 
 STATIC = Path(__file__).parent / "static"
 #: the columns every action result's ``.table`` has (extras may follow)
 TABLE_COLUMNS = ("label", "layer", "component", "control", "score", "ci_low", "ci_high")
 _GRID_VALUES = ["score", "ci_low", "ci_high"]
+#: components the token view reads (it runs the model, so no per-head slices)
+TOKEN_COMPONENTS = ("resid", "attn", "mlp")
 
 
 class WidgetError(MechError, ValueError):
@@ -65,6 +68,10 @@ class LayerExplorer(anywidget.AnyWidget):
     classes : class names per label, for the histograms (``{"subject_number":
         ["singular", "plural"]}``) or the Task the result came from; default: the
         built-in task the result's run named, else the class values.
+    texts : the sentences a clicked probe's test samples are shown with (a Task, a cube
+        or a list, by ``sample_id``); default the cube's, else the task the run named.
+    model, cube : the model and the cube the result was computed on: with both, a click
+        also shows the token view (:func:`mechwidgets.viz.token_scores`) of that slice.
 
     Examples
     --------
@@ -99,6 +106,9 @@ class LayerExplorer(anywidget.AnyWidget):
     detail_values = traitlets.Bytes(b"").tag(sync=True)
     #: histogram bin edges, ``detail_shape[1] + 1`` values
     detail_edges = traitlets.Bytes(b"").tag(sync=True)
+    #: below the histogram: the clicked probe's test sentences (label, prediction, score)
+    #: and, given ``model`` and ``cube``, its token view; HTML made here, escaped
+    samples_html = traitlets.Unicode("").tag(sync=True)
 
     def __init__(
         self,
@@ -106,6 +116,9 @@ class LayerExplorer(anywidget.AnyWidget):
         label: str | None = None,
         bins: int = 20,
         classes: Any = None,
+        texts: Any = None,
+        model: Any = None,
+        cube: Any = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(result, pd.DataFrame):
@@ -134,7 +147,8 @@ class LayerExplorer(anywidget.AnyWidget):
         predictions = getattr(result, "predictions", None)
         self._predictions = predictions if isinstance(predictions, pd.DataFrame) else None
         self._grid = _grid_source(result)
-        self._classes = _class_names(result, classes)
+        self._classes = class_names(result, classes, cube=cube)
+        self._texts, self._model, self._cube = texts if texts is not None else cube, model, cube
         # label last: its observer fills the grid before the widget's state is first sent
         super().__init__(labels=labels, label=label or labels[0], **kwargs)
 
@@ -218,7 +232,7 @@ class LayerExplorer(anywidget.AnyWidget):
     def _show_nothing(self, why: str) -> None:
         self.detail_kind, self.detail_title = "none", why
         self.detail_rows, self.detail_cols, self.detail_shape = [], [], [0, 0]
-        self.detail_values, self.detail_edges = b"", b""
+        self.detail_values, self.detail_edges, self.samples_html = b"", b"", ""
 
     def _show_histogram(self, layer: int, comp: str) -> None:
         preds = self._predictions
@@ -245,9 +259,33 @@ class LayerExplorer(anywidget.AnyWidget):
         self.detail_kind = "histogram"
         self.detail_title = f"{where}: {self.label} probe scores per class ({len(rows)} samples)"
         names = self._classes.get(self.label, ())
-        self.detail_rows, self.detail_cols = [_class_name(c, names) for c in classes], []
+        self.detail_rows, self.detail_cols = [class_name(c, names) for c in classes], []
         self.detail_shape = [len(classes), self._bins]
         self.detail_values, self.detail_edges = _f32(counts), _f32(edges)
+        self.samples_html = self._below(layer, comp)
+
+    def _below(self, layer: int, comp: str) -> str:
+        """The probe's test sentences and, given a model and a cube, its token view."""
+        from mechwidgets.viz.samples import sample_texts, slice_samples
+
+        if self._texts is None:  # the run's task, drawn once for every cell
+            self._texts = sample_texts(self._result)
+        try:
+            samples = slice_samples(
+                self._result, layer, comp, self.label, self._texts, self._classes
+            )
+            parts = [samples.to_html()]
+        except MechError as exc:  # e.g. texts that do not match the predictions: say so
+            parts = [f"<p>sentences: {html.escape(_one_line(exc))}</p>"]
+        if self._model is not None and self._cube is not None and comp in TOKEN_COMPONENTS:
+            from mechwidgets.viz.tokens import token_scores
+
+            try:
+                view = token_scores(self._model, self._cube, self.label, layer, comp, k=6)
+                parts.append(view._repr_html_())
+            except MechError as exc:  # e.g. a multi-class label has no token colours
+                parts.append(f"<p>token view: {html.escape(_one_line(exc))}</p>")
+        return "".join(parts)
 
     def _show_grid(self, layer: int, comp: str) -> None:
         grid = self._grid(layer, comp) if self._grid is not None else None
@@ -351,36 +389,6 @@ def _grid_source(result: Any) -> Any:
     if _is_polysemantic(result):
         return lambda layer, comp: _neuron_grid(result, layer, comp)
     return None
-
-
-def _class_names(result: Any, classes: Any) -> dict[str, tuple[str, ...]]:
-    """Class names per label: given, from a Task, or from the built-in task the run named."""
-    if classes is None:
-        dataset = (getattr(result, "spec", None) or {}).get("dataset") or {}
-        name = dataset.get("name")
-        classes = _builtin_task(name, dataset.get("n")) if isinstance(name, str) else None
-    if classes is None:
-        return {}
-    if callable(getattr(classes, "classes", None)):  # a Task
-        return {label: tuple(classes.classes(label)) for label in classes.labels}
-    return {str(k): tuple(str(v) for v in names) for k, names in dict(classes).items()}
-
-
-def _builtin_task(name: str, n: int | None = None) -> Any:
-    """A draw of the built-in task ``name`` (for its class names), or None: of the run's
-    ``n`` samples, which the task allows (some tasks refuse small draws)."""
-    from mechwidgets.data.catalog import get_task, list_tasks
-
-    return get_task(name, n=n or 20) if name in list_tasks() else None
-
-
-def _class_name(value: Any, names: tuple[str, ...] = ()) -> str:
-    """A class for display: its name when known (``names[value]``), else the value, with
-    ``1.0`` (labels stored as floats) read as ``1``."""
-    number = float(value) if isinstance(value, (int, float, np.number)) else None
-    if number is not None and number.is_integer() and 0 <= number < len(names):
-        return names[int(number)]
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -499,26 +507,25 @@ class Launcher(ipywidgets.VBox):
         super().__init__(children=[*form, bar, self.output], **kwargs)
 
     def _params(self) -> dict[str, Any]:
-        """The chosen action's config parameters (name -> (type, default)); {} if unknown."""
-        from mechwidgets.core.specs import action_params
+        """The chosen action's parameters (name -> pydantic field, with its default), from
+        its Params class (:mod:`mechwidgets.core.params`); {} if none is chosen."""
+        from mechwidgets.core.registry import action_params
 
-        return (action_params(self.action.value) if self.action.value else None) or {}
+        return dict(action_params(self.action.value).model_fields) if self.action.value else {}
 
     def _takes_controls(self) -> bool:
         """Whether the chosen action runs controls beside its probes."""
-        from mechwidgets.core.registry import action_function
+        from mechwidgets.core.registry import action_params
 
-        function = action_function(self.action.value) if self.action.value else None
-        # an action registered without a public function: its controls are kept, it decides
-        return function is None or "controls" in inspect.signature(function).parameters
+        return bool(self.action.value) and action_params(self.action.value).takes_controls
 
     def _follow_action(self) -> None:
         """Seeds take the action's default and are off for actions without seeds; the
         controls are off for actions without controls."""
         seeds = self._params().get("seeds")
         self.seeds.disabled = seeds is None
-        if seeds is not None and isinstance(seeds[1], int):
-            self.seeds.value = seeds[1]
+        if seeds is not None and isinstance(seeds.default, int):
+            self.seeds.value = seeds.default
         for box in self.controls.values():
             box.disabled = not self._takes_controls()
 

@@ -178,6 +178,10 @@ var STYLE = `
   padding: 4px 6px; white-space: pre; box-shadow: 0 1px 4px rgba(0,0,0,.2); z-index: 10; }
 .mw-explorer .mw-detail { margin-top: 8px; }
 .mw-explorer .mw-detail-title { font-weight: 600; margin-bottom: 2px; }
+.mw-explorer .mw-below { margin-top: 8px; max-height: 420px; overflow: auto; }
+.mw-explorer .mw-below table { border-collapse: collapse; }
+.mw-explorer .mw-below td, .mw-explorer .mw-below th { padding: 2px 8px; text-align: right; }
+.mw-explorer .mw-below th { border-bottom: 1px solid currentColor; }
 `;
 function svgEl(tag, attrs = {}, text = null) {
   const node = document.createElementNS(SVG, tag);
@@ -333,6 +337,9 @@ function drawDetail(model, parts) {
   if (kind === "histogram") drawHistogram(model, box);
   else if (kind === "grid") drawPatchingGrid(model, box);
 }
+function drawBelow(model, parts) {
+  parts.below.innerHTML = model.get("samples_html");
+}
 function buildSkeleton(el) {
   const root = htmlEl("div", "mw-explorer");
   root.append(htmlEl("style", null, STYLE));
@@ -349,9 +356,10 @@ function buildSkeleton(el) {
   const heatmap = svgEl("svg", { class: "mw-heatmap" });
   const tooltip = htmlEl("div", "mw-tooltip");
   const detail = htmlEl("div", "mw-detail");
-  root.append(head, heatmap, tooltip, detail);
+  const below = htmlEl("div", "mw-below");
+  root.append(head, heatmap, tooltip, detail, below);
   el.replaceChildren(root);
-  return { root, title, labelSelect, legendLo, legendHi, heatmap, tooltip, detail };
+  return { root, title, labelSelect, legendLo, legendHi, heatmap, tooltip, detail, below };
 }
 function fillLabels(model, select) {
   const labels = model.get("labels");
@@ -364,6 +372,7 @@ function render({ model, el }) {
   let state = drawHeatmap(model, parts);
   fillLabels(model, parts.labelSelect);
   drawDetail(model, parts);
+  drawBelow(model, parts);
   const cellUnder = (event) => {
     const rect = parts.heatmap.getBoundingClientRect();
     const p = toLocal(event.clientX, event.clientY, rect, state.lay.width, state.lay.height);
@@ -405,6 +414,7 @@ function render({ model, el }) {
   };
   const relabel = () => fillLabels(model, parts.labelSelect);
   const redrawDetail = () => drawDetail(model, parts);
+  const redrawBelow = () => drawBelow(model, parts);
   const handlers = [
     ...["scores", "ci_low", "ci_high", "control_scores", "shape", "selected", "metric"].map(
       (name) => [`change:${name}`, redrawHeatmap]
@@ -413,7 +423,8 @@ function render({ model, el }) {
     ["change:label", relabel],
     ...["detail_kind", "detail_title", "detail_values", "detail_edges", "detail_shape"].map(
       (name) => [`change:${name}`, redrawDetail]
-    )
+    ),
+    ["change:samples_html", redrawBelow]
   ];
   for (const [event, fn] of handlers) model.on(event, fn);
   return () => {
