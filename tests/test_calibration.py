@@ -115,7 +115,7 @@ def test_intervals_cover_near_the_ceiling_and_at_chance():
 
 def test_144_decodable_slices_are_all_significant_at_the_defaults():
     out = {o.measure: o for o in cal.run_design("many_slices", reps=1)}
-    assert out["decoded"].hits == 1  # every slice's test accuracy >= 0.95
+    assert out["mean_accuracy"].hits == 1  # the design: slices decoded at ~0.99
     assert out["all"].hits == 1, "not all 144 slices significant after Holm"
     assert out["verdict"].hits == 1
 
