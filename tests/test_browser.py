@@ -67,14 +67,15 @@ ex
 """
 GRID = """\
 import xarray as xr
+from mechwidgets.actions.localize import LocalizeResult
 
-class Patched(types.SimpleNamespace):
-    def patching_grid(self, layer, component):
-        values = np.linspace(-1, 1, 12).reshape(3, 4) * (layer + 1) / 6
-        return xr.DataArray(values, dims=("head", "position"), name="logit diff recovered",
-                            coords={"head": [0, 1, 2], "position": [-4, -3, -2, -1]})
-
-grid_ex = mw.widgets.LayerExplorer(Patched(table=res.table))
+ranking = res.table[res.table["control"] == "none"].rename(columns={"score": "effect"})
+drops = [dict(layer=4, component="resid", metric=metric, intervention=how, drop=k / 8)
+         for k, (metric, how) in enumerate((m, h) for m in ("behavior", "probe")
+                                           for h in ("zero", "mean", "resample", "patch"))]
+localized = LocalizeResult("localize", xr.Dataset(), ranking.assign(ablation="mean"),
+                           params={"label": None}, impact=pd.DataFrame(drops))
+grid_ex = mw.widgets.LayerExplorer(localized)
 grid_ex.selected = {"layer": 4, "component": "resid"}  # selected from Python, drawn in JS
 grid_ex
 """
@@ -247,9 +248,10 @@ def _drive(page, expect, url: str, work: Path) -> None:
     explorer = page.locator(".mw-explorer").first
     cells = explorer.locator("rect.mw-cell")
     expect(cells).to_have_count(N_LAYERS * len(COMPONENTS), timeout=45_000)
-    # the second explorer: a selection made in Python shows its patching grid (3 x 4)
+    # the second explorer, a localize result: a selection made in Python shows that
+    # site's drops, metric x intervention (2 x 4)
     patched = page.locator(".mw-explorer").nth(1)
-    expect(patched.locator("rect.mw-grid-cell")).to_have_count(12)
+    expect(patched.locator("rect.mw-grid-cell")).to_have_count(8)
     expect(patched.locator("rect.mw-selected")).to_have_attribute("data-layer", "4")
     layer, comp = CLICKED["layer"], CLICKED["component"]
     target = explorer.locator(f'rect.mw-cell[data-layer="{layer}"][data-component="{comp}"]')

@@ -95,24 +95,8 @@ class Result(ActionResult):
         return alt.Chart(self.table).mark_rect().encode(x="layer:O", y="component:N")
 
 
-class LocalizeResult(Result):
-    """A result with a patching grid: a known heads x positions matrix per component."""
-
-    def patching_grid(self, layer: int, component: str) -> xr.DataArray | None:
-        if component == "resid":
-            return None
-        values = np.arange(6, dtype=float).reshape(2, 3) * (layer + 1) - 2
-        return xr.DataArray(
-            values,
-            dims=("head", "position"),
-            coords={"head": [0, 1], "position": [-3, -2, -1]},
-            name="logit diff recovered",
-        )
-
-
-def result(cls: type[Result] = Result) -> Result:
-    table = make_table()
-    return cls("detect", xr.Dataset(), table, predictions=make_predictions())
+def result() -> Result:
+    return Result("detect", xr.Dataset(), make_table(), predictions=make_predictions())
 
 
 def decode(buffer: bytes, shape: list[int]) -> np.ndarray:
@@ -220,18 +204,6 @@ def test_a_table_without_predictions_says_so_instead_of_drawing():
     ex.selected = {"layer": 0, "component": "resid"}
     assert ex.detail_kind == "none"
     assert "no per-sample predictions" in ex.detail_title
-
-
-def test_localize_results_show_their_patching_grid():
-    ex = LayerExplorer(result(LocalizeResult))
-    ex.selected = {"layer": 1, "component": "attn"}
-    assert ex.detail_kind == "grid"
-    assert ex.detail_rows == ["0", "1"] and ex.detail_cols == ["-3", "-2", "-1"]
-    grid = decode(ex.detail_values, ex.detail_shape)
-    np.testing.assert_allclose(grid, np.arange(6).reshape(2, 3) * 2 - 2)
-    assert "logit diff recovered (head \u00d7 position)" in ex.detail_title
-    ex.selected = {"layer": 1, "component": "resid"}
-    assert ex.detail_kind == "none" and "no patching grid" in ex.detail_title
 
 
 def test_localize_results_plot_effects_and_show_each_sites_drops():
