@@ -253,20 +253,6 @@ class Model:
         device = "cpu" if self.device.type == "meta" else self.device  # NDIF: sent from here
         return {k: v.to(device) for k, v in inputs.items()}
 
-    def token_lengths(self, texts: list[str], chunk: int = 512) -> list[int]:
-        """Tokens per text, special tokens included; texts over the context raise TaskError.
-
-        Tokenizes ``chunk`` texts at a time: a fast tokenizer's encodings of a whole data
-        set take far more memory than the batches an extraction streams.
-        """
-        lengths = [
-            len(ids)
-            for start in range(0, len(texts), chunk)
-            for ids in self.tokenizer(list(texts[start : start + chunk]))["input_ids"]
-        ]
-        self.check_context(lengths)
-        return lengths
-
     def check_context(self, lengths: Sequence[int]) -> None:
         """Raise a one-line TaskError naming the first text longer than the context."""
         longest = max(range(len(lengths)), key=lengths.__getitem__)
