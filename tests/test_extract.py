@@ -11,6 +11,7 @@ import dask.array
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 import mechwidgets as mw
 from mechwidgets.core.errors import SelectorError, SpecError, TaskError
@@ -251,3 +252,29 @@ def test_neurons_alone_make_a_cube_without_act(tiny_models, references):
     assert cube["neurons"].dims == ("sample", "layer", "neuron")
     got = cube["neurons"].sel(layer=1, neuron=5).values
     assert rel_err(got, references["gpt2"]["last"]["neurons", 1][:, 5]) <= 1e-4
+
+
+def test_one_batch_cube_is_the_cube_its_file_opens_to(tiny_models, tmp_path, monkeypatch):
+    """A cube of one batch is returned from the batch's arrays, not by opening the file
+    written: it must be the same cube (values, dims, coordinates, attributes) as a later
+    cached call opens from that file; uncached, no file is written at all."""
+    monkeypatch.setenv("MECHWIDGETS_CACHE", str(tmp_path / "cubes"))
+    model = tiny_models["gpt2"]
+    task = Task(
+        name="toy",
+        texts=TEXTS,
+        labels={"plural": np.array([0, 0, 0, 1, 1]), "animal": np.array(list("abcab"))},
+        split=np.array(["train", "train", "val", "test", "test"]),
+        positions=np.array([-1, 0, -1, -1, -1]),
+    )
+    kwargs = {"selectors": ["resid:0-1", "head:1.0", "neuron:1.3"], "batch_size": 8}
+    fresh = mw.extract(model, task, **kwargs)
+    assert isinstance(fresh["act"].data, dask.array.Array)
+    assert fresh.encoding["source"] == str(next((tmp_path / "cubes").glob("*.nc")))
+    opened = mw.extract(model, task, **kwargs)  # from the file: another code path
+    xr.testing.assert_identical(fresh.load(), opened.load())
+    assert list(fresh["component"].values) == ["resid", "head.0"]
+    uncached = mw.extract(model, task, cache=False, **kwargs)
+    xr.testing.assert_identical(uncached.load(), opened.load())
+    assert "source" not in uncached.encoding
+    assert len(list((tmp_path / "cubes").glob("*.nc"))) == 1
