@@ -117,3 +117,19 @@ def test_writer_refuses_rows_out_of_order_or_missing(tmp_path):
         w.write(0, act[:3])
     with pytest.raises(CubeError, match="not finished"):
         open_cube(tmp_path / "b.nc")
+
+
+def test_a_slice_with_some_nan_activations_fails_in_one_line_naming_it():
+    import mechwidgets as mw
+    from mechwidgets.probes.synthetic import planted_cube
+
+    assert cube_mod.check_finite(np.ones((2, 3)), "x").shape == (2, 3)
+    cube = planted_cube({"number": {(1, "resid"): 3.0}}, n_samples=200, n_layers=2, seed=1)
+    act = cube["act"].values.copy()
+    act[[3, 7], 1, 0, :2] = [np.nan, np.inf]  # layer 1, resid: 4 bad values
+    cube["act"] = (cube["act"].dims, act)
+    with pytest.raises(CubeError) as info:
+        mw.detect(cube, label="number", seeds=1, permutations=20, resamples=100)
+    message = str(info.value)
+    assert message.startswith("activations at layer 1, component 'resid' hold 4 NaN/inf")
+    assert "\n" not in message

@@ -52,7 +52,7 @@ from mechwidgets.analysis.statistics import (
 from mechwidgets.cluster import map_slices
 from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import CubeError, SpecError
-from mechwidgets.extract.cube import ACT, check_cube
+from mechwidgets.extract.cube import ACT, check_cube, check_finite
 from mechwidgets.probes.controls import (
     WORDTYPE_PREFIX,
     check_controls,
@@ -531,15 +531,9 @@ def _load(cube: xr.Dataset, layer: int, comp: str) -> np.ndarray | None:
         cube["act"].sel(layer=layer, component=comp).transpose("sample", "dim").values,
         np.float64,
     )
-    finite = np.isfinite(x)
-    if finite.all():
-        return x
-    if np.isnan(x).all():
+    if x.size and np.isnan(x.flat[0]) and np.isnan(x).all():
         return None
-    raise CubeError(
-        f"activations at layer {layer}, component '{comp}' hold {int((~finite).sum())} NaN/inf "
-        "values; re-extract (e.g. in float32) or drop those samples"
-    )
+    return check_finite(x, f"activations at layer {layer}, component '{comp}'")
 
 
 def _probe_slice(
