@@ -1,10 +1,15 @@
-"""How long ``import mechwidgets`` and ``%load_ext mechwidgets`` take, against ``import torch``.
+"""How long ``import mechwidgets`` and ``%load_ext mechwidgets`` take, against ``import torch``,
+and how long ``mechinterp run`` takes to refuse a config with a bad action parameter.
 
 Each measurement runs in a fresh interpreter under ``python -X importtime`` and reads the
 cumulative microseconds of the top-level import; the median of ``--repeat`` runs is
 reported (the machine may be shared). ``%load_ext`` is timed as the wall time of the
-magic call in a fresh IPython shell. Asserts that none of torch, nnsight, transformers or
-altair is in ``sys.modules`` afterwards, and that both take under the 1 s target.
+magic call in a fresh IPython shell. ``mechinterp run bad.yaml`` (a misspelt parameter,
+``permutatoins: 100``, and an out-of-range one, ``level: 1.5``) is timed as the whole
+process, wall and CPU seconds (CPU is what a loaded machine does not inflate). Asserts that
+none of torch, nnsight, transformers or altair is in ``sys.modules`` afterwards, that the
+bad configs fail with the one-line error, and that each takes under the 1 s target (the
+bad configs in CPU time).
 
     python bench/import_time.py              # 5 runs each
     python bench/import_time.py --repeat 9
@@ -13,10 +18,15 @@ altair is in ``sys.modules`` afterwards, and that both take under the 1 s target
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 HEAVY = ("torch", "nnsight", "transformers", "altair")
 TARGET_S = 1.0
@@ -56,6 +66,45 @@ def load_ext_seconds() -> tuple[float, list[str]]:
     return float(found["s"]), list(found["heavy"])
 
 
+#: a bad config for ``mechinterp run``: (name, its action.params, the start of the error)
+BAD_CONFIGS = (
+    ("misspelt", "permutatoins: 100", "unknown parameter 'permutatoins' for detect"),
+    ("out of range", "level: 1.5", "bad value 1.5 for 'detect' parameter 'level'"),
+)
+BAD_RUN = f"""
+import contextlib, io, json, sys
+from mechwidgets.cli import main
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    status = main(["run", sys.argv[1]])
+print(json.dumps({{"status": status, "err": err.getvalue(),
+                  "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+
+
+def bad_config_seconds(params: str, expected: str, folder: Path) -> tuple[float, float, list[str]]:
+    """Wall and CPU seconds of a fresh ``mechinterp run`` of a detect config holding the
+    action parameters ``params``, and the heavy modules it loaded; checks the one-line error."""
+    config = folder / "bad.yaml"
+    config.write_text(
+        f"action: {{name: detect, params: {{{params}}}}}\nmodel: toy-grammar\n"
+        "task: subject_number\n"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", BAD_RUN, str(config)], capture_output=True, text=True, check=True
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = found["err"].splitlines()
+    assert found["status"] == 2 and len(lines) == 1, found
+    assert lines[0].startswith(f"mechinterp: error: {expected}"), lines[0]
+    return wall, cpu, list(found["heavy"])
+
+
 def main() -> int:
     repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 5
     rows = {
@@ -79,8 +128,23 @@ def main() -> int:
         f"import mechwidgets takes {medians['import mechwidgets'] / medians['import torch']:.3f}"
         " of import torch"
     )
-    for name in ("import mechwidgets", "%load_ext mechwidgets"):
-        assert medians[name] < TARGET_S, f"{name} took {medians[name]:.2f} s"
+    with tempfile.TemporaryDirectory() as folder:
+        for name, params, expected in BAD_CONFIGS:
+            runs = [bad_config_seconds(params, expected, Path(folder)) for _ in range(repeat)]
+            wall = statistics.median(w for w, _, _ in runs)
+            cpu = statistics.median(c for _, c, _ in runs)
+            heavy = sorted({m for _, _, loaded in runs for m in loaded})
+            print(
+                f"mechinterp run bad.yaml ({name}, {params}): median {wall:6.3f} s wall, "
+                f"{cpu:6.3f} s CPU over {repeat} runs ({cpu / TARGET_S:5.2f}x the "
+                f"{TARGET_S:.0f} s target, CPU); heavy modules loaded: {heavy or 'none'}"
+            )
+            assert not heavy, f"a bad config ({name}) loaded {heavy}"
+            medians[f"bad config ({name}), CPU"] = cpu
+    print(f"load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    for name, seconds in medians.items():
+        if name != "import torch":
+            assert seconds < TARGET_S, f"{name} took {seconds:.2f} s"
     return 0
 
 

@@ -561,7 +561,7 @@ def test_console_script_prints_one_line_without_traceback(ctx: Context) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "mechinterp: error: bad value 2.5 for 'detect' parameter 'permutations': give a whole "
-        "number, e.g. 200"
+        "number of 1 or more, e.g. 200"
     ]
 
 

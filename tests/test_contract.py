@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import json
 import subprocess
 import sys
@@ -20,8 +21,14 @@ import pytest
 from test_runner import tiny_dir  # noqa: F401  (session fixture)
 
 from mechwidgets.core.errors import MechError, SpecError
-from mechwidgets.core.registry import list_actions
-from mechwidgets.core.specs import RunSpec, action_params
+from mechwidgets.core.registry import (
+    action_function,
+    action_params,
+    list_actions,
+    load,
+    registration,
+)
+from mechwidgets.core.specs import RunSpec
 from mechwidgets.models import loading
 from mechwidgets.report.bundle import read_artifacts
 from mechwidgets.runner import run_spec
@@ -116,6 +123,34 @@ def test_every_registered_action_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+def test_the_public_function_and_its_params_agree_on_names_and_defaults(name) -> None:
+    """Every Params field is a keyword of the public function with the same default (the
+    probing actions pass the protocol's on through ``**params``), so the function's
+    signature and the one table of parameters cannot drift apart."""
+    signature = inspect.signature(action_function(name))
+    fields = action_params(name).model_fields
+    spread = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    for key, field in fields.items():
+        param = signature.parameters.get(key)
+        if param is None:
+            assert spread, f"{name} takes no '{key}'"
+            continue
+        default = param.default
+        if param.default is inspect.Parameter.empty:
+            assert field.is_required() or field.default is None, (name, key)
+        else:
+            if isinstance(default, tuple) and isinstance(field.default, tuple | list):
+                default = tuple(default)
+            assert field.default == default, (name, key, field.default, default)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_result_is_the_registered_result_class(name, runs) -> None:
+    result, _ = runs[name]
+    assert type(result) is load(registration(name).result)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_plain_repr_is_equal_in_another_process(name, runs, reruns) -> None:
     result, _ = runs[name]
     assert repr(result) == reruns[name]["repr"]
@@ -162,11 +197,13 @@ def test_the_notebook_display_and_widgets_take_the_result(name, runs) -> None:
 
 
 def _ranged_parameter(name: str) -> str:
-    """A count parameter of the action (an ``int`` whose values start at 1; a layer is an
-    index, 0 included)."""
-    table = action_params(name) or {}
-    counts = [k for k, (hint, _) in table.items() if hint in (int, int | None)]
-    return next(k for k in counts if not k.endswith("layer"))
+    """A count parameter of the action: a whole number whose values start at 1."""
+    fields = action_params(name).model_fields
+    return next(
+        k
+        for k, f in fields.items()
+        if f.annotation is int and any(getattr(m, "ge", None) == 1 for m in f.metadata)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -198,6 +235,8 @@ DOCTESTED = (
     "mechwidgets.core.components",
     "mechwidgets.data.splits",
     "mechwidgets.probes.synthetic",
+    "mechwidgets.core.params",
+    "mechwidgets.core.registry",
 )
 
 

@@ -162,7 +162,7 @@ def test_bad_inputs_are_one_line_errors(cube):
     assert "no label 'tense'" in one_line(exc) and "number" in one_line(exc)
     with pytest.raises(SpecError) as exc:
         mw.detect(cube, label="number", bootstraps=5, **small)
-    assert "unknown parameter(s) bootstraps" in one_line(exc)
+    assert "unknown parameter 'bootstraps' for detect" in one_line(exc)
     few = cube.assign(number=("sample", (np.arange(cube.sizes["sample"]) == 0).astype(int)))
     with pytest.raises(CubeError) as exc:
         mw.detect(few, label="number", **small)

@@ -60,3 +60,35 @@ def test_extract_stays_the_function_when_its_subpackage_loads() -> None:
 
 def test_unknown_name_is_an_attribute_error() -> None:
     assert not hasattr(mw, "no_such_name")
+
+
+def test_a_bad_config_fails_in_one_line_with_nothing_heavy_imported(tmp_path) -> None:
+    """``mechinterp run`` of a config with a misspelt or an out-of-range action parameter:
+    the one-line error comes from the RunSpec's parse, before torch and the actions load."""
+    base = "action: {name: detect, params: {%s}}\nmodel: toy-grammar\ntask: subject_number\n"
+    cases = {
+        "permutatoins: 100": "unknown parameter 'permutatoins' for detect "
+        "(did you mean 'permutations'?)",
+        "level: 1.5": "bad value 1.5 for 'detect' parameter 'level': give a number between 0 "
+        "and 1, e.g. 0.95",
+    }
+    for params, message in cases.items():
+        config = tmp_path / "bad.yaml"
+        config.write_text(base % params)
+        code = (
+            "import contextlib, io, json, sys\n"
+            "from mechwidgets.cli import main\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            f"    status = main(['run', {str(config)!r}])\n"
+            f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "print(json.dumps({'status': status, 'err': err.getvalue(), 'heavy': heavy}))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        )
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+        lines = found["err"].splitlines()
+        assert found["status"] == 2 and len(lines) == 1, found
+        assert lines[0].startswith(f"mechinterp: error: {message}")
+        assert found["heavy"] == []

@@ -136,11 +136,9 @@ class MechMagics(Magics):
     @line_cell_magic
     def mechinterp(self, line: str, cell: str | None = None) -> Any:
         """Run an action: ``%mechinterp ACTION [options]`` or ``%%mechinterp`` + YAML body."""
-        from mechwidgets.runner import run_spec
-
         try:
             if cell is not None:
-                return self._store(run_spec(RunSpec.from_yaml(cell)), line.strip() or None)
+                return self._store(_run(RunSpec.from_yaml(cell)), line.strip() or None)
             try:
                 argv = shlex.split(line)
             except ValueError as exc:  # an unterminated quote
@@ -160,7 +158,7 @@ class MechMagics(Magics):
             source = (
                 args.config if args.action == "run" else RunSpec.from_dict(spec_from_args(args))
             )
-            return self._store(run_spec(source), args.out_var)
+            return self._store(_run(source), args.out_var)
         except MechError as exc:
             raise UsageError(str(exc)) from None
         except FileNotFoundError as exc:
@@ -170,6 +168,14 @@ class MechMagics(Magics):
         if name:
             self.shell.user_ns[name] = result
         return result
+
+
+def _run(source: RunSpec | str) -> Any:
+    """Run a parsed spec (or a config path): the runner, and with it torch and the actions,
+    is imported only now, so a bad spec fails before anything heavy loads."""
+    from mechwidgets.runner import run_spec
+
+    return run_spec(source)
 
 
 def load_ipython_extension(ipython: Any) -> None:
