@@ -253,7 +253,7 @@ def _print_result(result: Any) -> None:
     print(f"\nverdict: {result.verdict()}")
     out = (result.spec or {}).get("output_dir")
     if out:
-        print(f"bundle: {out} (open {Path(out) / 'report.html'})")
+        print(f"bundle: {out} (open {str(out).rstrip('/')}/report.html)")
 
 
 register_command(

@@ -28,7 +28,7 @@ import xarray as xr
 from threadpoolctl import threadpool_limits
 
 from mechwidgets.core.errors import CubeError, ModelError, SpecError
-from mechwidgets.extract.cube import ACT, CubeLayout, is_zarr, open_cube
+from mechwidgets.extract.cube import ACT, NEURONS, CubeLayout, is_zarr, open_cube
 
 _CLIENT: ContextVar[Any] = ContextVar("mechwidgets_client", default=None)
 
@@ -65,6 +65,39 @@ def using(client: Any) -> Iterator[None]:
         _CLIENT.reset(token)
 
 
+#: the clients whose dashboard link this process has shown (once each)
+_SHOWN: set[str] = set()
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (where dask's progress bar is a widget)."""
+    from distributed.utils import is_kernel
+
+    return bool(is_kernel())
+
+
+def dashboard(client: Any) -> str | None:
+    """The link of ``client``'s scheduler dashboard; None when it serves none (no bokeh)."""
+    if "dashboard" not in client.scheduler_info(n_workers=0).get("services", {}):
+        return None
+    return str(client.dashboard_link)
+
+
+def show_progress(client: Any, futures: list) -> None:
+    """In a notebook: the dashboard's link (the first time for each client) and dask's own
+    progress bar for ``futures`` (a widget that updates as they finish, without blocking).
+    Elsewhere nothing: a script's progress is its own business (``progress=`` of extract)."""
+    if not in_notebook():
+        return
+    from dask.distributed import progress
+
+    link = dashboard(client)
+    if link and client.id not in _SHOWN:
+        _SHOWN.add(client.id)
+        print(f"dask dashboard: {link}")
+    progress(futures, notebook=True)
+
+
 def current() -> Any:
     """The client set by :func:`using`, or None."""
     return _CLIENT.get()
@@ -79,13 +112,14 @@ def cube_source(cube: xr.Dataset) -> tuple[str, tuple]:
         For a cube held in memory (no file behind it) or whose activations were loaded.
     """
     source = cube.encoding.get("source")
-    if not source or ACT not in cube or not hasattr(cube[ACT].data, "dask"):
+    held = [name for name in (ACT, NEURONS) if name in cube]
+    if not source or not held or not all(hasattr(cube[n].data, "dask") for n in held):
         raise CubeError(
             "client= probes a cube that workers open from its file; this one is in memory: "
             "write it with mechwidgets.cluster.save_cube(cube, 'cube.zarr') and open that"
         )
     source = str(source)
-    ident: tuple = (cube.sizes["sample"], cube.sizes["dim"])
+    ident: tuple = tuple(sorted(cube.sizes.items()))
     if not is_zarr(source):
         stat = Path(source).stat()
         ident += (stat.st_ino, stat.st_size, stat.st_mtime_ns)
@@ -94,8 +128,12 @@ def cube_source(cube: xr.Dataset) -> tuple[str, tuple]:
 
 @lru_cache(maxsize=4)
 def _worker_cube(source: str, ident: tuple) -> xr.Dataset:
-    """The cube as a worker opens it, once per worker process (cached by identity)."""
-    cube = open_cube(source) if is_zarr(source) else open_cube(source, verified=True)
+    """The cube as a worker opens it, once per worker process (cached by identity).
+
+    The client opened (and so checked) this cube before sending work: the worker does
+    not read it whole again, only the slices its tasks ask for.
+    """
+    cube = open_cube(source, verified=True)
     if cube_source(cube)[1] != ident:
         raise CubeError(
             f"cube {source} differs from the cube given to client= (another file now, or "
@@ -143,6 +181,7 @@ def map_slices(
         client.submit(_on_worker, source, ident, fn, keys[i::n_tasks], *shared_futures, pure=False)
         for i in range(n_tasks)
     ]
+    show_progress(client, tasks)
     try:
         for future in as_completed(tasks):
             yield from future.result()
@@ -239,13 +278,15 @@ def write_on_workers(
         client.submit(_write_on_worker, spec, url, start, stop, shared, pure=False)
         for start, stop in spans
     ]
+    if progress:
+        show_progress(client, tasks)
     try:
         for future in tqdm(
             as_completed(tasks),
             total=len(tasks),
             desc="extract",
             unit="batch",
-            disable=not progress,
+            disable=not progress or in_notebook(),  # a notebook shows dask's bar instead
         ):
             future.result()
     finally:

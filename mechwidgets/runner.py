@@ -47,6 +47,7 @@ from mechwidgets.report.bundle import (
     ARTIFACTS,
     activations_index,
     check_target,
+    is_url,
     read_artifacts,
     to_jsonable,
     write_bundle,
@@ -179,7 +180,9 @@ def run_spec(
         others = [resolve_task(d) for d in spec.tasks]  # compare across tasks
     check_budget(spec, task)
     with _timed(timings, "model", progress):
-        model = load_model(ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype)
+        model = load_model(
+            ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype, remote=ex.remote
+        )
     check_budget(spec, task, model)
     with _timed(timings, "extract", progress):
         tasks = [task, *others] if needs.cube else []
@@ -228,9 +231,12 @@ def run_spec(
     return result
 
 
-def output_folder(path: str | Path, action: str | None = None) -> Path:
+def output_folder(path: str | Path, action: str | None = None) -> Path | str:
     """``path`` with ``~`` expanded, checked to take a bundle of ``action``: a one-line error
-    otherwise (a folder holding the user's files or another action's bundle is never replaced)."""
+    otherwise (a folder holding the user's files or another action's bundle is never replaced).
+    An fsspec URL (``s3://bucket/runs/x``) is checked there and returned as it is."""
+    if is_url(path):
+        return check_target(str(path), action)
     folder = Path(path).expanduser()
     check_target(folder, action)
     check_writable(folder.parent, "the bundle", "choose another folder with -o/output_dir")

@@ -26,7 +26,7 @@ def client():
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",
     )
     with distributed.Client(cluster) as c:
         yield c
@@ -70,9 +70,61 @@ def test_detect_on_workers_equals_single_process(client, cube_file):
 
 
 def test_compare_and_collapse_on_workers_equal_single_process(client, cube_file):
-    for action, labels in ((mw.collapse, "number"), (mw.compare, ["number", "tense"])):
+    """Also CKA: collapse's 15 slices, then one CKA matrix per component, each a task on a
+    worker, and the matrices identical to the single-process ones."""
+    for action, labels, tasks in (
+        (mw.collapse, "number", 15 + 3),
+        (mw.compare, ["number", "tense"], 15),
+    ):
         local = action(cube_file, labels, **SMALL)
-        _same(local, action(cube_file, labels, client=client, **SMALL))
+        before = _slice_tasks(client)
+        remote = action(cube_file, labels, client=client, **SMALL)
+        assert _slice_tasks(client) - before == tasks
+        _same(local, remote)
+        if action is mw.collapse:
+            assert np.isfinite(remote.data["cka"].values).sum() >= 5 * 5
+
+
+GRAMMAR = ["subject_number", "animacy", "sentiment", "tense"]
+
+
+def test_polysemantic_on_workers_equals_single_process(client, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHWIDGETS_CACHE", str(tmp_path / "cache"))
+    model, task = mw.load_model("toy-grammar"), mw.get_task("grammar_all", n=240, seed=1)
+    with mw.extract(model, task, components=["resid"], neurons=True,
+                    store=tmp_path / "neurons.zarr") as cube:  # fmt: skip
+        local = mw.polysemantic(cube, labels=GRAMMAR, permutations=40, seeds=2)
+        before = _slice_tasks(client)
+        remote = mw.polysemantic(cube, labels=GRAMMAR, permutations=40, seeds=2, client=client)
+        assert _slice_tasks(client) - before == cube.sizes["layer"]  # a task per layer
+    _same(local, remote)
+    assert remote.data["loading"].notnull().any()
+
+
+def test_a_notebook_shows_the_dashboard_link_once_and_dask_progress_bars(
+    client, cube_file, monkeypatch, capsys
+):
+    import dask.distributed
+
+    from mechwidgets import cluster
+
+    bars = []
+    real = dask.distributed.progress
+    monkeypatch.setattr(
+        dask.distributed, "progress", lambda fs, **kw: bars.append(fs) or real(fs, **kw)
+    )
+    monkeypatch.setattr(cluster, "_SHOWN", set())
+    monkeypatch.setattr(cluster, "in_notebook", lambda: False)
+    mw.detect(cube_file, "number", client=client, **SMALL)
+    assert not bars and "dashboard" not in capsys.readouterr().out  # not outside a notebook
+    monkeypatch.setattr(cluster, "in_notebook", lambda: True)
+    for _ in range(2):
+        mw.detect(cube_file, "number", client=client, **SMALL)
+    out = capsys.readouterr().out
+    assert out.count(f"dask dashboard: {client.dashboard_link}") == 1
+    assert client.dashboard_link.startswith("http://127.0.0.1:")
+    # one bar per call, over that call's tasks (2 workers x TASKS_PER_THREAD)
+    assert [len(fs) for fs in bars] == [2 * cluster.TASKS_PER_THREAD] * 2
 
 
 def test_in_memory_cube_is_a_one_line_error(client, memory_cube):
@@ -136,3 +188,60 @@ def test_runspec_compute_probes_on_the_scheduler_workers(client, tmp_path, monke
     remote = run_spec({**spec, "compute": {"scheduler": client.scheduler.address}})
     assert _slice_tasks(client) - before == 4  # the toy model's 4 residual layers
     _same(local, remote)
+
+
+def _planted_store(path, n: int, layers: int, dim: int, rows: int) -> float:
+    """A Zarr cube of ``n x layers x 3 x dim`` float32 written a batch at a time (never
+    whole in memory): unit noise, 'number' planted at (2, resid). Returns its act bytes."""
+    from mechwidgets.extract.cache import cube_writer
+    from mechwidgets.extract.cube import CubeLayout
+
+    small = planted_cube({"number": {0: 2.5}}, n_samples=n, dim=dim, n_layers=1,
+                         components=("resid",), seed=3)  # fmt: skip
+    layout = CubeLayout(n, tuple(range(layers)), ("resid", "attn", "mlp"), dim)
+    per_sample = {k: np.asarray(v.values) for k, v in small.variables.items()
+                  if v.dims == ("sample",)}  # fmt: skip
+    rng = np.random.default_rng(4)
+    with cube_writer(path, layout, per_sample, dict(small.attrs), rows) as out:
+        for start, stop in out.batches(rows):
+            act = rng.standard_normal((stop - start, layers, 3, dim), dtype=np.float32)
+            act[:, 2, 0] = small["act"].values[start:stop, 0, 0]
+            out.write(start, act)
+    return 4.0 * n * layers * 3 * dim
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes since it started (Linux VmHWM; not
+    getrusage, whose maximum a spawned worker inherits from its parent's fork)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_cube_three_times_a_worker_memory_limit_is_probed_within_it(tmp_path, monkeypatch):
+    """Workers read only the slices they probe, lazily from the store: the cube is over 3x
+    each worker's memory_limit, every slice is probed on a worker, and no worker's peak
+    resident memory (getrusage) reaches its limit, nor does dask's nanny restart one."""
+    import dask
+
+    monkeypatch.setenv("MECHWIDGETS_CACHE", str(tmp_path / "cache"))
+    limit = 384 * 2**20  # a worker holds ~260 MiB once it has imported what probing needs
+    nbytes = _planted_store(tmp_path / "big.zarr", n=8000, layers=52, dim=256, rows=1000)
+    assert nbytes > 3 * limit
+    cube = mw.open_cube(tmp_path / "big.zarr")
+    # dask pauses a worker at 80% of its limit (this worker's imports are ~75%): only the
+    # nanny's restart at 95% stays on, and the peak below must stay under the limit itself
+    memory = {f"distributed.worker.memory.{k}": False for k in ("pause", "spill", "target")}
+    with dask.config.set(memory), distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, memory_limit=limit, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster, distributed.Client(cluster) as c:  # fmt: skip
+        pids = c.run(__import__("os").getpid)
+        res = mw.detect(cube, "number", client=c, seeds=1, permutations=20, resamples=100,
+                        controls=["label_shuffle"])  # fmt: skip
+        peak = c.run(_peak_rss)
+        assert c.run(__import__("os").getpid) == pids  # no worker was restarted
+        assert _slice_tasks(c) == 52 * 3  # every slice was read on a worker
+    assert max(peak.values()) < limit, {w: f"{p / 2**20:.0f} MiB" for w, p in peak.items()}
+    best = res.summary()["best"]
+    assert (best["layer"], best["component"]) == (2, "resid")

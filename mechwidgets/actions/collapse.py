@@ -24,7 +24,7 @@ from mechwidgets.actions.base import ResultAction, RunContext, run_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult
 from mechwidgets.analysis.geometry import cka_matrix
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
-from mechwidgets.cluster import using
+from mechwidgets.cluster import map_slices, using
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import register_action
 from mechwidgets.intervene.recovery import RecoveryResult, RecoverySpec
@@ -236,20 +236,31 @@ def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:
 
 def _layer_cka(cube: xr.Dataset, raw: xr.Dataset, debiased: bool) -> xr.Dataset:
     """Layer x layer CKA per component on the test items (those the curve is scored on)."""
+    probed = {
+        str(c): [int(v) for v in raw["layer"].values if raw["probed"].sel(layer=v, component=c)]
+        for c in raw["component"].values
+    }
+    # on a dask client (mechwidgets.cluster.using) each component's matrix is a worker's task
+    done = dict(map_slices(cube, _component_cka, [(c,) for c in probed], probed, test, debiased))
     test = np.flatnonzero(np.asarray(cube["split"].values).astype(str) == "test")
     mats, attrs = [], {}
-    for comp in raw["component"].values:
-        layers = [int(v) for v in raw["layer"].values if raw["probed"].sel(layer=v, component=comp)]
-        act = cube["act"].sel(component=comp).isel(sample=test).transpose("layer", "sample", "dim")
-        reps = {layer: act.sel(layer=layer).values for layer in layers}
-        mat = cka_matrix(reps, debiased=debiased)
-        mat = mat.reindex(layer_a=raw["layer"].values, layer_b=raw["layer"].values)
+    for comp in probed:
+        mat = done[(comp,)].reindex(layer_a=raw["layer"].values, layer_b=raw["layer"].values)
         attrs[f"undefined_{comp}"] = mat.attrs["undefined"]
         attrs["estimator"] = mat.attrs["estimator"]
         mats.append(mat)
     cka = xr.concat(mats, dim=xr.DataArray(raw["component"].values, dims="component"))
     cka.attrs = attrs
     return xr.Dataset({"cka": cka})
+
+def _component_cka(
+    cube: xr.Dataset, comp: str, probed: dict[str, list[int]], test: np.ndarray, debiased: bool
+) -> xr.DataArray:
+    """CKA between the probed layers of one component, on the ``test`` samples."""
+    act = cube["act"].sel(component=comp).isel(sample=test).transpose("layer", "sample", "dim")
+    reps = {layer: act.sel(layer=layer).values for layer in probed[comp]}
+    return cka_matrix(reps, debiased=debiased)
+
 
 
 def collapse(

@@ -44,6 +44,7 @@ from mechwidgets.analysis.neurons import (
     two_sided_p,
 )
 from mechwidgets.analysis.statistics import permutation_pvalue, score
+from mechwidgets.cluster import map_slices, using
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import Needs, check_params
 from mechwidgets.extract.cube import NEURONS, check_cube
@@ -256,8 +257,12 @@ class Polysemantic(ResultAction):
             ],
             axis=1,
         )
+        # on a dask client (mechwidgets.cluster.using) each layer is a task on a worker
+        light = replace(plan, cube=xr.Dataset(), view=replace(plan.view, cube=xr.Dataset()))
+        keys = [(layer,) for layer in plan.layers]
         with blas_threads_for(n * plan.cube.sizes["neuron"]):
-            per_layer = [_layer_stats(plan, layer, orders) for layer in plan.layers]
+            done = dict(map_slices(plan.cube, _layer_on, keys, light, orders))
+        per_layer = [done[key] for key in keys]
         data = _assemble(plan, per_layer, orders.shape[1])
         return PolysemanticResult(
             action="polysemantic",
@@ -294,6 +299,13 @@ def _per_sample(cube: xr.Dataset) -> xr.Dataset:
     names = [str(k) for k, v in cube.variables.items() if v.dims == ("sample",)]
     empty = np.zeros((cube.sizes["sample"], 0, 0, 0), np.float32)
     return cube[names].assign(act=(("sample", "layer", "component", "dim"), empty))
+
+
+def _layer_on(
+    cube: xr.Dataset, layer: int, plan: NeuronPlan, orders: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`_layer_stats` over ``cube`` (a worker's own opening of the plan's cube)."""
+    return _layer_stats(replace(plan, cube=cube), layer, orders)
 
 
 def _layer_stats(plan: NeuronPlan, layer: int, orders: np.ndarray) -> dict[str, np.ndarray]:
@@ -449,6 +461,7 @@ def polysemantic(
     permutations: int = 200,
     seeds: int = 1,
     seed: int = 0,
+    client: Any = None,
     **params: Any,
 ) -> PolysemanticResult:
     """Which MLP neurons load on two or more of ``labels``?
@@ -462,6 +475,8 @@ def polysemantic(
     threshold : smallest ``|loading|`` (correlation units) that counts a feature.
     permutations : sampled label shuffles per seed, for ``p_perm`` and the null check.
     seeds, seed : how many shuffle seeds, and the first.
+    client : a ``dask.distributed.Client``: each layer is tested on a worker, which opens
+        the cube's file itself (:mod:`mechwidgets.cluster`); the same numbers as without.
     **params : ``layers``, ``level`` (0.95), ``correction`` (``holm``/``bh``), ``probe``
         (``ridge``/``logistic``), ``strengths``, ``metric``.
 
@@ -497,4 +512,5 @@ def polysemantic(
         params=given,
         seed=seed,
     )
-    return cast(PolysemanticResult, run_action("polysemantic", context))
+    with using(client):
+        return cast(PolysemanticResult, run_action("polysemantic", context))

@@ -94,6 +94,12 @@ class ExtractionSpec(_Spec):
     batch_size: StrictInt = Field(32, gt=0)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
+    remote: bool | str = Field(
+        False,
+        description="run the model's traces through nnsight's remote execution: true (NDIF), "
+        "an NDIF URL ('https://host') or 'local' (nnsight's serialising test backend); "
+        "mechwidgets.models.remote",
+    )
     neurons: bool = Field(False, description="also extract MLP neuron activations")
     cache: bool = True
     unseen: Literal["error", "exclude"] = Field(
@@ -291,6 +297,7 @@ _FLAT = {
     "batch_size": ("extraction", "batch_size"),
     "dtype": ("extraction", "dtype"),
     "device": ("extraction", "device"),
+    "remote": ("extraction", "remote"),
     "neurons": ("extraction", "neurons"),
     "unseen": ("extraction", "unseen"),
     "task": ("dataset", "name"),

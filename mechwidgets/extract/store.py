@@ -371,13 +371,18 @@ class StoreWriter:
                 self._locks.rmdir()  # empty once no writer holds a batch
 
 
-def open_store(url: str | Path, layout: CubeLayout | None = None) -> xr.Dataset:
+def open_store(
+    url: str | Path, layout: CubeLayout | None = None, verified: bool = False
+) -> xr.Dataset:
     """Open a Zarr cube lazily once every batch is committed and intact.
 
     Parameters
     ----------
     url : a local path or fsspec URL of a store :func:`init_store` created.
     layout : the shape it must have; None checks only the cube contract.
+    verified : as in :func:`mechwidgets.extract.cube.open_cube`: a store of up to
+        ``VERIFY_ON_OPEN_BYTES`` is not read whole again (a dask worker opening the cube
+        its client opened); larger stores are still checked block by block as read.
 
     Raises
     ------
@@ -426,16 +431,17 @@ def open_store(url: str | Path, layout: CubeLayout | None = None) -> xr.Dataset:
         )
         blocks = checked[name].data.map_blocks(check, dtype=np.float32, meta=np.array((), "f4"))
         checked[name] = checked[name].copy(data=blocks)
-    if small:
+    if small and not verified:
         try:  # small enough to check whole now (as a netCDF cube is); then served unchecked
-            for name in names:
-                checked[name].data.compute(scheduler="synchronous")
+            for name in names:  # a shard at a time: memory stays one shard, not the cube
+                for block in checked[name].data.blocks.ravel():
+                    block.compute(scheduler="synchronous")
         except BaseException:
             ds.close()
             raise
-        cube = data.chunk({"sample": span})
-    else:  # checked block by block as read
-        cube = checked
+    # a small cube is served unchecked (checked above, or vouched for); a large one is
+    # checked block by block as read
+    cube = data.chunk({"sample": span}) if small else checked
     cube.attrs = {k: v for k, v in cube.attrs.items() if k not in STORAGE_ATTRS} | {"complete": 1}
     cube.encoding["source"] = where
     cube.set_close(ds.close)
