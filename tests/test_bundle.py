@@ -15,11 +15,11 @@ import xarray as xr
 
 from mechwidgets.actions.base import ActionResult
 from mechwidgets.core.errors import MechError
+from mechwidgets.extract.cube import activations_index
 from mechwidgets.report import bundle as bundle_mod
 from mechwidgets.report.bundle import (
     ARTIFACTS,
     BundleError,
-    activations_index,
     check_target,
     is_bundle,
     read_artifacts,

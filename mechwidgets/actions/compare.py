@@ -38,11 +38,11 @@ from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, pe
 from mechwidgets.cluster import using
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import check_params
+from mechwidgets.extract.cube import activations_index
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
     MIN_UNITS,
     ProtocolRun,
-    activations_info,
     pooled_boot,
     run_protocol,
 )
@@ -359,7 +359,7 @@ def _run_tasks(prepared: TaskPlans) -> CompareResult:
     run = ProtocolRun(
         raw, agg, renamed([r.table for r in runs]), renamed([r.predictions for r in runs]), timings
     )
-    cubes = [activations_info(p.cube) for p in prepared.plans]
+    cubes = [activations_index(p.cube) for p in prepared.plans]
     labels = [p.labels[0] for p in prepared.plans]
     result = CompareResult.from_run(run, first, data=data, labels=list(prepared.names))
     result.params |= {"cube_labels": labels}

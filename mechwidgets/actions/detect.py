@@ -22,11 +22,11 @@ from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, pe
 from mechwidgets.cluster import using
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import check_params
+from mechwidgets.extract.cube import activations_index
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
     Protocol,
     ProtocolRun,
-    activations_info,
     pooled_boot,
     resolve_labels,
     run_protocol,
@@ -110,7 +110,7 @@ class ProbeResult(ActionResult):
             params=plan.params() | params,
             predictions=run.predictions,
             timings=run.timings,
-            activations=activations_info(plan.cube),
+            activations=activations_index(plan.cube),
         )
 
     @property

@@ -476,14 +476,45 @@ def check_cube(ds: Any, need: str | None = None) -> None:
         raise CubeError(f"not an activation cube: it {problem}; build one with mechwidgets.extract")
 
 
+def activations_index(cube: xr.Dataset, variable: str = ACT) -> dict[str, Any]:
+    """Where a result's numbers came from, JSON-ready: the cube's file (None in memory),
+    the variable read, the sizes, each variable's dims and shape, the layer and component
+    coordinates and the cube's attributes (JSON-encoded ones decoded). A result's
+    ``activations`` and its bundle's ``activations_index.json`` hold this record."""
+    source = cube.encoding.get("source")
+    return {
+        "file": str(source) if source else None,
+        "variable": variable,
+        "sizes": {str(k): int(v) for k, v in cube.sizes.items()},
+        "variables": {
+            str(name): {"dims": list(var.dims), "shape": list(var.shape)}
+            for name, var in cube.data_vars.items()
+        },
+        "coords": {d: cube[d].values.tolist() for d in ("layer", "component") if d in cube.coords},
+        "attrs": {str(k): _decoded(v) for k, v in cube.attrs.items()},
+    }
+
+
+def _decoded(value: Any) -> Any:
+    """An attribute as recorded: a number or string as Python's own, a JSON-encoded
+    structure (:func:`encode_attr`) as that structure."""
+    if isinstance(value, np.generic):  # as read back from a file
+        return value.item()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
 def check_finite(x: np.ndarray, where: str) -> np.ndarray:
     """``x``, unless it holds NaN or inf values: then a one-line CubeError naming ``where``
     (e.g. ``"activations at layer 3, component 'mlp'"``) and what to do."""
     bad = x.size - int(np.count_nonzero(np.isfinite(x)))
     if bad:
         raise CubeError(
-            f"{where} hold {bad} NaN/inf values; re-extract (e.g. in float32) or drop those "
-            "samples"
+            f"{where} hold {bad} NaN/inf values; re-extract (e.g. in float32) or drop those samples"
         )
     return x
 

@@ -52,7 +52,6 @@ import fsspec
 import numpy as np
 import pandas as pd
 import vl_convert
-import xarray as xr
 
 from mechwidgets.core import locks
 from mechwidgets.core.errors import MechError
@@ -232,35 +231,6 @@ def is_bundle(path: str | Path) -> bool:
     return is_url(path) or Path(path).is_dir()
 
 
-def activations_index(cube: xr.Dataset) -> dict[str, Any]:
-    """Where a cube's numbers live: its file, cache key, variables with dims and shapes.
-
-    Parameters
-    ----------
-    cube : an activation cube (see ``mechwidgets.extract.cube``).
-
-    Returns
-    -------
-    A JSON-ready dict for ``activations_index.json`` and ``ActionResult.activations``.
-    """
-    source = cube.encoding.get("source")
-    return to_jsonable(
-        {
-            "file": str(source) if source else None,
-            "variables": {
-                str(name): {"dims": list(var.dims), "shape": list(var.shape)}
-                for name, var in cube.data_vars.items()
-            },
-            "coords": {
-                dim: cube[dim].values.tolist()
-                for dim in ("layer", "component")
-                if dim in cube.coords
-            },
-            "attrs": {str(k): _decoded(v) for k, v in cube.attrs.items()},
-        }
-    )
-
-
 def to_jsonable(obj: Any) -> Any:
     """``obj`` with numpy, pandas and path values made JSON-native; NaN and inf become None."""
     if isinstance(obj, dict):
@@ -286,16 +256,6 @@ def to_jsonable(obj: Any) -> Any:
 def dumps(obj: Any) -> str:
     """Strict JSON (no NaN tokens) of :func:`to_jsonable` ``(obj)``, indented."""
     return json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
-
-
-def _decoded(value: Any) -> Any:
-    """netCDF attrs hold structured metadata as JSON strings; record them as structures."""
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
 
 
 def check_target(path: str | Path, action: str | None = None) -> Path | str:
