@@ -241,7 +241,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     spec = DEMO_SPEC
     print(f"detect '{spec['action']['params']['label']}' in {spec['extraction']['model_name']}:")
-    print("every layer x resid/attn/mlp, controls: label_shuffle, random_subspace")
+    print(
+        "read at the verb, tokens after the subject; embedding + every layer x "
+        f"resid/attn/mlp, controls: {', '.join(spec['controls'])}"
+    )
     _print_result(run_spec(spec, output_dir=args.out))
     return 0
 
@@ -262,7 +265,7 @@ register_command(
     )
 )
 register_command(
-    Command("demo", "detect subject number in the embedded toy model", _configure_demo, _run_demo)
+    Command("demo", "detect subject animacy in the embedded toy model", _configure_demo, _run_demo)
 )
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def test_token_view_names_classes_and_predicts_at_the_read_token(grammar):
     view = token_scores(model, cube, "subject_number", layer=2, k=20)
     assert view.classes == ("singular", "plural")
     right = [row["label"] == row["predicted"] for row in view.rows]
-    assert len(right) == 20 and np.mean(right) >= 0.9  # the demo decodes it above 90%
+    assert len(right) == 20 and np.mean(right) >= 0.9  # toy-grammar carries it above 90%
     frame = view.frame()
     assert frame["read"].sum() == 20 and frame["score"].between(0, 1).all()
     page = html.unescape(view._repr_html_())
