@@ -85,3 +85,47 @@ def test_pythia_notebook_runs_where_the_weights_are_cached(tmp_path):
         )
     done = run_nbval(PYTHIA_NOTEBOOK, tmp_path / "cache", "--nbval-lax")
     assert done.returncode == 0, f"pythia70m.ipynb failed:\n{done.stdout[-20000:]}{done.stderr}"
+
+
+#: a small notebook of every widget kind: a result (its chart widget), a LayerExplorer
+#: and a Launcher, on a planted cube so it runs in seconds
+WIDGET_CELLS = [
+    "import mechwidgets as mw\n"
+    "from mechwidgets.actions.detect import detect\n"
+    "from mechwidgets.probes.synthetic import planted_cube\n"
+    "cube = planted_cube({'number': {2: 3.0}}, n_samples=200, n_layers=3, dim=16)\n"
+    "res = detect(cube, 'number', seeds=1, controls=('label_shuffle',))\n"
+    "res",
+    "mw.widgets.LayerExplorer(res)",
+    "mw.widgets.Launcher()",
+]
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.mark.slow
+def test_nbconvert_html_of_an_executed_notebook_shows_each_widgets_fallback(tmp_path, monkeypatch):
+    import nbformat
+    from bs4 import BeautifulSoup
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in WIDGET_CELLS]
+    monkeypatch.setenv("MECHWIDGETS_CACHE", str(tmp_path / "cache"))  # the kernel inherits it
+    NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3", store_widget_state=False).execute()
+    widgets = [o for c in nb.cells for o in c.outputs if WIDGET_VIEW in o.get("data", {})]
+    # each widget output carries its fallbacks: a PNG of the chart (not the launcher's
+    # form) and a one-line text summary (not "<... object at 0x...>")
+    assert [o["data"]["text/plain"].split("(")[0].split(":")[0] for o in widgets] == [
+        "ChartView",
+        "LayerExplorer",
+        "Launcher",
+    ]
+    assert all("image/png" in o["data"] for o in widgets[:2])
+    assert "on toy-grammar" in widgets[2]["data"]["text/plain"]
+    page = BeautifulSoup(HTMLExporter().from_notebook_node(nb)[0], "html.parser")
+    images = [img["src"] for img in page.select(".jp-OutputArea-output img")]
+    assert len(images) == 2 and all(src.startswith("data:image/png;base64,") for src in images)
+    text = page.get_text()
+    assert "object at 0x" not in text and "Launcher: detect on toy-grammar" in text
+    assert "number' is decodable" in text  # the verdict, as text

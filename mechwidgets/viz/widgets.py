@@ -57,9 +57,8 @@ class LayerExplorer(anywidget.AnyWidget):
     Parameters
     ----------
     result : an action result (anything with a tidy ``.table``; its ``.predictions`` with
-        ``layer, component, y_true, y_score`` give the per-class histograms; a
-        ``patching_grid(layer, component)`` method returning a 2-D ``xarray.DataArray``,
-        or a localize result's ``impact`` drops, give the grid shown instead; a localize
+        ``layer, component, y_true, y_score`` give the per-class histograms; a localize
+        result's ``impact`` drops give the grid shown instead; a localize
         ranking plots its ``effect``; a polysemantic result plots each feature's probe
         score on the neurons per layer and, for a clicked layer, its top neurons'
         loadings) or a bare table with :data:`TABLE_COLUMNS`.
@@ -293,7 +292,7 @@ class LayerExplorer(anywidget.AnyWidget):
         if grid is None:
             return self._show_nothing(f"{where}: no patching grid for this component")
         if grid.ndim != 2:
-            raise WidgetError(f"patching_grid must return a 2-D DataArray, got dims {grid.dims}")
+            raise WidgetError(f"a cell's grid must be a 2-D DataArray, got dims {grid.dims}")
         rows_dim, cols_dim = grid.dims
         self.detail_kind = "grid"
         self.detail_title = (
@@ -379,11 +378,8 @@ def _neuron_grid(result: Any, layer: int, comp: str) -> xr.DataArray | None:
 
 
 def _grid_source(result: Any) -> Any:
-    """What draws a clicked cell's grid: the result's ``patching_grid``, a localize
-    result's drops, a polysemantic result's top neurons; None for histograms."""
-    hook = getattr(result, "patching_grid", None)
-    if callable(hook):
-        return hook
+    """What draws a clicked cell's grid: a localize result's drops, a polysemantic
+    result's top neurons; None for histograms."""
     if _has_impact(result):
         return lambda layer, comp: _impact_grid(result, layer, comp)
     if _is_polysemantic(result):
@@ -446,7 +442,7 @@ class Launcher(ipywidgets.VBox):
         )
         self.action = ipywidgets.Dropdown(
             options=actions,
-            value=actions[0] if actions else None,
+            value="detect" if "detect" in actions else (actions[0] if actions else None),
             description="action",
             style=wide,
         )
@@ -505,6 +501,18 @@ class Launcher(ipywidgets.VBox):
         ]
         bar = ipywidgets.HBox([self.run_button, self.cancel_button, self.progress, self.status])
         super().__init__(children=[*form, bar, self.output], **kwargs)
+
+    def __repr__(self) -> str:
+        last = self.result.verdict() if self.result is not None else "no run yet"
+        return (
+            f"Launcher: {self.action.value} on {self.model.value} \u00d7 {self.task.value} "
+            f"(a form; it runs in a live notebook kernel); last run: {last}"
+        )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """The form, and where widgets cannot run (nbconvert, GitHub) a one-line summary."""
+        data = super()._repr_mimebundle_(**kwargs)
+        return None if data is None else {**data, "text/plain": repr(self)}
 
     def _params(self) -> dict[str, Any]:
         """The chosen action's parameters (name -> pydantic field, with its default), from
