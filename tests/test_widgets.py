@@ -23,6 +23,7 @@ from mechwidgets.actions.base import ActionResult
 from mechwidgets.core import registry
 from mechwidgets.core.errors import MechError, SpecError
 from mechwidgets.core.params import Params
+from mechwidgets.core.specs import RunSpec
 from mechwidgets.viz.widgets import STATIC, Launcher, LayerExplorer, RunCancelled, WidgetError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -402,7 +403,7 @@ def test_launcher_form_values_become_the_flat_runspec(launcher):
         "n": 2000,
         "controls": ["label_shuffle", "random_subspace"],
     }
-    nested = mw.core.specs.RunSpec.from_dict(spec)
+    nested = RunSpec.from_dict(spec)
     assert nested.extraction.selectors == ["resid:0-3", "mlp:0-3", "head:0-3"]
     assert nested.extraction.model_name == "toy-induction"
     assert nested.action.name == "widget_probe"
@@ -572,7 +573,7 @@ def toy_launcher(n: int = 320) -> Launcher:
 
 def test_launcher_has_one_bar_that_moves_with_each_extraction_batch(cache, capfd):
     ui = toy_launcher()
-    n_batches = -(-ui.n.value // mw.core.specs.RunSpec.from_dict(ui.spec()).extraction.batch_size)
+    n_batches = -(-ui.n.value // RunSpec.from_dict(ui.spec()).extraction.batch_size)
     seen = []  # (fraction, stage, Run disabled, Cancel enabled) at each move of the bar
     ui.progress.observe(
         lambda change: seen.append(
