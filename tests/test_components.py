@@ -8,6 +8,7 @@ from mechwidgets.core.components import (
     expand_selectors,
     parse_layers,
     parse_selector,
+    table_components,
 )
 from mechwidgets.core.errors import SelectorError
 
@@ -86,3 +87,20 @@ def test_out_of_range_fails_against_the_model_shape(text, phrase):
         parse_selector(text).expand(SHAPE)
     assert phrase in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_cube_component_name_reads_back_as_its_component():
+    for comp in (
+        LayerComponent("residual", -1),
+        LayerComponent("attention", 2),
+        LayerComponent("attention_head", 1, head=11),
+        LayerComponent("mlp_neuron", 0, neuron=187),
+    ):
+        assert LayerComponent.from_name(comp.name, comp.layer) == comp
+    table = {"layer": [1, 3], "component": ["head.3", "mlp"]}
+    heads = [c.head for c in table_components(table)]
+    assert heads == [3, None]
+    assert str(table_components(table)[0]) == "head:1.3"  # the one display format
+    for bad in ("head", "resid.2", "heads.1", "head.x"):
+        with pytest.raises(SelectorError, match="unknown component name"):
+            LayerComponent.from_name(bad, 0)

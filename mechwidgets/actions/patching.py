@@ -32,6 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction, RunContext
+from mechwidgets.core.components import table_components
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import Needs, check_params, load, registration
 from mechwidgets.data.catalog import PromptPairs
@@ -215,13 +216,13 @@ class PatchResult(ActionResult):
 
     def chart(self) -> Any:
         """Effect per layer x component (x position) for the residual, attention and MLP."""
-        return self._heatmap(~self.table["component"].str.startswith("head."), "streams")
+        return self._heatmap(~self._heads(), "streams")
 
     def charts(self) -> dict[str, Any]:
         """The streams heatmap; the heads heatmap when heads were patched; attribution
         against activation patching per cell when both ran."""
         out = {"main": self.chart()}
-        heads = self.table["component"].str.startswith("head.")
+        heads = self._heads()
         if heads.any():
             out["heads"] = self._heatmap(heads, "heads")
         if self.agreement:
@@ -235,15 +236,21 @@ class PatchResult(ActionResult):
             )
         return out
 
+    def _heads(self) -> pd.Series:
+        """Which rows are attention heads."""
+        kinds = [c.kind for c in table_components(self.table)]
+        return pd.Series([k == "attention_head" for k in kinds], self.table.index, dtype=bool)
+
     def _heatmap(self, rows: pd.Series, what: str) -> Any:
         df = self.table[rows].copy()
+        comps = table_components(df)
         title = f"{self.method} patching ({self.direction}): share {MEANING[self.direction]}"
         if (df["position"] >= 0).any():
             df["where"] = df["position"].astype(str) + " " + df["token"]
-            df["site"] = "L" + df["layer"].astype(str) + " " + df["component"]
+            df["site"] = [str(c) for c in comps]
             return heatmap(df, x="where", y="site", value="effect", title=title)
         if what == "heads":
-            df["head"] = df["component"].str.removeprefix("head.").astype(int)
+            df["head"] = [c.head for c in comps]
             return heatmap(df, x="head", y="layer", value="effect", title=title)
         return heatmap(df, x="component", y="layer", value="effect", title=title)
 

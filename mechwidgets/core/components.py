@@ -1,10 +1,15 @@
-"""Typed component selectors.
+"""Components and typed component selectors: the one vocabulary of where in a layer.
 
 User-facing strings are parsed once, at the edge, into typed values; analysis code
 never handles hook-name strings. A :class:`Selector` is what a string says
 (``"resid:0-5"``, ``"attn:all"``, ``"mlp:2,4"``, ``"head:3.2"``, ``"neuron:2.187"``);
 :meth:`Selector.expand` checks it against a model's shape and yields
-:class:`LayerComponent` values.
+:class:`LayerComponent` values. A component has one cube name (``resid``, ``attn``,
+``mlp``, ``head.H``, ``neuron.N``: :attr:`LayerComponent.name`, read back by
+:meth:`LayerComponent.from_name`), one display format, its selector
+(``str(component)``: ``"head:3.2"``), and one reading order (:func:`component_key`).
+Where a component lives in the model (a block's output, an attention output
+projection's input) is the intervention engine's (:mod:`mechwidgets.intervene.sites`).
 
 >>> shape = ModelShape(n_layers=6, n_heads=8, d_mlp=2048)
 >>> parse_selector("head:3.2").expand(shape)
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from mechwidgets.core.errors import SelectorError
 
@@ -32,6 +37,9 @@ PREFIXES: dict[str, Kind] = {
 #: the one reading order of components (tables, charts, grids, widgets): the streams,
 #: then heads and neurons, each by index (:func:`component_key`)
 COMPONENT_ORDER: tuple[str, ...] = tuple(PREFIXES)
+#: the three streams every layer has, each ``d_model`` wide: the residual stream (block
+#: output) and the attention and MLP writes into it; heads and neurons are finer parts
+STREAMS: tuple[str, ...] = COMPONENT_ORDER[:3]
 #: the layer index of the embedding output: the residual stream entering block 0 (token
 #: embeddings, plus position embeddings and LayerNorm where the family has them)
 EMBED = -1
@@ -69,7 +77,28 @@ class LayerComponent:
             return f"neuron.{self.neuron}"
         return prefix_of(self.kind)
 
+    @classmethod
+    def from_name(cls, name: str, layer: int) -> LayerComponent:
+        """The component a cube component name (:attr:`name`) names at ``layer``.
+
+        >>> LayerComponent.from_name("head.3", 1)
+        LayerComponent(kind='attention_head', layer=1, head=3, neuron=None)
+        """
+        prefix, dot, index = str(name).partition(".")
+        kind = PREFIXES.get(prefix)
+        split = kind in ("attention_head", "mlp_neuron")
+        if kind is None or split != bool(dot) or (dot and not index.isdigit()):
+            raise SelectorError(
+                f"unknown component name {name!r}: use resid, attn, mlp, head.H or neuron.N"
+            )
+        if kind == "attention_head":
+            return cls(kind, int(layer), head=int(index))
+        if kind == "mlp_neuron":
+            return cls(kind, int(layer), neuron=int(index))
+        return cls(kind, int(layer))
+
     def __str__(self) -> str:
+        """The display format of a component everywhere: its selector, ``head:3.2``."""
         if self.kind == "attention_head":
             return f"head:{self.layer}.{self.head}"
         if self.kind == "mlp_neuron":
@@ -87,6 +116,13 @@ def component_key(name: str) -> tuple[int, int, str]:
     prefix, _, index = name.partition(".")
     rank = COMPONENT_ORDER.index(prefix) if prefix in COMPONENT_ORDER else len(COMPONENT_ORDER)
     return rank, int(index) if index.isdigit() else -1, name
+
+
+def table_components(table: Any) -> list[LayerComponent]:
+    """The component of each row of a tidy table with ``layer`` and ``component`` (cube
+    name) columns: how a table's ``"head.3"`` is read back, never by string surgery."""
+    pairs = zip(table["layer"], table["component"], strict=True)
+    return [LayerComponent.from_name(name, layer) for layer, name in pairs]
 
 
 def prefix_of(kind: Kind) -> str:

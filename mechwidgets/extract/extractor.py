@@ -33,7 +33,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from mechwidgets import cluster
-from mechwidgets.core.components import EMBED, expand_selectors, without_embed
+from mechwidgets.core.components import EMBED, STREAMS, expand_selectors, without_embed
 from mechwidgets.core.errors import ModelError, SelectorError, SpecError, TaskError
 from mechwidgets.data.positions import (
     Position,
@@ -60,8 +60,6 @@ from mechwidgets.extract.unseen import Unseen, visible
 from mechwidgets.models.loading import Model
 from mechwidgets.probes.controls import WORDTYPE_PREFIX
 
-#: residual-stream components in the order the cube stores them
-STREAMS = ("resid", "attn", "mlp")
 #: batches above which a progress bar is shown when ``progress`` is None
 PROGRESS_MIN_BATCHES = 4
 #: per-sample coordinates extraction records: the token each sample is read at

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from mechwidgets.core.components import EMBED, PREFIXES, LayerComponent
+from mechwidgets.core.components import EMBED, PREFIXES, STREAMS, LayerComponent
 from mechwidgets.core.errors import SpecError
 
 if TYPE_CHECKING:
@@ -176,9 +176,6 @@ def span_loss(mask: np.ndarray) -> SpanLoss:
 #: how a probe readout is scored
 ProbeScore = Literal["logit", "margin", "accuracy"]
 PROBE_SCORES = ("logit", "margin", "accuracy")
-#: components a probe or hidden-state metric can read: the residual stream and the
-#: attention and MLP writes, each (.., d_model)
-READABLE = ("resid", "attn", "mlp")
 
 
 @dataclass(frozen=True)
@@ -211,9 +208,9 @@ class HiddenState:
 def _component(layer: Any, component: str) -> LayerComponent:
     """The stream a probe or hidden-state metric reads: a block's output or write, or the
     embedding output (``"embed"`` or -1, the cube's embedding layer); checked at bind."""
-    if component not in READABLE:
+    if component not in STREAMS:  # each (.., d_model), as the probe's weights
         raise SpecError(
-            f"a probe or hidden-state metric reads one of {', '.join(READABLE)}, got {component!r}"
+            f"a probe or hidden-state metric reads one of {', '.join(STREAMS)}, got {component!r}"
         )
     if layer == "embed":
         layer = EMBED

@@ -28,6 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mechwidgets.core.components import STREAMS
 from mechwidgets.core.errors import MechError
 
 #: class 0 and class 1 colours (RGB) of the token backgrounds
@@ -138,7 +139,7 @@ def token_scores(
     """
     if label not in cube.coords and label not in cube:
         raise TokenViewError(f"the cube has no label {label!r}; pass one of its labels")
-    if component not in ("resid", "attn", "mlp"):
+    if component not in STREAMS:
         raise TokenViewError(f"the token view reads resid, attn or mlp, not {component!r}")
     if layer not in cube["layer"].values or component not in cube["component"].values:
         raise TokenViewError(

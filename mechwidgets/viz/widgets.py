@@ -30,7 +30,7 @@ import pandas as pd
 import traitlets
 import xarray as xr
 
-from mechwidgets.core.components import component_key
+from mechwidgets.core.components import STREAMS, component_key
 from mechwidgets.core.errors import MechError, SpecError
 from mechwidgets.viz.samples import class_name, class_names
 
@@ -38,8 +38,6 @@ STATIC = Path(__file__).parent / "static"
 #: the columns every action result's ``.table`` has (extras may follow)
 TABLE_COLUMNS = ("label", "layer", "component", "control", "score", "ci_low", "ci_high")
 _GRID_VALUES = ["score", "ci_low", "ci_high"]
-#: components the token view reads (it runs the model, so no per-head slices)
-TOKEN_COMPONENTS = ("resid", "attn", "mlp")
 
 
 class WidgetError(MechError, ValueError):
@@ -276,7 +274,8 @@ class LayerExplorer(anywidget.AnyWidget):
             parts = [samples.to_html()]
         except MechError as exc:  # e.g. texts that do not match the predictions: say so
             parts = [f"<p>sentences: {html.escape(_one_line(exc))}</p>"]
-        if self._model is not None and self._cube is not None and comp in TOKEN_COMPONENTS:
+        # the token view runs the model on a stream (no per-head slices)
+        if self._model is not None and self._cube is not None and comp in STREAMS:
             from mechwidgets.viz.tokens import token_scores
 
             try:
