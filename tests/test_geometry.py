@@ -9,6 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from mechwidgets.analysis import geometry
 from mechwidgets.analysis.geometry import STREAM_LAYERS, cka, cka_matrix
 from mechwidgets.core.errors import SpecError
 
@@ -131,3 +132,23 @@ def test_memory_stays_within_two_layers_not_one_gram_per_layer(rng, n, d):
     # one float64 Gram per layer would be 6 * n^2 * 8 bytes: 17 MB at n = 600
     assert peak <= 2 * two_layers + 2**20, (peak, two_layers)
     np.testing.assert_allclose(np.diag(got), 1.0)
+
+
+def test_float32_gram_tiles_match_float64(rng, monkeypatch):
+    """A large Gram route forms its tiles in float32 (sums in float64): the same CKA to
+    1e-7, even with offsets a thousand times the spread and one dominant dimension, as
+    real residual streams have; below the threshold every product stays float64."""
+    n, widths = 200, (300, 256, 300)
+    base = rng.normal(size=(n, max(widths)))
+    reps = {}
+    for i, w in enumerate(widths):
+        x = base[:, :w] + 0.5 * rng.normal(size=(n, w))
+        x[:, 0] *= 30.0  # a dominant dimension
+        reps[i] = (x + 1000.0 * rng.normal(size=w)).astype(np.float32)  # large offsets
+    exact = cka_matrix(reps)
+    assert exact.attrs["products"] == "float64"
+    monkeypatch.setattr(geometry, "FLOAT32_ABOVE", 0)
+    fast = cka_matrix(reps)
+    assert fast.attrs["products"] == "float32"
+    np.testing.assert_allclose(fast.values, exact.values, rtol=0, atol=1e-7)
+    assert np.abs(exact.values[np.triu_indices(len(widths), 1)]).max() > 0.1  # not all ~0
