@@ -206,7 +206,7 @@ def _run_chunk(
     by_site: dict[SiteKey, list[tuple[int, Cell]]] = {}
     for index, cell in enumerate(chunk):
         by_site.setdefault(cell.site, []).append((index, cell))
-    read_key = None if readout is None else site_of(LayerComponent("residual", readout))
+    reads = set() if readout is None else {site_of(LayerComponent("residual", readout))}
     scored = _scored_sites(model, scorers)
     readers = [metric_reader(model, s, k) for s in scorers]
     read_at = (torch.arange(k * n), prompts.read.repeat(k).cpu())
@@ -218,10 +218,10 @@ def _run_chunk(
             key if key in sourced else None,
             source.site or key,
             [_editor(model, index * n, cell, prompts) for index, cell in by_site.get(key, [])],
-            key == read_key,
+            key in reads,
             scored.get(key, []),
         )
-        for key in sorted(set(by_site) | sourced | set(scored) | ({read_key} - {None}))
+        for key in sorted(set(by_site) | sourced | set(scored) | reads)
     ]
     with torch.no_grad(), model.trace(**inputs) as tracer:
         out = nnsight.save({"values": [None] * len(readers)})

@@ -25,6 +25,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from mechwidgets.analysis.statistics import bootstrap_weights, percentile_interval
 from mechwidgets.core.errors import SpecError
+from mechwidgets.core.params import GRID_AXES
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.intervene.edits import Cell, capture
@@ -32,8 +33,6 @@ from mechwidgets.intervene.metrics import describe, differentiable
 from mechwidgets.intervene.pairs import Direction, PairedPrompts, prepare_pairs
 from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.sites import components_of
-
-GRID_AXES = ("layer", "component", "position")
 
 
 @dataclass(frozen=True)

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from mechwidgets.core.errors import SpecError, TaskError
+from mechwidgets.core.params import DIRECTIONS
+from mechwidgets.core.params import Direction as Direction
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.scoring import Scorer, bind
-
-Direction = Literal["denoise", "noise"]
-DIRECTIONS = ("denoise", "noise")
 
 
 @dataclass(frozen=True)

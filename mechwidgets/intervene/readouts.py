@@ -46,8 +46,8 @@ def patched_readouts(
             model, texts, None if positions is None else positions[index], index, len(task)
         )
         acts, _ = capture(model, prompts, [src_key, read_key])
-        source = Source(prompts, site=src_key)  # each prompt's own stream at the source
-        _, reads = run_cells(model, prompts, cells, source, [], readout=readout)
+        own = Source(prompts, site=src_key)  # each prompt's own stream at the source layer
+        _, reads = run_cells(model, prompts, cells, own, [], readout=readout)
         assert reads is not None
         found = {
             "before": acts[read_key],

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mechwidgets.core.errors import SpecError, TaskError
+from mechwidgets.core.params import ABLATIONS as ABLATIONS
 from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.sites import SiteKey
 
@@ -66,13 +67,11 @@ class Source:
                 mean = (x.float() * mask).sum(0) / mask.sum(0).clamp(min=1)
                 return mean.to(x.dtype).expand_as(x)
             if how == "rows":
+                assert index is not None  # ablation_source gives resampling its donors
                 return x[index.to(x.device)]
             return x
 
         return make
-
-
-ABLATIONS = ("zero", "mean", "resample")
 
 
 def ablation_source(
@@ -89,8 +88,10 @@ def ablation_source(
     classes : for ``resample``, draw each donor from another class (an interchange
         intervention: the activation of a prompt whose feature differs).
     """
-    if how in ("zero", "mean"):
-        return Source(prompts, how)
+    if how == "zero":
+        return Source(prompts, "zero")
+    if how == "mean":
+        return Source(prompts, "mean")
     if how == "resample":
         index = torch.as_tensor(donors(prompts, seed, classes))
         return Source(prompts, "rows", index)
