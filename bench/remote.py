@@ -25,40 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-import nnsight
 import numpy as np
 import torch
-from nnsight.intervention.backends.local import LocalSimulationBackend
 
 sys.path.insert(0, str(Path(__file__).parent))
 from extract import pythia70m_shaped, random_texts  # noqa: E402  (the shared bench model)
 
 import mechwidgets as mw  # noqa: E402
-from mechwidgets.models.remote import returned_bytes  # noqa: E402
-
-TRACES: list[list[object]] = []
-
-
-def record() -> None:
-    """Count remote traces and keep what each saves (patched like tests/test_remote.py)."""
-    run, save = LocalSimulationBackend.__call__, nnsight.save
-    active: list[bool] = []
-
-    def counted(self: LocalSimulationBackend, tracer: object) -> None:
-        TRACES.append([])
-        active.append(True)
-        try:
-            run(self, tracer)
-        finally:
-            active.pop()
-
-    def recorded(value: object) -> object:
-        if active:  # saved inside a remote trace, not a local one
-            TRACES[-1].append(value)
-        return save(value)
-
-    LocalSimulationBackend.__call__ = counted  # type: ignore[method-assign]
-    nnsight.save = recorded
+from mechwidgets.models.remote import recorded_traces, returned_bytes  # noqa: E402
 
 
 def timed(fn):  # noqa: ANN001, ANN201
@@ -72,7 +46,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    record()
+    with recorded_traces() as traces:
+        print(json.dumps(measure(traces), indent=1))
+
+
+def measure(traces: list[list[object]]) -> dict[str, dict]:
+    """Extraction and patching, local against remote="local", with what each trace saved."""
     local = pythia70m_shaped()
     twin = pythia70m_shaped()  # same seed, same weights, its own nnsight wrapper
     remote = mw.load_model(twin.hf, tokenizer=twin.tokenizer, remote="local")
@@ -84,8 +63,8 @@ def main() -> None:
     b, remote_s = timed(lambda: mw.extract(remote, texts, cache=False, **kw)["act"].values)
     sites = 1 + 3 * layers
     extract = {
-        "batches": len(TRACES),
-        "returned_bytes_per_batch": int(np.median([returned_bytes(t) for t in TRACES])),
+        "batches": len(traces),
+        "returned_bytes_per_batch": int(np.median([returned_bytes(t) for t in traces])),
         "full_hidden_bytes_per_batch": batch * seq * sites * d * 4,
         "max_abs_diff": float(np.nanmax(np.abs(a - b))),
         "local_s": round(local_s, 2),
@@ -93,7 +72,7 @@ def main() -> None:
     }
     extract["ratio"] = extract["returned_bytes_per_batch"] / extract["full_hidden_bytes_per_batch"]
 
-    TRACES.clear()
+    traces.clear()
     clean = random_texts(16, 16, seed=2)
     corrupt = [" ".join(["w3", *t.split()[1:]]) for t in clean]
     words = clean[0].split()
@@ -101,7 +80,7 @@ def main() -> None:
     pk = dict(behavior=behavior, grid=("layer", "component"), components=("resid", "attn", "mlp"))
     pa, p_local_s = timed(lambda: mw.patch(local, clean, corrupt, resamples=100, **pk).table)
     pb, p_remote_s = timed(lambda: mw.patch(remote, clean, corrupt, resamples=100, **pk).table)
-    per_trace = [returned_bytes(t) for t in TRACES]
+    per_trace = [returned_bytes(t) for t in traces]
     patch = {
         "traces": len(per_trace),
         "returned_bytes_per_trace": per_trace,
@@ -110,7 +89,7 @@ def main() -> None:
         "local_s": round(p_local_s, 2),
         "remote_local_s": round(p_remote_s, 2),
     }
-    print(json.dumps({"extract": extract, "patch": patch}, indent=1))
+    return {"extract": extract, "patch": patch}
 
 
 if __name__ == "__main__":

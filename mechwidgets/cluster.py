@@ -90,12 +90,13 @@ def show_progress(client: Any, futures: list) -> None:
     if not in_notebook():
         return
     from dask.distributed import progress
+    from IPython.display import display
 
     link = dashboard(client)
     if link and client.id not in _SHOWN:
         _SHOWN.add(client.id)
         print(f"dask dashboard: {link}")
-    progress(futures, notebook=True)
+    display(progress(futures, notebook=True))  # in a notebook, progress() returns the widget
 
 
 def current() -> Any:

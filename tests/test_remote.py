@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 import nnsight
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from nnsight.intervention.backends.local import LocalSimulationBackend
 
 import mechwidgets as mw
 from mechwidgets.actions.localize import localize
 from mechwidgets.actions.recovery import recovery_test
 from mechwidgets.core.errors import ModelError
-from mechwidgets.models.remote import returned_bytes
+from mechwidgets.models.remote import recorded_traces, returned_bytes
 
 TOL = 1e-5
 
@@ -37,28 +37,10 @@ def induction() -> tuple[mw.Model, mw.Model]:
 
 
 @pytest.fixture
-def shipped(monkeypatch: pytest.MonkeyPatch) -> list[list[object]]:
+def shipped() -> Iterator[list[list[object]]]:
     """One entry per trace run through the remote backend: the values it saved."""
-    traces: list[list[object]] = []
-    run, save = LocalSimulationBackend.__call__, nnsight.save
-    active: list[bool] = []
-
-    def counted(self: LocalSimulationBackend, tracer: object) -> None:
-        traces.append([])
-        active.append(True)
-        try:
-            run(self, tracer)
-        finally:
-            active.pop()
-
-    def recorded(value: object) -> object:
-        if active:  # saved inside a remote trace, not a local one
-            traces[-1].append(value)
-        return save(value)
-
-    monkeypatch.setattr(LocalSimulationBackend, "__call__", counted)
-    monkeypatch.setattr(nnsight, "save", recorded)
-    return traces
+    with recorded_traces() as traces:
+        yield traces
 
 
 def same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -177,3 +159,28 @@ def test_a_self_hosted_ndif_without_the_hub_fails_in_one_line():
     with pytest.raises(ModelError, match="cannot read the config") as err:
         mw.load_model("EleutherAI/pythia-70m", remote="https://ndif.example")
     assert "\n" not in str(err.value)
+
+
+def test_a_runspec_runs_its_model_remotely(shipped, cache):
+    """``extraction.remote`` (or the flat ``remote:`` key) loads the model remotely: the
+    run's traces go through the remote backend and its numbers equal a local run's."""
+    from mechwidgets.core.specs import RunSpec
+    from mechwidgets.runner import run_spec
+
+    spec = {
+        "dataset": {"name": "subject_number", "n": 80},
+        "extraction": {"model_name": "toy-grammar", "selectors": ["resid:all"], "cache": False},
+        "action": {"name": "detect", "params": {"seeds": 1, "permutations": 20, "resamples": 100}},
+        "controls": ["label_shuffle"],
+    }
+    local = run_spec(spec)
+    assert not shipped
+    remote = run_spec({**spec, "extraction": {**spec["extraction"], "remote": "local"}})
+    assert len(shipped) == 3  # the 80 texts in batches of 32, each a remote trace
+    same_numbers(local.table, remote.table)
+    assert remote.spec["extraction"]["remote"] == "local"
+    flat = RunSpec.from_dict({"model": "toy-grammar", "remote": "local", "task": "subject_number",
+                      "action": "detect"})  # fmt: skip
+    assert flat.extraction.remote == "local"
+    with pytest.raises(ModelError, match="not a remote setting"):
+        run_spec({**spec, "extraction": {**spec["extraction"], "remote": "ndif"}})

@@ -123,6 +123,38 @@ def test_bundle_round_trip_through_s3(s3, toy, cache):
         assert secret.encode() not in everything
 
 
+def test_run_spec_and_the_cli_write_their_bundles_to_s3(s3, cache, tmp_path, capsys):
+    import yaml
+
+    from mechwidgets.runner import run_spec
+
+    spec = {
+        "dataset": {"name": "subject_number", "n": N},
+        "extraction": {"model_name": "toy-grammar", "selectors": ["resid:all"]},
+        "action": {"name": "detect", "params": {"label": "subject_number", "seeds": 1,
+                                                 "permutations": 20, "resamples": 100}},
+        "controls": ["label_shuffle"],
+    }  # fmt: skip
+    url = f"s3://{BUCKET}/runs/spec"
+    result = run_spec(spec, output_dir=url)
+    assert result.spec["output_dir"] == url
+    assert read_artifacts(url)["spec"]["output_dir"] == url
+    assert s3.exists(f"{BUCKET}/runs/spec/report.html")
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**spec, "output_dir": f"s3://{BUCKET}/runs/cli"}))
+    assert main(["run", str(config)]) == 0  # the config's output_dir
+    assert read_artifacts(f"s3://{BUCKET}/runs/cli")["action"] == "detect"
+    assert main(["run", str(config), "--out", f"s3://{BUCKET}/runs/out"]) == 0
+    assert f"bundle: s3://{BUCKET}/runs/out (open s3://{BUCKET}/runs/out/report.html)" in (
+        capsys.readouterr().out
+    )
+    assert read_artifacts(f"s3://{BUCKET}/runs/out")["action"] == "detect"
+    s3.pipe_file(f"{BUCKET}/runs/mine/notes.txt", b"keep me")
+    with pytest.raises(BundleError, match="not part of a bundle"):  # refused before the work
+        run_spec(spec, output_dir=f"s3://{BUCKET}/runs/mine")
+
+
 def test_credentials_in_a_url_are_redacted():
     assert redact(f"s3://{KEY_ID}:{SECRET}@{BUCKET}/x.zarr") == f"s3://{BUCKET}/x.zarr"
     assert redact("/data/cube.zarr") == "/data/cube.zarr"

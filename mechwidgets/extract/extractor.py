@@ -276,7 +276,9 @@ def extract(
                     job = (plan, texts, index, padding_side)
                     cluster.write_on_workers(client, model, str(path), list(batches), job, show)
                     # (that consumed `batches`: the loop below has nothing left to do)
-                bar = tqdm(batches, desc="extract", unit="batch", disable=not show)
+                bar = tqdm(
+                    batches, desc="extract", unit="batch", disable=not show or client is not None
+                )
                 for done, (start, stop) in enumerate(bar, start=1):
                     part = None if index is None else index[start:stop]
                     values = compute_batch(model, plan, texts[start:stop], part, padding_side)

@@ -488,8 +488,10 @@ def convert_cube(src: str | Path, dst: str | Path, batch_rows: int | None = None
             source.sizes.get("dim", 0),
             tuple(int(x) for x in source["neuron"].values) if NEURONS in source else None,
         )
-        per_sample = {
-            str(c): source[c].values for c in source.coords if source[c].dims == ("sample",)
+        per_sample = {  # in native byte order (Zarr stores little-endian; netCDF4 warns)
+            str(c): _native(source[c].values)
+            for c in source.coords
+            if source[c].dims == ("sample",)
         }
         attrs = {k: v for k, v in source.attrs.items() if k not in ("complete", "format_version")}
         rows = batch_rows or source.chunks["sample"][0]
@@ -501,3 +503,7 @@ def convert_cube(src: str | Path, dst: str | Path, batch_rows: int | None = None
     finally:
         source.close()
     return dst
+
+
+def _native(values: np.ndarray) -> np.ndarray:
+    return values.astype(values.dtype.newbyteorder("=")) if values.dtype.kind in "iuf" else values

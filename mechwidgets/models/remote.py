@@ -20,7 +20,9 @@ values (:func:`returned_bytes` measures it).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +112,41 @@ def returned_bytes(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return sum(returned_bytes(v) for v in value)
     return 0
+
+
+@contextlib.contextmanager
+def recorded_traces() -> Iterator[list[list[Any]]]:
+    """Within the block, every trace run through nnsight's ``remote="local"`` backend adds
+    the list of values it saved (what NDIF would send back) to the yielded list; values
+    saved in local traces are not recorded. For tests and ``bench/remote.py``.
+
+    >>> with recorded_traces() as traces:
+    ...     extract(remote_model, task)
+    >>> [returned_bytes(saved) for saved in traces]
+    """
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    traces: list[list[Any]] = []
+    active: list[bool] = []
+    run, save = LocalSimulationBackend.__call__, nnsight.save
+
+    def counted(self: LocalSimulationBackend, tracer: Any) -> None:
+        traces.append([])
+        active.append(True)
+        try:
+            run(self, tracer)
+        finally:
+            active.pop()
+
+    def recorded(value: Any) -> Any:
+        if active:  # saved inside a remote trace, not a local one
+            traces[-1].append(value)
+        return save(value)
+
+    LocalSimulationBackend.__call__ = counted  # type: ignore[method-assign]
+    nnsight.save = recorded
+    try:
+        yield traces
+    finally:
+        LocalSimulationBackend.__call__ = run  # type: ignore[method-assign]
+        nnsight.save = save
