@@ -1,13 +1,16 @@
-"""LayerExplorer in a real browser: JupyterLab driven by headless Debian Chromium.
+"""The widgets in a real browser: JupyterLab and Notebook 7 driven by headless Chromium.
 
-Starts JupyterLab on a free localhost port in a temporary folder, opens a notebook that
+Starts each frontend on a free localhost port in a temporary folder, opens a notebook that
 builds a LayerExplorer over a synthetic result (no model needed), a detect result's rich
-display, toy-induction's attention view and toy-grammar's token view, runs all cells, and
-checks that every heatmap cell is drawn, that hovering shows the CI and that a click
-changes ``selected`` in the kernel (an observer there writes it to a file) and brings the
-probe's histograms back; that the result's chart widget (vega bundled, no CDN) shows a
-tooltip on hover, offers its export menu and clips no text, with no request leaving
-localhost; and that the attention and token views render. Screenshots go to docs/img/.
+display, toy-induction's attention view and token views for toy-induction and
+toy-grammar, runs all cells, and checks that every heatmap cell is drawn, that hovering
+shows the CI and that a click changes ``selected`` in the kernel (an observer there
+writes it to a file) and brings the probe's histograms and test sentences back; that the
+result's chart widget (vega bundled, no CDN) shows a tooltip on hover, offers its export
+menu and clips no text, with no request leaving localhost; that the attention and token
+views render; and that a shipped tutorial opened untrusted shows its charts as images.
+The nbconvert HTML of an executed notebook is opened too: each widget's PNG fallback
+loads. JupyterLab's screenshots go to docs/img/ (the README's).
 Needs Debian's chromium (scripts/browser_setup.sh installs it; MECHWIDGETS_CHROMIUM names
 another binary) and fails, never skips, without it.
 """
@@ -57,11 +60,12 @@ for layer in range({N_LAYERS}):
                              score=score, ci_low=score - half, ci_high=score + half))
         y = np.arange(200) % 2
         p = 1 / (1 + np.exp(-(2 * y - 1) * 8 * (real - 0.5) - rng.standard_normal(200)))
-        preds.append(pd.DataFrame(dict(layer=layer, component=comp, y_true=y, y_score=p)))
+        preds.append(pd.DataFrame(dict(layer=layer, component=comp, sample_id=np.arange(200),
+                                       y_true=y, y_pred=(p >= 0.5).astype(int), y_score=p)))
 res = types.SimpleNamespace(table=pd.DataFrame(rows), predictions=pd.concat(preds))
 """
 EXPLORER = """\
-ex = mw.widgets.LayerExplorer(res)
+ex = mw.widgets.LayerExplorer(res, texts=[f"sentence number {i}" for i in range(200)])
 ex.observe(lambda change: Path("selected.json").write_text(json.dumps(change["new"])), "selected")
 ex
 """
@@ -90,13 +94,20 @@ induction_model = mw.load_model("toy-induction")
 texts = mw.get_task("induction", n=20, seed=0).texts[:2]
 mw.viz.attention_patterns(induction_model, texts)
 """
+INDUCTION_TOKENS = """\
+repeats = mw.extract(induction_model, mw.get_task("induction", n=300), selectors=["resid:1"])
+mw.viz.token_scores(induction_model, repeats, "in_repeat", layer=1, k=4)
+"""
 TOKENS = """\
 grammar_model = mw.load_model("toy-grammar")
 grammar = mw.extract(grammar_model, mw.get_task("subject_number", n=300), selectors=["resid:2"])
 mw.viz.token_scores(grammar_model, grammar, "subject_number", layer=2, k=6)
 """
+CELLS = (SETUP, EXPLORER, GRID, RESULT, ATTENTION, INDUCTION_TOKENS, TOKENS)
 #: a tutorial with two stored result charts, opened untrusted
 SHIPPED = "02_compare.ipynb"
+#: frontend -> (the module that serves it, the path a notebook opens at)
+FRONTENDS = {"jupyterlab": ("jupyterlab", "lab/tree"), "notebook7": ("notebook", "notebooks")}
 #: toy-induction's sequences: 16 tokens, so a head's causal pattern has 16 * 17 / 2 cells
 INDUCTION_CELLS = 8 * 16 * 17 // 2
 #: text elements of the charts whose box is not inside their SVG's box
@@ -161,15 +172,15 @@ def _stop(server: subprocess.Popen, url: str, marker: str) -> None:
             continue
 
 
-@pytest.fixture
-def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A JupyterLab server on a free port, serving a temp folder; stopped in every case."""
+@pytest.fixture(params=sorted(FRONTENDS))
+def jupyter(request, tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
+    """A JupyterLab or Notebook 7 server on a free port, serving a temp folder; stopped in
+    every case. Yields its URL, the folder and the frontend's name."""
+    module, _ = FRONTENDS[request.param]
     work = tmp_path / "nb"
     work.mkdir()
     notebook = nbformat.v4.new_notebook(
-        cells=[
-            nbformat.v4.new_code_cell(c) for c in (SETUP, EXPLORER, GRID, RESULT, ATTENTION, TOKENS)
-        ],
+        cells=[nbformat.v4.new_code_cell(c) for c in CELLS],
         metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
         },
@@ -195,9 +206,9 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     }
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "jupyterlab.log").open("w")
+    log = (tmp_path / "jupyter.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1"]
+        [sys.executable, "-m", module, "--no-browser", f"--port={port}", "--ip=127.0.0.1"]
         + [f"--ServerApp.root_dir={work}", "--IdentityProvider.token=", "--ServerApp.password="]
         + ["--ServerApp.disable_check_xsrf=True", "--ServerApp.allow_root=True"]
         + ["--ServerApp.terminals_enabled=False", "--LabApp.news_url=None"]
@@ -216,10 +227,10 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    tail = (tmp_path / "jupyterlab.log").read_text()[-1500:]
-                    pytest.fail(f"JupyterLab did not start: {tail}", pytrace=False)
+                    tail = (tmp_path / "jupyter.log").read_text()[-1500:]
+                    pytest.fail(f"{request.param} did not start: {tail}", pytrace=False)
                 time.sleep(0.3)
-        yield url, work
+        yield url, work, request.param
     finally:
         _stop(server, url, str(tmp_path))
         log.close()
@@ -235,15 +246,28 @@ def _chromium() -> str:
     return path
 
 
-def _drive(page, expect, url: str, work: Path) -> None:
+def _run_all(page, expect) -> None:
+    """Run All Cells, again until the first cell starts: a Run All before the frontend
+    has connected to its kernel runs nothing (both frontends show no sign of that)."""
+    first = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
+    for _ in range(12):
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            expect(first).not_to_have_text(re.compile(r"^\[ \]:$"), timeout=5_000)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("Run All Cells never started the notebook's first cell")
+
+
+def _drive(page, expect, url: str, work: Path, frontend: str, shots: Path) -> None:
     """Run the notebook, check the explorer and its round trip, take the screenshots."""
-    page.goto(f"{url}/lab/tree/explorer.ipynb")
+    page.goto(f"{url}/{FRONTENDS[frontend][1]}/explorer.ipynb")
     page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-    # "Run All" before the kernel is connected runs nothing: wait for it to be idle
-    page.get_by_text(re.compile(r"\(ipykernel\) \| Idle$")).first.wait_for()
-    page.keyboard.press("Control+b")  # hide the file browser: the charts get the width
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    if frontend == "jupyterlab":
+        page.keyboard.press("Control+b")  # hide the file browser: the charts get the width
+    _run_all(page, expect)
 
     explorer = page.locator(".mw-explorer").first
     cells = explorer.locator("rect.mw-cell")
@@ -271,12 +295,17 @@ def _drive(page, expect, url: str, work: Path) -> None:
     assert json.loads(written.read_text()) == CLICKED
 
     # the kernel answered with the probe's per-class histograms (2 classes x 20 bins)
+    # and its test sentences: label, prediction, score (the test split is all 200 here)
     expect(explorer.locator("svg.mw-histogram rect.mw-bar")).to_have_count(40)
     expect(explorer.locator("rect.mw-selected")).to_have_attribute("data-layer", str(layer))
+    sentences = explorer.locator(".mw-below .mw-samples tbody tr")
+    expect(sentences).to_have_count(12)
+    expect(explorer.locator(".mw-below")).to_contain_text("of 200 test sentences")
+    expect(sentences.first).to_contain_text("sentence number")
     target.hover()
-    explorer.screenshot(path=str(SHOTS / "layer_explorer.png"))
+    explorer.screenshot(path=str(shots / "layer_explorer.png"))
 
-    _check_views(page, expect)
+    _check_views(page, expect, shots)
 
 
 def _shot_with_tooltip(page, element, path: Path) -> None:
@@ -290,7 +319,7 @@ def _shot_with_tooltip(page, element, path: Path) -> None:
     page.screenshot(path=str(path), clip=clip)
 
 
-def _check_views(page, expect) -> None:
+def _check_views(page, expect, shots: Path) -> None:
     """The result's chart widget, the attention view and the token view."""
     charts = page.locator(".mw-chart")
     expect(charts).to_have_count(2, timeout=120_000)  # the detect result's, the attention's
@@ -302,7 +331,7 @@ def _check_views(page, expect) -> None:
     tooltip = page.locator("#vg-tooltip-element.visible")
     expect(tooltip).to_be_visible()
     expect(tooltip).to_contain_text("score")
-    _shot_with_tooltip(page, result_chart, SHOTS / "chart.png")
+    _shot_with_tooltip(page, result_chart, shots / "chart.png")
 
     attention = charts.nth(1)
     expect(attention.locator("g.mark-rect.role-mark path")).to_have_count(
@@ -311,42 +340,76 @@ def _check_views(page, expect) -> None:
     expect(attention).to_contain_text("L0.H0")
     attention.locator("g.mark-rect.role-mark path").nth(40).hover()
     expect(tooltip).to_contain_text("weight")
-    _shot_with_tooltip(page, attention, SHOTS / "attention_view.png")
+    _shot_with_tooltip(page, attention, shots / "attention_view.png")
 
-    tokens = page.locator(".mw-tokens")
-    expect(tokens.locator("span.mw-token").first).to_be_visible(timeout=120_000)
-    assert tokens.locator("tr").count() == 6
-    colour = (
-        tokens.locator("span.mw-token").nth(2).evaluate("t => getComputedStyle(t).backgroundColor")
-    )
-    assert colour not in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)"), colour
-    tokens.screenshot(path=str(SHOTS / "token_view.png"))
+    views = page.locator(".mw-tokens")
+    expect(views).to_have_count(2, timeout=180_000)
+    repeats, grammar = views.nth(0), views.nth(1)
+    # toy-induction: 4 sequences of 16 tokens; the second copy lights up as "second_copy"
+    expect(repeats.locator("tr")).to_have_count(4)
+    expect(repeats.locator("span.mw-token")).to_have_count(4 * 16)
+    expect(repeats).to_contain_text("second_copy")
+    expect(grammar.locator("tr")).to_have_count(6)
+    for view in (repeats, grammar):
+        colours = view.locator("span.mw-token").evaluate_all(
+            "ts => ts.map(t => getComputedStyle(t).backgroundColor)"
+        )
+        assert len(set(colours)) > 3, colours  # coloured by score, not one flat colour
+    repeats.screenshot(path=str(shots / "token_view_induction.png"))
+    grammar.screenshot(path=str(shots / "token_view.png"))
 
     clipped = page.evaluate(CLIPPED_TEXT)
     assert clipped == [], f"chart text outside its SVG: {clipped[:10]}"
 
 
-def _check_untrusted(page, expect, url: str) -> None:
+def _check_untrusted(page, expect, url: str, frontend: str) -> None:
     """A shipped notebook opened untrusted shows its charts' PNG fallbacks, not widgets."""
     page = page.context.browser.new_page()  # a second tab: the first keeps its notebook
     page.set_default_timeout(30_000)
-    page.goto(f"{url}/lab/tree/{SHIPPED}")
+    page.goto(f"{url}/{FRONTENDS[frontend][1]}/{SHIPPED}")
     outputs = page.locator(".jp-Notebook .jp-OutputArea-output")
     expect(outputs.first).to_be_visible(timeout=30_000)
     images = page.locator('.jp-OutputArea-output[data-mime-type="image/png"] img')
     expect(images).to_have_count(2, timeout=30_000)  # the two results' charts
     assert page.get_by_text("Error displaying widget").count() == 0
     assert page.locator(".mw-chart").count() == 0  # untrusted: no widget code ran
+    loaded = images.evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
+    assert loaded == [True, True]
 
 
-def test_layer_explorer_renders_and_syncs_selection_in_jupyterlab(jupyterlab, tmp_path):
+def _check_nbconvert_html(browser, expect, tmp_path: Path) -> None:
+    """An executed notebook of every widget kind, as nbconvert's HTML, shows each chart's
+    PNG fallback (loaded, not broken) and the launcher's summary, offline (file://)."""
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+    from test_notebooks import WIDGET_CELLS  # tests/ is on sys.path (rootdir conftest)
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in WIDGET_CELLS])
+    NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=False).execute()
+    page_file = tmp_path / "executed.html"
+    page_file.write_text(HTMLExporter().from_notebook_node(nb)[0])
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(page_file.as_uri())
+    images = page.locator(".jp-OutputArea-output img")
+    expect(images).to_have_count(2)
+    loaded = images.evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
+    assert loaded == [True, True]
+    expect(page.get_by_text("Launcher: detect on toy-grammar")).to_be_visible()
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+
+
+def test_widgets_render_and_sync_in_a_real_browser(jupyter, tmp_path):
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
         pytest.fail("playwright is missing: run scripts/browser_setup.sh", pytrace=False)
     chromium = _chromium()
-    url, work = jupyterlab
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    url, work, frontend = jupyter
+    # the README's screenshots come from JupyterLab; Notebook 7's stay with the test
+    shots = SHOTS if frontend == "jupyterlab" else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         console: list[str] = []
@@ -358,10 +421,12 @@ def test_layer_explorer_renders_and_syncs_selection_in_jupyterlab(jupyterlab, tm
             page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
             page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
             try:
-                _drive(page, expect, url, work)
-                _check_untrusted(page, expect, url)
+                _drive(page, expect, url, work, frontend, shots)
+                _check_untrusted(page, expect, url, frontend)
                 outside = [u for u in requests if not u.startswith((url, "blob:", "data:"))]
                 assert outside == [], f"requests left localhost (a CDN?): {outside[:5]}"
+                if frontend == "jupyterlab":  # the HTML is the same whichever frontend
+                    _check_nbconvert_html(browser, expect, tmp_path)
             except AssertionError as exc:
                 page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
                 errors = [line for line in console if line.startswith(("error", "pageerror"))]

@@ -199,3 +199,18 @@ def test_misclassified_sentences_come_first_with_class_names():
         res.samples(layer=1, component="mlp", texts=texts[:3])
     with pytest.raises(mw.core.errors.MechError, match="no per-sample predictions"):
         ActionResult("detect", xr.Dataset(), pd.DataFrame()).samples(layer=0)
+
+
+def test_chart_view_draws_compositions_with_their_fallback():
+    import altair as alt
+    import pandas as pd
+
+    from mechwidgets.viz.charts import ChartError
+
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2]})).mark_point().encode(x="x:Q")
+    view = ChartView(alt.vconcat(alt.hconcat(chart, chart), chart), title="grid")
+    data, _ = view._repr_mimebundle_()
+    assert len(view.spec["vconcat"][0]["hconcat"]) == 2
+    assert data["text/plain"] == "ChartView('grid')" and data["image/png"]
+    with pytest.raises(ChartError, match="Vega-Lite spec"):
+        ChartView({"data": {"values": []}})

@@ -31,6 +31,8 @@ PNG_SCALE = 2
 #: (vl-convert 1.9): a 887 x 247 layer-curve chart is 81 kB at 1x and 185 kB at 2x, a
 #: 1030 x 540 grid of attention heatmaps 0.34 MB at 1x and 0.86 MB at 2x
 PNG_MAX_SHARP = 100_000
+#: top-level keys of a Vega-Lite view: a mark, a layer, a facet, or a composition
+VIEW_KEYS = frozenset({"mark", "layer", "facet", "spec", "hconcat", "vconcat", "concat", "repeat"})
 
 
 class ChartView(anywidget.AnyWidget):
@@ -49,7 +51,7 @@ class ChartView(anywidget.AnyWidget):
 
     def __init__(self, chart: Any, title: str | None = None, **kwargs: Any) -> None:
         spec = chart.to_dict() if callable(getattr(chart, "to_dict", None)) else chart
-        if not isinstance(spec, dict) or not ({"mark", "layer", "facet", "spec"} & set(spec)):
+        if not isinstance(spec, dict) or not (VIEW_KEYS & set(spec)):
             raise ChartError(
                 f"ChartView needs an altair chart or a Vega-Lite spec dict, got "
                 f"{type(chart).__name__}; pass e.g. res.chart()"
