@@ -50,7 +50,7 @@ class ProbePlan:
 
         ``single`` actions (detect, collapse) take one label; compare takes several.
         """
-        if context.cube is None:
+        if not isinstance(context.cube, xr.Dataset):  # compare hands over one cube at a time
             raise CubeError("this action needs an activation cube; extract one first")
         protocol, options = Protocol.from_context(context, own={"label", "labels", *own})
         wanted = options.pop("labels", None) or options.pop("label", None)

@@ -155,7 +155,7 @@ class _Centred:
     def rows(self, lo: int, hi: int, dtype: type = np.float64) -> np.ndarray:
         """Rows ``lo:hi`` centred: subtracted in float64, stored as ``dtype``."""
         block = self.x[lo:hi]
-        out = np.empty(block.shape, dtype)
+        out: np.ndarray = np.empty(block.shape, dtype)
         return np.subtract(block, self.mean, out=out, casting="unsafe")
 
     def _blocks(self, size: int) -> list[np.ndarray]:
@@ -228,7 +228,7 @@ def _gram_route(layers: list[_Centred], dtype: type) -> np.ndarray:
     b = int((-2 * width + np.sqrt(4 * width**2 + 4 * size * max(budget, 0))) / (2 * size))
     b = int(min(n, max(16, b)))
     out = np.zeros((size, size))
-    tiles = np.empty((size, b * b), dtype)
+    tiles: np.ndarray = np.empty((size, b * b), dtype)
     for lo in range(0, n, b):
         rows_b = [layer.rows(lo, lo + b, dtype) for layer in layers]
         for co in range(lo, n, b):

@@ -350,7 +350,12 @@ def record_store(url: str, key: str, model: str, layout: CubeLayout) -> None:
     """
     where = redact(url) if "://" in url else str(Path(url).expanduser().absolute())
     shape = next(iter(layout.shapes().values()), ())
-    line = {"key": key, "url": where, "model": model, "shape": "x".join(map(str, shape))}
+    line: dict[str, str | float] = {
+        "key": key,
+        "url": where,
+        "model": model,
+        "shape": "x".join(map(str, shape)),
+    }
     line["recorded"] = time.time()
     try:
         cache_dir().mkdir(parents=True, exist_ok=True)

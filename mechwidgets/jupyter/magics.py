@@ -29,7 +29,7 @@ from mechwidgets.core.specs import ACTION_ALIASES, RunSpec
 class _Parser(argparse.ArgumentParser):
     """argparse that raises a one-line UsageError instead of exiting."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         from mechwidgets.cli import usage_message  # not at import: `python -m` runs the CLI
 
         raise UsageError(f"{self.prog}: {usage_message(self, message)}")
@@ -166,6 +166,7 @@ class MechMagics(Magics):
 
     def _store(self, result: Any, name: str | None) -> Any:
         if name:
+            assert self.shell is not None  # set when %load_ext registers the magics
             self.shell.user_ns[name] = result
         return result
 

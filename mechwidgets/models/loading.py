@@ -339,7 +339,9 @@ def load_model(
     if dtype is not None and dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
     check_remote(name_or_module, remote)
+    source: str | None
     if remote and remote != "local":
+        assert isinstance(name_or_module, str)  # check_remote refuses anything but a hub id
         hf, tokenizer, name, revision, source, wrapped = remote_model(
             name_or_module, remote, revision, dtype
         )

@@ -143,10 +143,10 @@ def recorded_traces() -> Iterator[list[list[Any]]]:
             traces[-1].append(value)
         return save(value)
 
-    LocalSimulationBackend.__call__ = counted  # type: ignore[method-assign]
+    LocalSimulationBackend.__call__ = counted
     nnsight.save = recorded
     try:
         yield traces
     finally:
-        LocalSimulationBackend.__call__ = run  # type: ignore[method-assign]
+        LocalSimulationBackend.__call__ = run
         nnsight.save = save

@@ -214,10 +214,12 @@ def vega_script() -> str:
     """vl-convert's Vega/Vega-Lite/vega-embed bundle, ready to inline: built once per
     vl-convert version and kept in the cache folder, since building it costs ~1.9 s CPU in
     every new process (``mechinterp demo`` paid it per bundle)."""
-    path = cache_dir() / f"vl-convert-{vl_convert.__version__}.js"
+    version = vl_convert.__version__  # type: ignore[attr-defined]  # the stub omits it
+    path = cache_dir() / f"vl-convert-{version}.js"
     with contextlib.suppress(OSError):
         return path.read_text(encoding="utf-8")
-    code = _inline_js(vl_convert.javascript_bundle())
+    # the stub makes ``snippet`` required; the function documents it as optional
+    code = _inline_js(vl_convert.javascript_bundle())  # type: ignore[call-arg]
     with contextlib.suppress(OSError):  # a read-only cache only costs the rebuild
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f"{path.name}.{os.getpid()}.part")

@@ -275,7 +275,8 @@ def method_agreement_chart(
             ],
         )
     )
-    return alt.layer(diagonal, points).properties(title=title, width=260, height=260)
+    chart = cast(alt.LayerChart, alt.layer(diagonal, points))
+    return chart.properties(title=title, width=260, height=260)
 
 
 def cka_heatmap(da: xr.DataArray, title: str = "CKA") -> alt.LayerChart:
