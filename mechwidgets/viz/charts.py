@@ -176,7 +176,8 @@ def heatmap(
     ----------
     table : one row per cell with columns ``x``, ``y`` and ``value``.
     x, y, value : column names.
-    title : legend title (default: ``value``).
+    title : the chart's heading (default: ``value``); the legend is titled ``value``, short
+        enough not to be cut at vega's legend width.
     domain : colour scale limits; default: the data's range, centred on 0 with a diverging
         scheme when values have both signs.
     annotate : write each cell's value in it; default: when the grid has <= 16 x 16 cells.
@@ -218,7 +219,7 @@ def heatmap(
         .encode(
             x=enc_x,
             y=enc_y,
-            color=alt.Color(f"{value}:Q", title=title or value, scale=scale),
+            color=alt.Color(f"{value}:Q", title=value, scale=scale),
             tooltip=tooltip,
         )
         .transform_filter(alt.datum.shown != UNDEFINED),
