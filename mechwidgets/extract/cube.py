@@ -247,7 +247,7 @@ def memory_cube(
     attrs: dict[str, Any],
     values: dict[str, np.ndarray],
     name: str,
-    source: Path | None = None,
+    source: str | Path | None = None,
 ) -> xr.Dataset:
     """The finished cube of ``values`` (variable name -> all its rows) built in memory:
     what :func:`open_cube` gives for a file :class:`CubeWriter` wrote from the same
@@ -286,7 +286,7 @@ def block_crcs(rows: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
     out = np.zeros(rows.shape[1:-1], np.uint32) if start is None else start.copy()
     for index in np.ndindex(out.shape):
         slab = np.ascontiguousarray(rows[(slice(None), *index)])
-        out[index] = zlib.crc32(slab, int(out[index]))
+        out[index] = zlib.crc32(slab.data, int(out[index]))
     return out
 
 
@@ -413,7 +413,8 @@ def checked_blocks(
     ids, sizes = block_id[1:-1], block.shape[1:-1]
     middle = tuple(slice(i * n, i * n + n) for i, n in zip(ids, sizes, strict=True))
     for k in range(0, len(block), rows):
-        want = expected[(first + k // rows, *middle)]
+        at: tuple[Any, ...] = (first + k // rows, *middle)
+        want = expected[at]
         if not np.array_equal(block_crcs(block[k : k + rows]), want):
             label = f"cube file {source}" if isinstance(source, Path) else f"store {source}"
             message = f"{label} {mismatch(name, first + k // rows, rows)}"

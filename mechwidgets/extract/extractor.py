@@ -259,7 +259,7 @@ def extract(
             # forward at Pythia-70m's shape); uncached, it is written nowhere: held in
             # memory it is no larger than the batch every extraction holds anyway.
             in_memory = store is None and client is None and n_batches == 1
-            path = store if store is not None else cache_store.cache_path(key)
+            path: str | Path | None = store if store is not None else cache_store.cache_path(key)
             if not cache and store is None:
                 path = None if in_memory else cache_store.scratch_dir() / f"{key}.nc"
             writer = (
@@ -287,13 +287,15 @@ def extract(
                     if report is not None:
                         report(done, n_batches)
             if in_memory:
-                rows = dict(zip((ACT, NEURONS), values, strict=True))
+                pairs = zip((ACT, NEURONS), values, strict=True)
+                rows = {var: v for var, v in pairs if v is not None}
                 cube = memory_cube(layout, per_sample, attrs, rows, key, path)
                 return cube.assign_attrs(
                     task=_task_name(data), unseen_excluded=n_given - len(texts)
                 )
             # A file this call wrote is not read back to verify it: its checksums are of
             # the very buffers it wrote (a Zarr store, maybe shared, is checked as it opens).
+            assert path is not None  # only a cube held in memory has no file
             cube = open_cube(path, layout, verified=store is None)
     # Labels and splits are not in the cache key: the same texts relabelled reuse the
     # activations, and the cube carries the labels of this call, not of the cached file.
@@ -374,7 +376,7 @@ def run_batch(
     """
     reads = _reads(model, plan)
     project = head_projector(model, plan.heads)
-    picked = None if plan.neurons is None else torch.tensor(plan.neurons)
+    picked = torch.tensor(plan.neurons or (), dtype=torch.long)  # read when neurons are
     with model.trace(**inputs) as tracer:
         saved = nnsight.save({})
         for key, envoy, port in reads:
