@@ -107,7 +107,7 @@ def write_bundle(result: Any, path: str | Path) -> Path | str:
     """
     if is_url(path):
         return _write_remote(result, str(path))
-    path = check_target(path, result.action)
+    path = Path(check_target(path, result.action))  # a local folder: URLs went above
     with _writer_lock(path):
         _recover(path)
         _check(path, result.action)
@@ -133,14 +133,14 @@ def read_artifacts(path: str | Path) -> dict[str, Any]:
     """
     if is_url(path):
         url = str(path).rstrip("/")
-        file = url if url.endswith(ARTIFACTS) else f"{url}/{ARTIFACTS}"
+        remote = url if url.endswith(ARTIFACTS) else f"{url}/{ARTIFACTS}"
         try:
-            with fsspec.open(file, "rt") as f:
-                return _artifacts(f.read(), file)
+            with fsspec.open(remote, "rt") as f:
+                return _artifacts(f.read(), remote)
         except FileNotFoundError:
             raise BundleError(f"no {ARTIFACTS} at {redact(url)}; pass a bundle's URL") from None
         except OSError as exc:
-            raise BundleError(f"cannot read {redact(file)} ({exc})") from None
+            raise BundleError(f"cannot read {redact(remote)} ({exc})") from None
     path = Path(path).expanduser()
     file = path / ARTIFACTS if path.is_dir() else path
     folder = path.parent if path.name == ARTIFACTS else path
