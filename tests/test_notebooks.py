@@ -33,7 +33,7 @@ PYTHIA_NOTEBOOK = NOTEBOOKS / "pythia70m.ipynb"
 #: the tutorials that run offline on the embedded models, each on every test run
 TUTORIALS = [
     "quickstart", "01_detect", "02_compare", "03_localize", "04_polysemantic", "05_collapse",
-    "07_encoder",
+    "06_scale", "07_encoder",
 ]  # fmt: skip
 #: seconds one notebook may take (they take well under a minute each)
 TIMEOUT = 300
