@@ -23,7 +23,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mechwidgets tests bench
 	$(BIN)/ruff format --check mechwidgets tests bench
-	$(BIN)/mypy mechwidgets/core
+	$(BIN)/mypy mechwidgets
 
 # Widget JavaScript: fail if the committed bundle is stale, then run its unit tests.
 js:

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import fsspec
@@ -214,8 +214,8 @@ def _write_template(
         coords=coords,
         attrs={**header, "format_version": FORMAT_VERSION, "checksum_rows": rows},
     )
-    for name in template.data_vars:
-        encoding[name]["_FillValue"] = None
+    for var in template.data_vars:
+        encoding[str(var)]["_FillValue"] = None
     flags = xr.Dataset(
         {COMMITTED: (BLOCK, da.zeros(n_blocks, dtype=np.int8, chunks=1))}, attrs=template.attrs
     )  # mode "a" sets the group's attrs to these
@@ -245,14 +245,22 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _group(url: str | Path, mode: str = "r") -> zarr.Group:
+def _group(url: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
     with _quiet():
         return zarr.open_group(_location(url), mode=mode, zarr_format=3)
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """``group[name]``, which a cube store holds as an array (a one-line CubeError if not)."""
+    found = group[name]
+    if not isinstance(found, zarr.Array):
+        raise CubeError(f"'{name}' in the store is a group, not an array: it is not a cube")
+    return found
+
+
 def committed(url: str | Path) -> np.ndarray:
     """The ``committed`` flag of every batch (1: written and checksummed)."""
-    return _group(url)[COMMITTED][:].astype(bool)
+    return np.asarray(_array(_group(url), COMMITTED)[:], dtype=bool)
 
 
 def write_batch(
@@ -289,7 +297,7 @@ def write_batch(
 def _arrays(group: zarr.Group) -> dict[str, zarr.Array]:
     """The arrays a batch writes, opened once (each lookup reads their metadata)."""
     names = [n for n in (ACT, NEURONS) if n in group]
-    return {n: group[n] for n in (*names, *(CHECKSUMS[n] for n in names), COMMITTED)}
+    return {n: _array(group, n) for n in (*names, *(CHECKSUMS[n] for n in names), COMMITTED)}
 
 
 def _commit(arrays: dict[str, zarr.Array], block: int) -> None:
@@ -450,7 +458,7 @@ def open_store(
 
 def _string_coords(ds: xr.Dataset) -> list[str]:
     """Coordinates zarr reads as numpy's StringDType; netCDF cubes hold them as objects."""
-    return [c for c in ds.coords if ds[c].dtype.kind == "T"]
+    return [str(c) for c in ds.coords if ds[c].dtype.kind == "T"]
 
 
 def convert_cube(src: str | Path, dst: str | Path, batch_rows: int | None = None) -> str | Path:
