@@ -61,7 +61,7 @@ def register_command(command: Command) -> Command:
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line, with a guess for a mistyped option."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {usage_message(self, message)}\n")
 
 

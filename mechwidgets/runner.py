@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -220,16 +221,17 @@ def run_spec(
         result = run_action(spec.action.name, context)
     if client is not None:
         client.close()
-    result.timings = {**result.timings, **timings}
-    result.activations = {
+    activations = {
         **(activations_index(cube) if cube is not None else {}),
         **result.activations,  # the action's own record of the cube it read wins
         "task": {"name": task.name, "n": len(task), "data_hash": task_hash(task)},
     }
     if others:
-        result.activations["tasks"] = [
+        activations["tasks"] = [
             {"name": t.name, "n": len(t), "data_hash": task_hash(t)} for t in [task, *others]
         ]
+    # a new result: the action's is a frozen value
+    result = replace(result, timings={**result.timings, **timings}, activations=activations)
     if out is not None:
         write_bundle(result, out)
     if progress is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from mechwidgets.report.bundle import (
 from mechwidgets.viz.charts import heatmap, layer_curve_chart
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, frozen=True)
 class FakeResult(ActionResult):
     """A detect-shaped result over a synthetic table (no model, no probes)."""
 
@@ -153,7 +153,7 @@ def test_report_is_self_contained(result, tmp_path):
 
 
 def test_empty_predictions_still_write_a_parquet(result, tmp_path):
-    result.predictions = pd.DataFrame()
+    result = replace(result, predictions=pd.DataFrame())
     out = result.to_bundle(tmp_path / "run")
     assert pd.read_parquet(out / "predictions.parquet").empty
 
@@ -171,7 +171,7 @@ def test_failure_mid_write_leaves_nothing(result, tmp_path, monkeypatch):
 def test_failure_keeps_the_previous_bundle(result, tmp_path, monkeypatch):
     out = write_bundle(result, tmp_path / "run")
     before = (out / "metrics.json").read_text()
-    result.table = result.table.assign(score=0.0)
+    result = replace(result, table=result.table.assign(score=0.0))
     monkeypatch.setattr(
         "mechwidgets.report.html.report_html",
         lambda **kw: (_ for _ in ()).throw(OSError("interrupted")),
@@ -184,7 +184,7 @@ def test_failure_keeps_the_previous_bundle(result, tmp_path, monkeypatch):
 
 def test_overwrites_a_bundle_but_refuses_other_folders(result, tmp_path):
     out = write_bundle(result, tmp_path / "run")
-    result.table = result.table.assign(score=0.25, ci_low=0.2, ci_high=0.3)
+    result = replace(result, table=result.table.assign(score=0.25, ci_low=0.2, ci_high=0.3))
     write_bundle(result, out)
     assert {r["score"] for r in json.loads((out / "metrics.json").read_text())["table"]} == {0.25}
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
@@ -242,7 +242,7 @@ def test_a_bundle_of_another_action_is_not_replaced(result, tmp_path):
     out = write_bundle(result, tmp_path / "run")
     (tmp_path / "run-2").mkdir()
     (tmp_path / "run-2" / "x").write_text("taken")
-    result.action = "collapse"
+    result = replace(result, action="collapse")
     with pytest.raises(BundleError, match=r"bundle of 'detect', not 'collapse'.*run-3"):
         write_bundle(result, out)
     assert read_artifacts(out)["action"] == "detect"
@@ -273,7 +273,7 @@ def test_a_replacement_killed_between_its_renames_is_restored(result, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the half-built one is gone
 
     (out).rename(tmp_path / ".run.old-99999-ffff0000")
-    result.table = result.table.assign(score=0.25)
+    result = replace(result, table=result.table.assign(score=0.25))
     write_bundle(result, out)  # restores, then replaces the restored bundle
     assert {r["score"] for r in json.loads((out / "metrics.json").read_text())["table"]} == {0.25}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

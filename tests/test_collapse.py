@@ -71,7 +71,7 @@ def test_linear_cka_option_and_bad_estimator():
     cube = planted_cube({"tok": {0: 2.0}}, n_samples=300, n_layers=3, components=("resid",))
     res = mw.collapse(cube, label="tok", seeds=1, permutations=20, cka="linear")
     assert res.data["cka"].attrs["estimator"] == "linear" and res.summary()["cka"] == "linear"
-    with pytest.raises(SpecError, match="unknown cka 'rbf'"):
+    with pytest.raises(SpecError, match="'cka': choose one of debiased, linear"):
         mw.collapse(cube, label="tok", seeds=1, cka="rbf")
 
 

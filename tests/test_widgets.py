@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -157,9 +158,12 @@ def test_histograms_name_the_classes_not_their_codes():
     named.selected = {"layer": 2, "component": "mlp"}
     assert named.detail_rows == ["singular", "plural"]
     # a run from a spec naming a built-in task finds the names itself
-    res.spec = {"dataset": {"name": "subject_number"}}
-    res.table = res.table.assign(label="subject_number")
-    res.predictions = res.predictions.assign(label="subject_number")
+    res = replace(
+        res,
+        spec={"dataset": {"name": "subject_number"}},
+        table=res.table.assign(label="subject_number"),
+        predictions=res.predictions.assign(label="subject_number"),
+    )
     found = LayerExplorer(res)
     found.selected = {"layer": 2, "component": "mlp"}
     assert found.detail_rows == ["singular", "plural"]

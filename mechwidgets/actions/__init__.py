@@ -1,9 +1,5 @@
-"""The registered actions: the five research questions, and patching, attribution patching
-and recovery (:mod:`.patching`), each registered by name on import."""
-
-from mechwidgets.actions import collapse as collapse  # noqa: F401  (registers "collapse")
-from mechwidgets.actions import compare as compare  # noqa: F401  (registers "compare")
-from mechwidgets.actions import detect as detect  # noqa: F401  (registers "detect")
-from mechwidgets.actions import localize as localize  # noqa: F401  (registers "localize")
-from mechwidgets.actions import patching as patching  # noqa: F401  (registers the patching three)
-from mechwidgets.actions import polysemantic as polysemantic  # noqa: F401  (registers it)
+"""The registered actions: the five research questions (:mod:`.detect`, :mod:`.compare`,
+:mod:`.collapse`, :mod:`.polysemantic`, :mod:`.localize`), patching and attribution
+patching (:mod:`.patching`) and recovery (:mod:`.recovery`). Each is registered by name,
+with its typed parameters, in :mod:`mechwidgets.core.registry`, which imports a module
+here only when its action first runs."""

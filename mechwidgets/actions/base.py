@@ -14,7 +14,7 @@ compact table with the controls as columns, and the full table collapsed under
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,7 @@ def run_action(name: str, context: RunContext) -> ActionResult:
     """Run the registered action ``name`` through its three verbs and return its result."""
     action = get_action(name)
     result: ActionResult = action.run(action.prepare(context))
-    result.spec = context.spec
-    result.caveats = caveats(context.cube, result.data)
-    return result
+    return replace(result, spec=context.spec, caveats=caveats(context.cube, result.data))
 
 
 def caveats(cube: xr.Dataset | list[xr.Dataset] | None, data: xr.Dataset) -> list[str]:
@@ -93,9 +91,13 @@ def caveats(cube: xr.Dataset | list[xr.Dataset] | None, data: xr.Dataset) -> lis
     return notes
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, frozen=True)
 class ActionResult:
-    """Base class for action results; subclasses fill ``summary``, ``verdict`` and ``chart``."""
+    """Base class for action results; subclasses fill ``summary``, ``verdict`` and ``chart``.
+
+    A result is a frozen value: what is added after the action ran (the spec, timings,
+    caveats) makes a new result (``dataclasses.replace``), never changes this one.
+    """
 
     action: str
     data: xr.Dataset

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -22,21 +23,19 @@ import xarray as xr
 
 from mechwidgets.actions.base import ResultAction, RunContext, run_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult
+from mechwidgets.actions.recovery import RecoveryResult, RecoverySpec
 from mechwidgets.analysis.geometry import cka_matrix
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.cluster import map_slices, using
-from mechwidgets.core.errors import SpecError
-from mechwidgets.core.registry import register_action
-from mechwidgets.intervene.recovery import RecoveryResult, RecoverySpec
+from mechwidgets.core.registry import check_params
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
     pooled_boot,
     run_protocol,
 )
 
-CKA_ESTIMATORS = ("debiased", "linear")
 
-
+@dataclass(repr=False, frozen=True)
 class CollapseResult(ProbeResult):
     """Decodability curve, collapse index with CI, drop points and a layer CKA heatmap."""
 
@@ -52,7 +51,7 @@ class CollapseResult(ProbeResult):
         d = self.data
         comp = str(d.attrs["component"])
         per = {str(c): self._component(str(c)) for c in d["component"].values}
-        drops = [
+        drops: list[dict[str, Any]] = [
             {
                 "component": str(c),
                 "from_layer": int(d["drop_from"].sel(component=c, layer=layer)),
@@ -144,18 +143,15 @@ class CollapseResult(ProbeResult):
         return {"main": self.chart(), **heatmaps, **recovery}
 
 
-@register_action("collapse")
 class Collapse(ResultAction):
     """Does depth destroy a feature encoded earlier? Collapse index, drops, CKA."""
 
     name = "collapse"
 
     def prepare(self, context: RunContext) -> ProbePlan:
-        """Check the label, the protocol and the CKA estimator."""
+        """Check the parameters (the CKA estimator among them), the label and the protocol."""
+        check_params("collapse", context.params)
         plan = ProbePlan.from_context(context, own={"cka", "component", "recovery"}, single=True)
-        estimator = plan.options.get("cka") or "debiased"
-        if estimator not in CKA_ESTIMATORS:
-            raise SpecError(f"unknown cka '{estimator}': choose {' or '.join(CKA_ESTIMATORS)}")
         if plan.options.get("recovery") not in (None, False):
             plan.options["recovery"] = RecoverySpec.parse(
                 plan.options["recovery"], context.model, context.task
@@ -179,7 +175,8 @@ class Collapse(ResultAction):
         result = CollapseResult.from_run(run, prepared, data=data, table=table, **extra)
         if isinstance(recovery, RecoverySpec):
             head = result.summary()
-            result.recovery = recovery.run(head["label"], head["peak_layer"], head["final_layer"])
+            found = recovery.run(head["label"], head["peak_layer"], head["final_layer"])
+            result = replace(result, recovery=found)
         return result
 
 
@@ -236,13 +233,13 @@ def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:
 
 def _layer_cka(cube: xr.Dataset, raw: xr.Dataset, debiased: bool) -> xr.Dataset:
     """Layer x layer CKA per component on the test items (those the curve is scored on)."""
+    test = np.flatnonzero(np.asarray(cube["split"].values).astype(str) == "test")
     probed = {
         str(c): [int(v) for v in raw["layer"].values if raw["probed"].sel(layer=v, component=c)]
         for c in raw["component"].values
     }
     # on a dask client (mechwidgets.cluster.using) each component's matrix is a worker's task
     done = dict(map_slices(cube, _component_cka, [(c,) for c in probed], probed, test, debiased))
-    test = np.flatnonzero(np.asarray(cube["split"].values).astype(str) == "test")
     mats, attrs = [], {}
     for comp in probed:
         mat = done[(comp,)].reindex(layer_a=raw["layer"].values, layer_b=raw["layer"].values)
@@ -253,6 +250,7 @@ def _layer_cka(cube: xr.Dataset, raw: xr.Dataset, debiased: bool) -> xr.Dataset:
     cka.attrs = attrs
     return xr.Dataset({"cka": cka})
 
+
 def _component_cka(
     cube: xr.Dataset, comp: str, probed: dict[str, list[int]], test: np.ndarray, debiased: bool
 ) -> xr.DataArray:
@@ -260,7 +258,6 @@ def _component_cka(
     act = cube["act"].sel(component=comp).isel(sample=test).transpose("layer", "sample", "dim")
     reps = {layer: act.sel(layer=layer).values for layer in probed[comp]}
     return cka_matrix(reps, debiased=debiased)
-
 
 
 def collapse(
@@ -286,7 +283,7 @@ def collapse(
     cka : ``debiased`` (default; unbiased HSIC) or ``linear`` CKA for the heatmap.
     component : the component of the headline numbers; default ``resid``.
     recovery : also patch the peak layer's residual stream into later layers of the model
-        and probe the final layer again (:mod:`mechwidgets.intervene.recovery`):
+        and probe the final layer again (:mod:`mechwidgets.actions.recovery`):
         ``dict(model=..., task=...)`` with the model and Task the cube came from, and
         optionally ``source_layer`` (default the peak), ``target_layer`` (one or several;
         default every layer in between), ``readout_layer`` (default the final layer),
@@ -305,16 +302,18 @@ def collapse(
     >>> res = collapse(cube, label="token_id")
     >>> res.summary()["collapse_ci"]
     """
+    given = {
+        "label": label,
+        "seeds": seeds,
+        "cka": cka,
+        "component": component,
+        **({} if recovery is None else {"recovery": recovery}),
+        **params,
+    }
+    check_params("collapse", given)  # a one-line SpecError naming a bad parameter, first
     context = RunContext(
         cube=cube,
-        params={
-            "label": label,
-            "seeds": seeds,
-            "cka": cka,
-            "component": component,
-            **({} if recovery is None else {"recovery": recovery}),
-            **params,
-        },
+        params=given,
         controls=list(controls),
         seed=seed,
     )

@@ -361,10 +361,10 @@ def _run_tasks(prepared: TaskPlans) -> CompareResult:
     )
     cubes = [activations_index(p.cube) for p in prepared.plans]
     labels = [p.labels[0] for p in prepared.plans]
-    result = CompareResult.from_run(run, first, data=data, labels=list(prepared.names))
-    result.params |= {"cube_labels": labels}
-    result.activations = cubes[0] | {"cubes": cubes}
-    return cast(CompareResult, result)
+    result = CompareResult.from_run(
+        run, first, data=data, labels=list(prepared.names), cube_labels=labels
+    )
+    return cast(CompareResult, replace(result, activations=cubes[0] | {"cubes": cubes}))
 
 
 def _compare(
@@ -488,7 +488,7 @@ def compare(
     >>> res.summary()["earliest"]
     >>> compare([syntax_cube, semantics_cube], labels=["subject_number", "sentiment"])
     """
-    given = {"labels": [labels] if isinstance(labels, str) else list(labels)}
+    given: dict[str, Any] = {"labels": [labels] if isinstance(labels, str) else list(labels)}
     given |= {"seeds": seeds, "threshold": threshold, "component": component, **params}
     check_params("compare", given)  # a one-line SpecError naming a bad parameter, first
     context = RunContext(

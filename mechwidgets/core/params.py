@@ -27,22 +27,31 @@ import difflib
 import numbers
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Ge, Gt, Lt, MinLen
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 from pydantic.fields import FieldInfo
 
 from mechwidgets.core.errors import SpecError
 
-PROBES = ("ridge", "logistic")
-METRICS = ("accuracy", "auc", "r2")
-CORRECTIONS = ("holm", "bh")
-CKA_ESTIMATORS = ("debiased", "linear")
-INTERVENTIONS = ("zero", "mean", "resample", "patch")
-DIRECTIONS = ("denoise", "noise")
-GRID_AXES = ("layer", "component", "position")
+# the choices a parameter takes, declared here once: the engine imports them from here
+Probe = Literal["ridge", "logistic"]
+Metric = Literal["accuracy", "auc", "r2"]
+Correction = Literal["holm", "bh"]
+Cka = Literal["debiased", "linear"]
+Ablation = Literal["zero", "mean", "resample"]
+Intervention = Literal[Ablation, "patch"]
+Direction = Literal["denoise", "noise"]
+GridAxis = Literal["layer", "component", "position"]
+PROBES: tuple[str, ...] = typing.get_args(Probe)
+METRICS: tuple[str, ...] = typing.get_args(Metric)
+CORRECTIONS: tuple[str, ...] = typing.get_args(Correction)
+ABLATIONS: tuple[str, ...] = typing.get_args(Ablation)
+INTERVENTIONS: tuple[str, ...] = typing.get_args(Intervention)
+DIRECTIONS: tuple[str, ...] = typing.get_args(Direction)
+GRID_AXES: tuple[str, ...] = typing.get_args(GridAxis)
 
 
 def _whole(value: Any) -> Any:
@@ -60,8 +69,8 @@ def _number(value: Any) -> Any:
 
 
 def _listed(value: Any) -> Any:
-    """A tuple, range or array as a list, so a sequence type takes them; else unchanged."""
-    if isinstance(value, tuple | range) or hasattr(value, "tolist"):
+    """A range or an array (numpy, pandas) as a list, so a sequence type takes it."""
+    if isinstance(value, range) or hasattr(value, "tolist"):
         return list(value.tolist() if hasattr(value, "tolist") else value)
     return value
 
@@ -76,12 +85,12 @@ Layer = Annotated[int, Whole, Ge(0)]
 Level = Annotated[float, Real, Gt(0), Lt(1)]
 Positive = Annotated[float, Real, Gt(0)]
 Name = Annotated[str, Field(strict=True)]
-Names = Name | Annotated[list[Name], BeforeValidator(_listed)]
+Names = Name | Annotated[Sequence[Name], BeforeValidator(_listed)]
 
 
 def _many(item: Any) -> Any:
     """One ``item`` or a list of them (a tuple, range or array is taken as a list)."""
-    return item | Annotated[list[item], BeforeValidator(_listed)]  # type: ignore[valid-type]
+    return item | Annotated[Sequence[item], BeforeValidator(_listed), MinLen(1)]
 
 
 class Params(BaseModel):
@@ -111,9 +120,9 @@ class ProtocolParams(IntervalParams):
     strengths: _many(Positive) | None = Field(  # type: ignore[valid-type]
         None, description="L2 strengths, as multiples of the training samples"
     )
-    metric: Literal[METRICS] | None = Field(None, description="default: by the label's kind")
-    probe: Literal[PROBES] = "ridge"
-    correction: Literal[CORRECTIONS] = Field("holm", description="across slices")
+    metric: Metric | None = Field(None, description="default: by the label's kind")
+    probe: Probe = "ridge"
+    correction: Correction = Field("holm", description="across slices")
     subspace_rank: Count | None = Field(None, description="random-subspace control's rank")
     layers: _many(Layer) | None = Field(None, description="restrict the sweep")  # type: ignore[valid-type]
     components: Names | None = Field(None, description="restrict the sweep")
@@ -163,7 +172,7 @@ class CollapseParams(ProtocolParams):
 
     takes_controls: ClassVar[bool] = True
     label: Name | None = None
-    cka: Literal[CKA_ESTIMATORS] = "debiased"
+    cka: Cka = "debiased"
     component: Name | None = None
     recovery: Annotated[RecoveryOptions | None, BeforeValidator(_options)] = None
 
@@ -184,25 +193,27 @@ class LocalizeParams(IntervalParams):
     label: Name | None = None
     behavior: Any = None
     probe: Any = None
-    components: Names = ("resid", "attn", "mlp", "head")
+    components: Names = Field(
+        ("resid", "attn", "mlp", "head"), description="kinds or selectors to rank"
+    )
     top_k: Count = 8
-    interventions: Annotated[list[Literal[INTERVENTIONS]], BeforeValidator(_listed)] | None = None
+    interventions: Annotated[Sequence[Intervention], BeforeValidator(_listed)] | None = None
     corrupt: Any = None
     n: Count = 200
-    rank_by: Literal[INTERVENTIONS] | None = None
+    rank_by: Intervention | None = None
 
 
 class AttributionParams(IntervalParams):
     """:func:`mechwidgets.attribution_patch`."""
 
     behavior: Any = None
-    grid: Literal[GRID_AXES] | Annotated[list[Literal[GRID_AXES]], BeforeValidator(_listed)] = (
-        "layer",
-        "component",
-        "position",
+    grid: GridAxis | Annotated[Sequence[GridAxis], BeforeValidator(_listed)] = Field(
+        ("layer", "component", "position"), description="the axes patched one cell at a time"
     )
-    components: Names = ("resid", "attn", "mlp", "head")
-    direction: Literal[DIRECTIONS] = "denoise"
+    components: Names = Field(
+        ("resid", "attn", "mlp", "head"), description="kinds or selectors to patch"
+    )
+    direction: Direction = "denoise"
     n: Count | None = None
     corrupt: Any = None
 
@@ -307,7 +318,7 @@ def _choices(annotation: Any) -> list[str]:
     out: list[str] = []
     for member in _members(annotation):
         base, _ = _base(member)
-        if typing.get_origin(base) is list:
+        if typing.get_origin(base) is Sequence:
             base, _ = _base(typing.get_args(base)[0])
         if typing.get_origin(base) is not Literal:
             return []
@@ -323,7 +334,7 @@ def _describe(annotation: Any) -> str:
         for m in meta
         if isinstance(m, Ge | Gt | Lt)
     }
-    if typing.get_origin(base) is list:
+    if typing.get_origin(base) is Sequence:
         item = _describe(typing.get_args(base)[0])
         return "a list of names" if item == "one name as a string" else f"a list of {item}"
     if base is bool:  # StrictBool

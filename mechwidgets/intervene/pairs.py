@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from mechwidgets.core.errors import SpecError, TaskError
-from mechwidgets.core.params import DIRECTIONS
-from mechwidgets.core.params import Direction as Direction
+from mechwidgets.core.params import DIRECTIONS, Direction
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.intervene.prompts import Prompts

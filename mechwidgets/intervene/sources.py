@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mechwidgets.core.errors import SpecError, TaskError
-from mechwidgets.core.params import ABLATIONS as ABLATIONS
+from mechwidgets.core.params import ABLATIONS
 from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.sites import SiteKey
 
