@@ -34,43 +34,27 @@ import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction
 from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
-from mechwidgets.core.components import COMPONENT_ORDER, LayerComponent
+from mechwidgets.core.components import (
+    COMPONENT_ORDER,
+    STREAMS,
+    LayerComponent,
+    table_components,
+)
 from mechwidgets.core.errors import SpecError, TaskError
-from mechwidgets.core.registry import Needs, register_action
+from mechwidgets.core.params import INTERVENTIONS
+from mechwidgets.core.registry import Needs, check_params
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract.extractor import extract
-from mechwidgets.intervene.edits import READ, Cell, Source, capture, run_cells
-from mechwidgets.intervene.grid import check_lengths, components_of
-from mechwidgets.intervene.metrics import (
-    LogitDiff,
-    ProbeReadout,
-    Prompts,
-    Scorer,
-    bind,
-    describe,
-    orientation,
-    output_head,
-    probe,
-)
-from mechwidgets.intervene.sources import ABLATIONS, ablation_source
+from mechwidgets.intervene.edits import READ, Cell, capture, run_cells
+from mechwidgets.intervene.metrics import LogitDiff, ProbeReadout, describe, orientation, probe
+from mechwidgets.intervene.pairs import check_lengths, clean_and_corrupt
+from mechwidgets.intervene.prompts import Prompts
+from mechwidgets.intervene.scoring import Scorer, bind, output_head
+from mechwidgets.intervene.sites import components_of
+from mechwidgets.intervene.sources import Source, ablation_source
 from mechwidgets.probes.linear import LinearProbe, fit_probe
 from mechwidgets.viz.charts import heatmap
-
-INTERVENTIONS = (*ABLATIONS, "patch")
-PARAMS = (
-    "label",
-    "behavior",
-    "probe",
-    "components",
-    "top_k",
-    "interventions",
-    "corrupt",
-    "n",
-    "rank_by",
-    "resamples",
-    "level",
-)
 
 
 def localize(
@@ -135,14 +119,15 @@ def localize(
     >>> res = mw.localize(model, task, label="subject_number", top_k=8,
     ...                   interventions=["zero", "mean", "resample"])
     """
+    given = dict(label=label, behavior=behavior, probe=probe, components=components, top_k=top_k)
+    given |= dict(interventions=interventions, corrupt=corrupt, n=n, rank_by=rank_by)
+    check_params("localize", given | dict(resamples=resamples, level=level))
     task, corrupt = _as_task(task, corrupt)
     kinds = _interventions(interventions, corrupt is not None, label is not None)
     names = {k: k if k != "patch" else _patch_name(corrupt is not None) for k in kinds}
     rank_by = rank_by or ("mean" if "mean" in kinds else kinds[0])
     if rank_by not in kinds:
         raise SpecError(f"rank_by '{rank_by}' is not among the interventions {list(kinds)}")
-    if not isinstance(top_k, int) or top_k < 1:
-        raise SpecError(f"top_k must be a positive integer, got {top_k!r}")
     candidates = components_of(model, components)
     if label is not None:
         task.classes(label)  # raises a one-line TaskError for an unknown label
@@ -169,25 +154,19 @@ def localize(
     else:
         scores, tested = {}, list(candidates)
     effects = _intervene(model, task, metrics, scorers, prompts, bad, tested, kinds, label, seed)
-    readout = metrics.get("probe")
+    probe_metric = metrics.get("probe")
     return _result(
         model, task, label, candidates, tested, scores, effects, names, rank_by, samples,
-        resamples, level, seed, getattr(readout, "component", None),
+        resamples, level, seed, getattr(probe_metric, "component", None),
         top_k=top_k if label is not None else None,  # used only when probing picks the tested
     )  # fmt: skip
 
 
 def _as_task(task: Task | PromptPairs, corrupt: Sequence[str] | None) -> tuple[Task, Any]:
     """A Task and its corrupt prompts (from PromptPairs, or as given)."""
-    if isinstance(task, Task):
-        if corrupt is not None and len(corrupt) != len(task):
-            raise TaskError(
-                f"{len(corrupt)} corrupt prompts for {len(task)} samples; give one per sample"
-            )
-        return task, corrupt
-    if not isinstance(task, PromptPairs):
+    if not isinstance(task, Task | PromptPairs):
         raise TaskError(f"localize takes a Task or PromptPairs, got {type(task).__name__}")
-    return task.to_task(), list(task.corrupt) if corrupt is None else corrupt
+    return clean_and_corrupt(task, corrupt)
 
 
 def _prompts(model: Any, task: Task, texts: list[str], samples: np.ndarray) -> Prompts:
@@ -493,7 +472,7 @@ def _ranking(
     return order.reset_index(drop=True)
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, frozen=True)
 class LocalizeResult(ActionResult):
     """Candidates ranked by causal effect, and the drop of each metric under each intervention.
 
@@ -575,10 +554,10 @@ class LocalizeResult(ActionResult):
         df = self.table
         title = f"drop of {self.metric} ({self.rank_by})"
         out = {}
-        streams = df[df["component"].isin(("resid", "attn", "mlp"))]
-        heads = df[df["component"].str.startswith("head.")].assign(
-            head=lambda d: d["component"].str.removeprefix("head.").astype(int)
-        )
+        comps = table_components(df)
+        streams = df[df["component"].isin(STREAMS)]
+        is_head = [c.kind == "attention_head" for c in comps]
+        heads = df.assign(head=[c.head for c in comps])[is_head]
         if len(streams):
             out["main"] = heatmap(streams, x="component", y="layer", value="effect", title=title)
         if len(heads):
@@ -591,7 +570,6 @@ class LocalizeResult(ActionResult):
         return out
 
 
-@register_action("localize")
 class Localize(ResultAction):
     """The registered action: a RunContext with a model and a task -> :func:`localize`."""
 
@@ -609,12 +587,7 @@ class Localize(ResultAction):
         """Check that a model and task are present and the parameters are known."""
         if context.model is None or context.task is None:
             raise SpecError("localize needs a model and a task; give both in the config")
-        unknown = sorted(set(context.params) - set(PARAMS))
-        if unknown:
-            raise SpecError(
-                f"unknown parameter(s) {', '.join(unknown)} for localize; "
-                f"allowed: {', '.join(PARAMS)}"
-            )
+        check_params("localize", context.params)
         params = dict(context.params)
         selectors = context.selectors()
         if "components" not in params and selectors:

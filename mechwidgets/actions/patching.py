@@ -32,7 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction, RunContext
-from mechwidgets.core.components import table_components
+from mechwidgets.core.components import LayerComponent, table_components
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import Needs, check_params, load, registration
 from mechwidgets.data.catalog import PromptPairs
@@ -160,7 +160,7 @@ def attribution_patch(
     return patch_result(model, plan, {"attribution": moves}, resamples, level, seed)
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, frozen=True)
 class PatchResult(ActionResult):
     """The effect of patching each cell of a grid, with its interval, and how methods agree.
 
@@ -257,7 +257,7 @@ class PatchResult(ActionResult):
 
 def _cell_name(row: pd.Series) -> str:
     where = "all positions" if row["position"] < 0 else f"pos {row['position']} ({row['token']})"
-    return f"L{row['layer']} {row['component']} @ {where}"
+    return f"{LayerComponent.from_name(row['component'], row['layer'])} @ {where}"
 
 
 def patch_result(

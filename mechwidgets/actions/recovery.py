@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult, RunContext
+from mechwidgets.actions.base import ActionResult
 from mechwidgets.actions.patching import ModelAction
 from mechwidgets.analysis.statistics import (
     batch_score,
@@ -58,7 +58,7 @@ RECOVERY_KEYS = (
 )
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, frozen=True)
 class RecoveryResult(ActionResult):
     """Readout decodability before and after patching, one row per target layer."""
 
