@@ -608,8 +608,6 @@ class Launcher(ipywidgets.VBox):
 
     def _run(self) -> Any:
         from mechwidgets.core.specs import RunSpec
-        from mechwidgets.runner import run_spec  # imported late: it pulls in torch
-        from mechwidgets.viz.findings import display_parts
 
         self.output.clear_output()
         self.progress.value, self.progress.bar_style = 0.0, "info"
@@ -617,7 +615,9 @@ class Launcher(ipywidgets.VBox):
         self.result, self.error = None, None
         self._cancel.clear()
         try:
-            spec = RunSpec.from_dict(self.spec())
+            spec = RunSpec.from_dict(self.spec())  # a bad field fails here, before torch loads
+            from mechwidgets.runner import run_spec
+
             result = run_spec(spec, progress=self._report)
         except Exception as exc:  # a click handler's traceback is hidden: say what failed
             self.error = exc
@@ -631,6 +631,8 @@ class Launcher(ipywidgets.VBox):
         self.result = result
         self.progress.value, self.progress.bar_style = 1.0, "success"
         self.status.value = "done"
+        from mechwidgets.viz.findings import display_parts
+
         for part in display_parts(result):  # verdict, chart, tables: one output each
             self.output.append_display_data(part)
         return result
