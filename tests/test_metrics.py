@@ -299,7 +299,7 @@ def test_a_probe_reads_the_embedding_layer_as_the_cube_stores_it(tiny_models):
     fitted = fit_probe(x, task.labels["plural"], task.split)
     prompts = Prompts.build(model, task.texts, task.positions)
     metric = mw.metrics.probe(fitted, layer="embed")
-    assert describe(metric) == "probe(resid:-1, logit)"
+    assert describe(metric) == "probe(resid:embed, logit)"
     np.testing.assert_allclose(
         score_unpatched(model, prompts, metric), fitted.decision(x)[:, 0], atol=1e-4
     )

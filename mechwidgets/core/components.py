@@ -98,12 +98,14 @@ class LayerComponent:
         return cls(kind, int(layer))
 
     def __str__(self) -> str:
-        """The display format of a component everywhere: its selector, ``head:3.2``."""
+        """The display format of a component everywhere: its selector, ``head:3.2``
+        (``resid:embed`` for the embedding output)."""
         if self.kind == "attention_head":
             return f"head:{self.layer}.{self.head}"
         if self.kind == "mlp_neuron":
             return f"neuron:{self.layer}.{self.neuron}"
-        return f"{prefix_of(self.kind)}:{self.layer}"
+        layer = "embed" if self.layer == EMBED else self.layer
+        return f"{prefix_of(self.kind)}:{layer}"
 
 
 def component_key(name: str) -> tuple[int, int, str]:
