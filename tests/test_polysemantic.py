@@ -162,7 +162,7 @@ def test_correlated_features_are_not_double_counted():
 def test_chart_bundle_and_registry(synthetic, synthetic_result, tmp_path):
     spec = synthetic_result.chart().to_dict()
     units = {row["unit"] for row in spec["datasets"][spec["data"]["name"]]}
-    assert units == {f"L0.N{j}" for j in POLY}
+    assert units == {f"neuron:0.{j}" for j in POLY}
     assert set(synthetic_result.charts()) == {"main", "auroc"}
     folder = synthetic_result.to_bundle(tmp_path / "bundle")
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -61,7 +61,7 @@ def test_attention_chart_has_a_panel_per_head_and_a_sample_menu(induction):
     assert param["name"] == "sample" and param["bind"]["input"] == "select"
     assert len(param["bind"]["options"]) == 4
     titles = spec["facet"]["header"]["labelExpr"]
-    assert "L0.H0  prev 0.9" in titles and titles.count("L1.H") == 4
+    assert "head:0.0  prev 0.9" in titles and titles.count("head:1.") == 4
     weights = [np.asarray(w) for w in induction.weights]
     assert all(np.allclose(w.sum(-1), 1.0, atol=1e-5) for w in weights)  # rows are softmaxes
     assert isinstance(ChartView(induction.chart(heads=[(1, 2)])), ChartView)
