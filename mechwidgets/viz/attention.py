@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import MechError
 
 if TYPE_CHECKING:  # altair takes seconds to import: each drawing function imports it
@@ -87,7 +88,8 @@ class AttentionPatterns:
             )
         means = self.head_scores.set_index(["layer", "head"])
         titles = [
-            f"L{layer}.H{head}  prev {means.loc[(layer, head), 'previous_token']:.2f} · "
+            f"{LayerComponent('attention_head', layer, head=head)}  "
+            f"prev {means.loc[(layer, head), 'previous_token']:.2f} · "
             f"induction {_fmt(means.loc[(layer, head), 'induction'])}"
             for layer, head in chosen
         ]
@@ -123,8 +125,14 @@ class AttentionPatterns:
             .transform_lookup(lookup="k", from_=lookup, as_=["key"])
             .mark_rect()
             .encode(
-                x=alt.X("key:O", title="key (attended to)", axis=alt.Axis(labelAngle=-60)),
-                y=alt.Y("query:O", title="query"),
+                # vertical key labels at the query labels' size: one per 11 px column, none
+                # overlapping (slanted ones ran into each other)
+                x=alt.X(
+                    "key:O",
+                    title="key (attended to)",
+                    axis=alt.Axis(labelAngle=-90, labelFontSize=9),
+                ),
+                y=alt.Y("query:O", title="query", axis=alt.Axis(labelFontSize=9)),
                 color=alt.Color(
                     "w:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="weight"
                 ),
