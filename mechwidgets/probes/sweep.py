@@ -37,7 +37,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from mechwidgets.analysis.statistics import (
-    CORRECTIONS,
     Metric,
     adjust_pvalues,
     batch_score,
@@ -52,6 +51,7 @@ from mechwidgets.analysis.statistics import (
 from mechwidgets.cluster import map_slices
 from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import CubeError, SpecError
+from mechwidgets.core.params import ProtocolParams, check
 from mechwidgets.extract.cube import ACT, check_cube, check_finite
 from mechwidgets.probes.controls import (
     WORDTYPE_PREFIX,
@@ -62,7 +62,6 @@ from mechwidgets.probes.controls import (
 )
 from mechwidgets.probes.linear import (
     DEFAULT_STRENGTHS,
-    PROBES,
     LabelEncoding,
     Path,
     Standardizer,
@@ -137,35 +136,11 @@ class Protocol:
         if "random_subspace" in controls and "label_shuffle" not in controls:
             controls = ("label_shuffle", *controls)
         object.__setattr__(self, "controls", controls)
-        checks = {
-            "seeds": (len(self.seeds) >= 1, "give at least one seed"),
-            "permutations": (
-                _count(self.permutations, 1),
-                "use an integer >= 1 (200+ for p-values)",
-            ),
-            "resamples": (_count(self.resamples, 100), "use an integer >= 100 (1000 recommended)"),
-            "strengths": (
-                len(self.strengths) >= 1 and min(self.strengths) > 0,
-                "give one or more positive L2 strengths",
-            ),
-            "probe": (self.probe in PROBES, f"choose one of {', '.join(PROBES)}"),
-            "level": (
-                isinstance(self.level, int | float) and 0 < self.level < 1,
-                "use a number between 0 and 1, e.g. 0.95",
-            ),
-            "correction": (self.correction in CORRECTIONS, f"choose {' or '.join(CORRECTIONS)}"),
-            "subspace_rank": (
-                self.subspace_rank is None or _count(self.subspace_rank, 1),
-                "use an integer >= 1",
-            ),
-            "groups": (
-                self.groups is None or isinstance(self.groups, str),
-                "name a per-sample cube variable, or 'items'",
-            ),
-        }
-        for name, (ok, hint) in checks.items():
-            if not ok:
-                raise SpecError(f"bad value {getattr(self, name)!r} for '{name}': {hint}")
+        if len(self.seeds) < 1:
+            raise SpecError(f"bad value {self.seeds!r} for 'seeds': give at least one seed")
+        # the constraints are ProtocolParams', the one table a config and mw.detect use too
+        values = {k: getattr(self, k) for k in ProtocolParams.model_fields if k != "seeds"}
+        check(ProtocolParams, values, "Protocol")
 
     @classmethod
     def from_context(cls, context: Any, own: Iterable[str] = ()) -> tuple[Protocol, dict]:
@@ -197,11 +172,6 @@ class Protocol:
         )
         own_params = {k: params[k] for k in own if k in params}
         return cls(controls=controls, **kwargs), own_params
-
-
-def _count(value: Any, least: int) -> bool:
-    """Whether ``value`` is a whole number (not a bool, a float or a string) >= ``least``."""
-    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= least
 
 
 @dataclass(frozen=True)
@@ -892,20 +862,3 @@ def run_protocol(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) ->
     done = time.perf_counter()
     run.timings.update(probes=round(probed - start, 4), statistics=round(done - probed, 4))
     return run
-
-
-def activations_info(cube: xr.Dataset) -> dict[str, Any]:
-    """Where the numbers came from: the cube's file, sizes and scalar attributes."""
-    attrs = {k: _scalar(v) for k, v in cube.attrs.items() if np.ndim(v) == 0}
-    info: dict[str, Any] = {
-        "variable": "act",
-        "sizes": {str(k): int(v) for k, v in cube.sizes.items()},
-    }
-    source = cube.encoding.get("source")
-    if source:
-        info["source"] = str(source)
-    return info | {"attrs": attrs}
-
-
-def _scalar(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
