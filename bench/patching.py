@@ -115,14 +115,14 @@ def floor(model, plan) -> list[torch.Tensor]:
 def site_module(model, cell: Cell) -> tuple[torch.nn.Module, bool, slice]:
     """The HF module a cell edits, whether its *input* holds the site, and its columns."""
     net, comp = model.hf.gpt_neox, cell.component
-    if comp.kind == "residual" and comp.layer < 0:
+    if comp.kind == "resid" and comp.layer < 0:
         return net.layers[0], True, slice(None)
     block = net.layers[comp.layer]
-    if comp.kind == "attention_head":
+    if comp.kind == "head":
         d = model.d_head
         return block.attention.dense, True, slice(comp.head * d, (comp.head + 1) * d)
     return (
-        {"residual": block, "attention": block.attention, "mlp": block.mlp}[comp.kind],
+        {"resid": block, "attn": block.attention, "mlp": block.mlp}[comp.kind],
         False,
         slice(None),
     )

@@ -31,19 +31,19 @@ def test_parse_layers(text, layers):
 
 def test_stream_selectors_expand_to_layers():
     comps = parse_selector("resid:0-5").expand(SHAPE)
-    assert comps == [LayerComponent("residual", layer) for layer in range(6)]
+    assert comps == [LayerComponent("resid", layer) for layer in range(6)]
     assert [c.name for c in parse_selector("mlp:2,4").expand(SHAPE)] == ["mlp", "mlp"]
     assert len(parse_selector("attn:all").expand(SHAPE)) == 6
     assert len(parse_selector("attn").expand(SHAPE)) == 6
 
 
 def test_head_and_neuron_selectors():
-    assert parse_selector("head:3.2").expand(SHAPE) == [LayerComponent("attention_head", 3, head=2)]
+    assert parse_selector("head:3.2").expand(SHAPE) == [LayerComponent("head", 3, head=2)]
     assert len(parse_selector("head:3.*").expand(SHAPE)) == 8
     assert len(parse_selector("head:all").expand(SHAPE)) == 48
     neuron = parse_selector("neuron:2.187").expand(SHAPE)[0]
     assert (neuron.kind, neuron.layer, neuron.neuron, neuron.name) == (
-        "mlp_neuron",
+        "neuron",
         2,
         187,
         "neuron.187",
@@ -91,10 +91,10 @@ def test_out_of_range_fails_against_the_model_shape(text, phrase):
 
 def test_a_cube_component_name_reads_back_as_its_component():
     for comp in (
-        LayerComponent("residual", -1),
-        LayerComponent("attention", 2),
-        LayerComponent("attention_head", 1, head=11),
-        LayerComponent("mlp_neuron", 0, neuron=187),
+        LayerComponent("resid", -1),
+        LayerComponent("attn", 2),
+        LayerComponent("head", 1, head=11),
+        LayerComponent("neuron", 0, neuron=187),
     ):
         assert LayerComponent.from_name(comp.name, comp.layer) == comp
     table = {"layer": [1, 3], "component": ["head.3", "mlp"]}

@@ -50,7 +50,7 @@ def test_zero_ablating_a_head_equals_zeroing_its_slice_by_hook(tiny_models, fami
     model = tiny_models[family]
     prompts = Prompts.build(model, CLEAN)
     scorer = bind(METRIC, model, prompts)
-    head = LayerComponent("attention_head", 1, head=2)
+    head = LayerComponent("head", 1, head=2)
     values = run_cells(model, prompts, [Cell(head)], ablation_source("zero", prompts), [scorer])[0][
         0
     ]
@@ -66,7 +66,7 @@ def test_zero_ablating_a_head_equals_zeroing_its_slice_by_hook(tiny_models, fami
 def test_mean_ablating_a_neuron_equals_its_per_position_mean_by_hook(neox):
     prompts = Prompts.build(neox, CLEAN)
     scorer = bind(METRIC, neox, prompts)
-    neuron = LayerComponent("mlp_neuron", 0, neuron=7)
+    neuron = LayerComponent("neuron", 0, neuron=7)
     values = run_cells(neox, prompts, [Cell(neuron)], ablation_source("mean", prompts), [scorer])[
         0
     ][0]
@@ -193,8 +193,8 @@ def test_patch_result_tables_charts_and_summary(neox):
 def test_read_position_cells_edit_only_the_read_token(neox):
     prompts = Prompts.build(neox, CLEAN, positions=[1, 1, 1])
     scorer = bind(mw.metrics.logprob("the"), neox, prompts)
-    late = Cell(LayerComponent("residual", 1), READ)  # after the last block, at the read token
-    cells = [late, Cell(LayerComponent("residual", 1), 4)]
+    late = Cell(LayerComponent("resid", 1), READ)  # after the last block, at the read token
+    cells = [late, Cell(LayerComponent("resid", 1), 4)]
     values = run_cells(neox, prompts, cells, ablation_source("zero", prompts), [scorer])[0][0]
     with torch.no_grad():
         base = scorer(neox.hf(**prompts.inputs).logits)

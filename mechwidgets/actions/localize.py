@@ -238,13 +238,13 @@ def _probe(
     probed candidate; otherwise one is extracted.
     """
     last = model.shape.n_layers - 1
-    probed = [c for c in candidates if c.kind != "mlp_neuron"]
-    if cube is None or not _covers(cube, [*probed, LayerComponent("residual", last)], task):
+    probed = [c for c in candidates if c.kind != "neuron"]
+    if cube is None or not _covers(cube, [*probed, LayerComponent("resid", last)], task):
         cube = extract(model, task, layers="all", components=probed_kinds(probed), progress=False)
     y, split = task.labels[label], task.split
     scores = {}
     for comp in candidates:
-        if comp.kind != "mlp_neuron":
+        if comp.kind != "neuron":
             x = cube["act"].sel(layer=comp.layer, component=comp.name).values
             scores[comp] = fit_probe(x, y, split, metric="accuracy").test_score
     readout = fit_probe(
@@ -256,8 +256,8 @@ def _probe(
 def probed_kinds(candidates: Sequence[LayerComponent]) -> list[str]:
     """The cube components probing ``candidates`` reads: ``resid`` (the readout) first,
     the other streams, and ``head`` when heads are among them (neurons are not probed)."""
-    streams = {c.name for c in candidates if c.kind in ("residual", "attention", "mlp")}
-    heads = ["head"] if any(c.kind == "attention_head" for c in candidates) else []
+    streams = {c.name for c in candidates if c.kind in STREAMS}
+    heads = ["head"] if any(c.kind == "head" for c in candidates) else []
     return ["resid", *sorted(streams - {"resid"}), *heads]
 
 
@@ -304,7 +304,7 @@ def _intervene(
     """Run every intervention on every tested candidate; per-sample drops of each metric."""
     roles = list(scorers)
     bound = [scorers[r] for r in roles]
-    cells = [Cell(c, READ if c.kind == "residual" else None) for c in tested]
+    cells = [Cell(c, READ if c.kind == "resid" else None) for c in tested]
     _, values = capture(model, prompts, [], bound)
     base = dict(zip(roles, values.cpu().numpy(), strict=True))
     truth = None if label is None else task.labels[label][prompts.samples]
@@ -556,7 +556,7 @@ class LocalizeResult(ActionResult):
         out = {}
         comps = table_components(df)
         streams = df[df["component"].isin(STREAMS)]
-        is_head = [c.kind == "attention_head" for c in comps]
+        is_head = [c.kind == "head" for c in comps]
         heads = df.assign(head=[c.head for c in comps])[is_head]
         if len(streams):
             out["main"] = heatmap(streams, x="component", y="layer", value="effect", title=title)

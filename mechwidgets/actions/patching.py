@@ -239,7 +239,7 @@ class PatchResult(ActionResult):
     def _heads(self) -> pd.Series:
         """Which rows are attention heads."""
         kinds = [c.kind for c in table_components(self.table)]
-        return pd.Series([k == "attention_head" for k in kinds], self.table.index, dtype=bool)
+        return pd.Series([k == "head" for k in kinds], self.table.index, dtype=bool)
 
     def _heatmap(self, rows: pd.Series, what: str) -> Any:
         df = self.table[rows].copy()

@@ -13,33 +13,27 @@ projection's input) is the intervention engine's (:mod:`mechwidgets.intervene.si
 
 >>> shape = ModelShape(n_layers=6, n_heads=8, d_mlp=2048)
 >>> parse_selector("head:3.2").expand(shape)
-[LayerComponent(kind='attention_head', layer=3, head=2, neuron=None)]
+[LayerComponent(kind='head', layer=3, head=2, neuron=None)]
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from mechwidgets.core.errors import SelectorError
 
-Kind = Literal["residual", "attention", "mlp", "attention_head", "mlp_neuron"]
-
-#: selector prefix -> typed kind; the prefixes are also the cube's component names.
-PREFIXES: dict[str, Kind] = {
-    "resid": "residual",
-    "attn": "attention",
-    "mlp": "mlp",
-    "head": "attention_head",
-    "neuron": "mlp_neuron",
-}
+#: a component's kind, written as in a selector (``head:3.2``) and a cube's component
+#: names (``head.2``): the residual stream (block output), the attention and MLP writes,
+#: one attention head, one MLP neuron
+Kind = Literal["resid", "attn", "mlp", "head", "neuron"]
 #: the one reading order of components (tables, charts, grids, widgets): the streams,
 #: then heads and neurons, each by index (:func:`component_key`)
-COMPONENT_ORDER: tuple[str, ...] = tuple(PREFIXES)
+COMPONENT_ORDER: tuple[Kind, ...] = get_args(Kind)
 #: the three streams every layer has, each ``d_model`` wide: the residual stream (block
 #: output) and the attention and MLP writes into it; heads and neurons are finer parts
-STREAMS: tuple[str, ...] = COMPONENT_ORDER[:3]
+STREAMS: tuple[Kind, ...] = COMPONENT_ORDER[:3]
 #: the layer index of the embedding output: the residual stream entering block 0 (token
 #: embeddings, plus position embeddings and LayerNorm where the family has them)
 EMBED = -1
@@ -71,41 +65,41 @@ class LayerComponent:
     @property
     def name(self) -> str:
         """The cube's component label: ``resid``, ``attn``, ``mlp``, ``head.H``, ``neuron.N``."""
-        if self.kind == "attention_head":
+        if self.kind == "head":
             return f"head.{self.head}"
-        if self.kind == "mlp_neuron":
+        if self.kind == "neuron":
             return f"neuron.{self.neuron}"
-        return prefix_of(self.kind)
+        return self.kind
 
     @classmethod
     def from_name(cls, name: str, layer: int) -> LayerComponent:
         """The component a cube component name (:attr:`name`) names at ``layer``.
 
         >>> LayerComponent.from_name("head.3", 1)
-        LayerComponent(kind='attention_head', layer=1, head=3, neuron=None)
+        LayerComponent(kind='head', layer=1, head=3, neuron=None)
         """
         prefix, dot, index = str(name).partition(".")
-        kind = PREFIXES.get(prefix)
-        split = kind in ("attention_head", "mlp_neuron")
-        if kind is None or split != bool(dot) or (dot and not index.isdigit()):
+        split = prefix in ("head", "neuron")
+        if prefix not in COMPONENT_ORDER or split != bool(dot) or (dot and not index.isdigit()):
             raise SelectorError(
                 f"unknown component name {name!r}: use resid, attn, mlp, head.H or neuron.N"
             )
-        if kind == "attention_head":
+        kind = cast(Kind, prefix)
+        if kind == "head":
             return cls(kind, int(layer), head=int(index))
-        if kind == "mlp_neuron":
+        if kind == "neuron":
             return cls(kind, int(layer), neuron=int(index))
         return cls(kind, int(layer))
 
     def __str__(self) -> str:
         """The display format of a component everywhere: its selector, ``head:3.2``
         (``resid:embed`` for the embedding output)."""
-        if self.kind == "attention_head":
+        if self.kind == "head":
             return f"head:{self.layer}.{self.head}"
-        if self.kind == "mlp_neuron":
+        if self.kind == "neuron":
             return f"neuron:{self.layer}.{self.neuron}"
         layer = "embed" if self.layer == EMBED else self.layer
-        return f"{prefix_of(self.kind)}:{layer}"
+        return f"{self.kind}:{layer}"
 
 
 def component_key(name: str) -> tuple[int, int, str]:
@@ -127,11 +121,6 @@ def table_components(table: Any) -> list[LayerComponent]:
     return [LayerComponent.from_name(name, layer) for layer, name in pairs]
 
 
-def prefix_of(kind: Kind) -> str:
-    """The selector prefix (and cube component name) of a kind."""
-    return next(p for p, k in PREFIXES.items() if k == kind)
-
-
 @dataclass(frozen=True)
 class Selector:
     """A parsed selector string; ``None`` fields mean "all"."""
@@ -151,13 +140,13 @@ class Selector:
                 f"selector '{self.text}': {which} out of range; "
                 f"this model has layers 0-{shape.n_layers - 1}: choose among them"
             )
-        if self.kind == "attention_head":
+        if self.kind == "head":
             return [
                 LayerComponent(self.kind, layer, head=h)
                 for layer in layers
                 for h in self._indices(shape.n_heads, "head")
             ]
-        if self.kind == "mlp_neuron":
+        if self.kind == "neuron":
             return [
                 LayerComponent(self.kind, layer, neuron=n)
                 for layer in layers
@@ -205,13 +194,13 @@ def parse_selector(text: str) -> Selector:
     raw = text.strip()
     prefix, colon, rest = raw.partition(":")
     prefix = _ALIASES.get(prefix, prefix)
-    if prefix not in PREFIXES:
+    if prefix not in COMPONENT_ORDER:
         raise SelectorError(f"unknown component kind '{prefix}' in '{raw}': {_HELP}")
-    kind = PREFIXES[prefix]
+    kind = cast(Kind, prefix)
     if colon and not rest.strip():  # "resid:" (e.g. from layers='') is a slip, not "all"
         raise SelectorError(f"no layers after ':' in '{raw}': {_HELP}")
     rest = rest or "all"
-    if kind in ("attention_head", "mlp_neuron") and "." in rest:
+    if kind in ("head", "neuron") and "." in rest:
         layer_text, _, index_text = rest.partition(".")
         layers = parse_layers(layer_text, context=raw)
         if index_text in ("*", "all"):

@@ -206,7 +206,7 @@ def _run_chunk(
     by_site: dict[SiteKey, list[tuple[int, Cell]]] = {}
     for index, cell in enumerate(chunk):
         by_site.setdefault(cell.site, []).append((index, cell))
-    reads = set() if readout is None else {site_of(LayerComponent("residual", readout))}
+    reads = set() if readout is None else {site_of(LayerComponent("resid", readout))}
     scored = _scored_sites(model, scorers)
     readers = [metric_reader(model, s, k) for s in scorers]
     read_at = (torch.arange(k * n), prompts.read.repeat(k).cpu())

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from mechwidgets.core.components import EMBED, PREFIXES, STREAMS, LayerComponent
+from mechwidgets.core.components import EMBED, STREAMS, LayerComponent
 from mechwidgets.core.errors import SpecError
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ def _component(layer: Any, component: str) -> LayerComponent:
         raise SpecError(f"layer must be a block index (an integer) or 'embed', got {layer!r}")
     if layer == EMBED and component != "resid":
         raise SpecError(f"the embedding layer has no {component} write; read component='resid'")
-    return LayerComponent(PREFIXES[component], int(layer))
+    return LayerComponent(STREAMS[STREAMS.index(component)], int(layer))  # typed as a Kind
 
 
 def probe(

@@ -34,9 +34,9 @@ def patched_readouts(
 ) -> dict[str, np.ndarray]:
     """Residual streams at the read token: source and readout layers unpatched, and the
     readout layer with each target's residual stream replaced by the source's."""
-    src_key = site_of(LayerComponent("residual", source))
-    read_key = site_of(LayerComponent("residual", readout))
-    cells = [Cell(LayerComponent("residual", t)) for t in targets]  # every position
+    src_key = site_of(LayerComponent("resid", source))
+    read_key = site_of(LayerComponent("resid", readout))
+    cells = [Cell(LayerComponent("resid", t)) for t in targets]  # every position
     parts: dict[str, list[np.ndarray]] = {}
     positions = None if task.positions is None else np.asarray(task.positions)
     for start in range(0, len(task), batch_size):

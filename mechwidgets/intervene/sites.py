@@ -9,7 +9,7 @@ where logits are read. A :data:`SiteKey` sorts in forward order, as nnsight requ
 its envoys to be visited; :func:`site_port` finds the envoy through the model's adapter
 (:mod:`mechwidgets.models.adapters`: where each family keeps those modules).
 
->>> site_of(LayerComponent("attention_head", 1, head=2))
+>>> site_of(LayerComponent("head", 1, head=2))
 (1, 0, 'attn_out_proj')
 >>> components_of(model, ["resid", "head"], embed=True)[:2]
 """
@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
 #: component kind -> (model site, order of that site within a block's forward pass)
 SITES: dict[str, tuple[str, int]] = {
-    "attention_head": ("attn_out_proj", 0),
-    "attention": ("attn", 1),
-    "mlp_neuron": ("mlp_out_proj", 2),
+    "head": ("attn_out_proj", 0),
+    "attn": ("attn", 1),
+    "neuron": ("mlp_out_proj", 2),
     "mlp": ("mlp", 3),
-    "residual": ("block", 4),
+    "resid": ("block", 4),
 }
 #: (layer, order within the block, site): sorts in forward order
 SiteKey = tuple[int, int, str]
@@ -45,18 +45,18 @@ SiteKey = tuple[int, int, str]
 
 def site_of(component: LayerComponent) -> SiteKey:
     """The site key of a component: its layer, forward order and model site."""
-    if component.kind == "residual" and component.layer == EMBED:
-        return (EMBED, SITES["residual"][1], "embed")
+    if component.kind == "resid" and component.layer == EMBED:
+        return (EMBED, SITES["resid"][1], "embed")
     site, order = SITES[component.kind]
     return (component.layer, order, site)
 
 
 def columns(model: Any, component: LayerComponent) -> slice:
     """The slice of the site's last dimension that the component owns."""
-    if component.kind == "attention_head":
+    if component.kind == "head":
         assert component.head is not None
         return slice(component.head * model.d_head, (component.head + 1) * model.d_head)
-    if component.kind == "mlp_neuron":
+    if component.kind == "neuron":
         assert component.neuron is not None
         return slice(component.neuron, component.neuron + 1)
     return slice(None)
@@ -66,7 +66,7 @@ def check_components(model: Any, components: Iterable[LayerComponent]) -> None:
     """Raise a one-line SelectorError for a layer, head or neuron the model does not have."""
     shape = model.shape
     for comp in components:
-        if comp.kind == "residual" and comp.layer == EMBED:
+        if comp.kind == "resid" and comp.layer == EMBED:
             continue
         limits = [("layer", comp.layer, shape.n_layers)]
         if comp.head is not None:
@@ -87,7 +87,7 @@ def score_site(model: Any, scorer: Scorer) -> SiteKey:
     if scorer.component is not None:
         return site_of(scorer.component)
     if model.adapter.final_norm is None:
-        return site_of(LayerComponent("residual", model.shape.n_layers - 1))
+        return site_of(LayerComponent("resid", model.shape.n_layers - 1))
     return (model.shape.n_layers, 0, "final_norm")
 
 
@@ -126,7 +126,7 @@ def components_of(
     selectors = [item if ":" in item else f"{item}:all" for item in items]
     comps = expand_selectors(selectors, model.shape)
     if embed and any(item in ("resid", "residual") for item in items):
-        comps.insert(0, LayerComponent("residual", EMBED))
+        comps.insert(0, LayerComponent("resid", EMBED))
     check_components(model, comps)
     return sorted(
         comps, key=lambda c: (component_key(c.name)[0], c.layer, c.head or 0, c.neuron or 0)

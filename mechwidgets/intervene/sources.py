@@ -8,7 +8,7 @@ prompts at the same token position; ``resample`` writes the activation another p
 produced at the same position (in distribution; Heimersheim & Nanda 2024). Rankings can
 flip between them, so every number the toolkit reports names its ablation.
 
->>> cells = [Cell(LayerComponent("attention_head", 1, head=2))]
+>>> cells = [Cell(LayerComponent("head", 1, head=2))]
 >>> source = ablation_source("mean", prompts)
 >>> values, _ = run_cells(model, prompts, cells, source, [bind(task.behavior, model, prompts)])
 """

@@ -88,7 +88,7 @@ class AttentionPatterns:
             )
         means = self.head_scores.set_index(["layer", "head"])
         titles = [
-            f"{LayerComponent('attention_head', layer, head=head)}  "
+            f"{LayerComponent('head', layer, head=head)}  "
             f"prev {means.loc[(layer, head), 'previous_token']:.2f} · "
             f"induction {_fmt(means.loc[(layer, head), 'induction'])}"
             for layer, head in chosen
