@@ -29,7 +29,6 @@ from typing import Literal
 import numpy as np
 from scipy.stats import beta, binom, false_discovery_control, norm, rankdata
 from scipy.stats import t as student_t
-from sklearn.metrics import r2_score, roc_auc_score
 
 from mechwidgets.core.errors import SpecError
 
@@ -66,8 +65,12 @@ def score(metric: Metric, y_true: np.ndarray, output: np.ndarray) -> float:
     if metric == "auc":
         if np.unique(y_true).size < 2:
             return float("nan")
+        from sklearn.metrics import roc_auc_score  # here: detect's accuracy needs no sklearn
+
         return float(roc_auc_score(y_true, output))
     if metric == "r2":
+        from sklearn.metrics import r2_score
+
         return float(r2_score(y_true, output))
     raise SpecError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
 

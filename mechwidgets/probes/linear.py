@@ -39,7 +39,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from mechwidgets.analysis.statistics import Metric, batch_score, score
@@ -265,6 +264,8 @@ class LogisticPath:
         m = targets.shape[-1]
         self.coef = np.zeros((len(alphas), g, p, m))
         self.intercept = np.zeros((len(alphas), g, 1, m))
+        from sklearn.linear_model import LogisticRegression  # here: ridge probes need none
+
         for gi in range(g):
             for j in range(m):
                 positive = targets[min(gi, targets.shape[0] - 1), :, j] > 0

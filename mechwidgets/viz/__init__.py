@@ -27,6 +27,10 @@ _LAZY = {
 }
 __all__ = ["AttentionPatterns", "ChartView", "TokenScores", "attention_patterns", "token_scores"]
 
+# Before any chart imports altair: its schema library's IRI grammar compiles on first use
+# only (1.3 s of CPU at import otherwise; see mechwidgets.viz.deferred_grammar).
+importlib.import_module("mechwidgets.viz.deferred_grammar").defer_iri_grammar()
+
 
 def __getattr__(name: str) -> Any:
     """Import a name on first use and keep it (PEP 562)."""
