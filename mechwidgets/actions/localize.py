@@ -36,6 +36,7 @@ from mechwidgets.actions.base import ActionResult, ResultAction
 from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
 from mechwidgets.core.components import (
     COMPONENT_ORDER,
+    INTERVENED,
     STREAMS,
     LayerComponent,
     table_components,
@@ -64,7 +65,7 @@ def localize(
     *,
     behavior: Any = None,
     probe: ProbeReadout | Any = None,
-    components: str | Sequence[str] = ("resid", "attn", "mlp", "head"),
+    components: str | Sequence[str] = INTERVENED,
     top_k: int = 8,
     interventions: Sequence[str] | None = None,
     corrupt: Sequence[str] | None = None,

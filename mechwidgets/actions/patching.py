@@ -32,7 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction, RunContext
-from mechwidgets.core.components import LayerComponent, table_components
+from mechwidgets.core.components import INTERVENED, LayerComponent, table_components
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import Needs, check_params, load, registration
 from mechwidgets.data.catalog import PromptPairs
@@ -62,7 +62,7 @@ def patch(
     *,
     behavior: Any = None,
     grid: Sequence[str] = ("layer", "component", "position"),
-    components: str | Sequence[str] = ("resid", "attn", "mlp", "head"),
+    components: str | Sequence[str] = INTERVENED,
     direction: Direction = "denoise",
     attribution: bool = True,
     n: int | None = None,
@@ -125,7 +125,7 @@ def attribution_patch(
     *,
     behavior: Any = None,
     grid: Sequence[str] = ("layer", "component", "position"),
-    components: str | Sequence[str] = ("resid", "attn", "mlp", "head"),
+    components: str | Sequence[str] = INTERVENED,
     direction: Direction = "denoise",
     n: int | None = None,
     resamples: int = 1000,

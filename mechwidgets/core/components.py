@@ -34,6 +34,9 @@ COMPONENT_ORDER: tuple[Kind, ...] = get_args(Kind)
 #: the three streams every layer has, each ``d_model`` wide: the residual stream (block
 #: output) and the attention and MLP writes into it; heads and neurons are finer parts
 STREAMS: tuple[Kind, ...] = COMPONENT_ORDER[:3]
+#: what an intervention covers unless told: the streams and every head (neurons, which
+#: are many, on request)
+INTERVENED: tuple[Kind, ...] = COMPONENT_ORDER[:4]
 #: the layer index of the embedding output: the residual stream entering block 0 (token
 #: embeddings, plus position embeddings and LayerNorm where the family has them)
 EMBED = -1

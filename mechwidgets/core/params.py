@@ -34,6 +34,7 @@ from annotated_types import Ge, Gt, Lt, MinLen
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 from pydantic.fields import FieldInfo
 
+from mechwidgets.core.components import INTERVENED
 from mechwidgets.core.errors import SpecError
 
 # the choices a parameter takes, declared here once: the engine imports them from here
@@ -193,9 +194,7 @@ class LocalizeParams(IntervalParams):
     label: Name | None = None
     behavior: Any = None
     probe: Any = None
-    components: Names = Field(
-        ("resid", "attn", "mlp", "head"), description="kinds or selectors to rank"
-    )
+    components: Names = Field(INTERVENED, description="kinds or selectors to rank")
     top_k: Count = 8
     interventions: Annotated[Sequence[Intervention], BeforeValidator(_listed)] | None = None
     corrupt: Any = None
@@ -210,9 +209,7 @@ class AttributionParams(IntervalParams):
     grid: GridAxis | Annotated[Sequence[GridAxis], BeforeValidator(_listed)] = Field(
         ("layer", "component", "position"), description="the axes patched one cell at a time"
     )
-    components: Names = Field(
-        ("resid", "attn", "mlp", "head"), description="kinds or selectors to patch"
-    )
+    components: Names = Field(INTERVENED, description="kinds or selectors to patch")
     direction: Direction = "denoise"
     n: Count | None = None
     corrupt: Any = None

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from mechwidgets.core.components import STREAMS
 from mechwidgets.data.tasks import SPLITS
 
 
@@ -25,7 +26,7 @@ def planted_cube(
     n_samples: int = 600,
     dim: int = 32,
     n_layers: int = 5,
-    components: Sequence[str] = ("resid", "attn", "mlp"),
+    components: Sequence[str] = STREAMS,
     classes: Mapping[str, int] | None = None,
     types_per_class: int = 4,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),

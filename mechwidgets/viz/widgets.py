@@ -30,7 +30,7 @@ import pandas as pd
 import traitlets
 import xarray as xr
 
-from mechwidgets.core.components import STREAMS, component_key
+from mechwidgets.core.components import INTERVENED, STREAMS, component_key
 from mechwidgets.core.errors import MechError, SpecError
 from mechwidgets.viz.samples import class_name, class_names
 
@@ -446,9 +446,9 @@ class Launcher(ipywidgets.VBox):
             style=wide,
         )
         self.layers = ipywidgets.Text(value="all", description="layers", style=wide)
-        self.components = {
+        self.components: dict[str, ipywidgets.Checkbox] = {
             name: ipywidgets.Checkbox(value=name != "head", description=name, indent=False)
-            for name in ("resid", "attn", "mlp", "head")
+            for name in INTERVENED
         }
         self.labels = ipywidgets.Text(
             value="", placeholder="task default; compare: a, b", description="labels", style=wide
