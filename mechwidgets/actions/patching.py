@@ -34,6 +34,7 @@ import xarray as xr
 from mechwidgets.actions.base import ActionResult, ResultAction, RunContext
 from mechwidgets.core.components import INTERVENED, LayerComponent, table_components
 from mechwidgets.core.errors import SpecError
+from mechwidgets.core.params import GRID_AXES
 from mechwidgets.core.registry import Needs, check_params, load, registration
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
@@ -61,7 +62,7 @@ def patch(
     corrupt: Task | Sequence[str] | None = None,
     *,
     behavior: Any = None,
-    grid: Sequence[str] = ("layer", "component", "position"),
+    grid: Sequence[str] = GRID_AXES,
     components: str | Sequence[str] = INTERVENED,
     direction: Direction = "denoise",
     attribution: bool = True,
@@ -124,7 +125,7 @@ def attribution_patch(
     corrupt: Task | Sequence[str] | None = None,
     *,
     behavior: Any = None,
-    grid: Sequence[str] = ("layer", "component", "position"),
+    grid: Sequence[str] = GRID_AXES,
     components: str | Sequence[str] = INTERVENED,
     direction: Direction = "denoise",
     n: int | None = None,
@@ -289,7 +290,7 @@ def patch_result(
         columns["attribution_delta"] = values["attribution"].mean(1)
         agree = agreement(stats["effect"], columns["attribution"])
     table = grid_table(model, cells, pairs, columns)
-    index = ["layer", "component", "position"]
+    index = list(GRID_AXES)
     data = xr.Dataset.from_dataframe(table.drop(columns=["intervention"]).set_index(index))
     clean, corrupt = (base, source) if direction == "noise" else (source, base)
     data.attrs.update(direction=direction, method=method, metric=describe(pairs.metric))

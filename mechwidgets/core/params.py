@@ -52,7 +52,7 @@ CORRECTIONS: tuple[str, ...] = typing.get_args(Correction)
 ABLATIONS: tuple[str, ...] = typing.get_args(Ablation)
 INTERVENTIONS: tuple[str, ...] = typing.get_args(Intervention)
 DIRECTIONS: tuple[str, ...] = typing.get_args(Direction)
-GRID_AXES: tuple[str, ...] = typing.get_args(GridAxis)
+GRID_AXES: tuple[GridAxis, ...] = typing.get_args(GridAxis)
 
 
 def _whole(value: Any) -> Any:
@@ -207,7 +207,7 @@ class AttributionParams(IntervalParams):
 
     behavior: Any = None
     grid: GridAxis | Annotated[Sequence[GridAxis], BeforeValidator(_listed)] = Field(
-        ("layer", "component", "position"), description="the axes patched one cell at a time"
+        GRID_AXES, description="the axes patched one cell at a time"
     )
     components: Names = Field(INTERVENED, description="kinds or selectors to patch")
     direction: Direction = "denoise"
