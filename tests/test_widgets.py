@@ -191,7 +191,7 @@ def test_polysemantic_results_show_probe_scores_and_each_layers_top_neurons():
     assert np.allclose(scores[:, 0], res.data["probe_score"].sel(feature="a").values)
     ex.selected = {"layer": 1, "component": "neurons"}
     assert ex.detail_kind == "grid" and ex.detail_cols == ["a", "b"]
-    assert len(ex.detail_rows) == 6 and all(r.startswith("N") for r in ex.detail_rows)
+    assert len(ex.detail_rows) == 6 and all(r.startswith("neuron:1.") for r in ex.detail_rows)
 
 
 def test_explorer_has_a_static_fallback_and_a_readable_repr():

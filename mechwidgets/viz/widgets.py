@@ -30,7 +30,7 @@ import pandas as pd
 import traitlets
 import xarray as xr
 
-from mechwidgets.core.components import INTERVENED, STREAMS, component_key
+from mechwidgets.core.components import INTERVENED, STREAMS, LayerComponent, component_key
 from mechwidgets.core.errors import MechError, SpecError
 from mechwidgets.viz.samples import class_name, class_names
 
@@ -371,7 +371,10 @@ def _neuron_grid(result: Any, layer: int, comp: str) -> xr.DataArray | None:
     return xr.DataArray(
         loading.values,
         dims=("neuron", "feature"),
-        coords={"neuron": [f"N{n}" for n in top["neuron"]], "feature": loading["feature"].values},
+        coords={
+            "neuron": [str(LayerComponent("neuron", layer, neuron=int(n))) for n in top["neuron"]],
+            "feature": loading["feature"].values,
+        },
         name="loading",
     )
 
