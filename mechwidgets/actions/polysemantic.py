@@ -45,9 +45,10 @@ from mechwidgets.analysis.neurons import (
 )
 from mechwidgets.analysis.statistics import permutation_pvalue, score
 from mechwidgets.cluster import map_slices, using
-from mechwidgets.core.errors import CubeError, SpecError
+from mechwidgets.core.components import LayerComponent
+from mechwidgets.core.errors import SpecError
 from mechwidgets.core.registry import Needs, check_params
-from mechwidgets.extract.cube import NEURONS, check_cube
+from mechwidgets.extract.cube import NEURONS, activations_index, check_cube, check_finite
 from mechwidgets.probes.controls import shuffled_labels
 from mechwidgets.probes.linear import (
     Standardizer,
@@ -58,7 +59,6 @@ from mechwidgets.probes.linear import (
 from mechwidgets.probes.sweep import (
     CubeView,
     Protocol,
-    activations_info,
     label_names,
     read_cube,
     resolve_labels,
@@ -194,7 +194,8 @@ class PolysemanticResult(ActionResult):
         keys = list(zip(shown["layer"], shown["neuron"], strict=True))
         long = self.loadings.set_index(["layer", "neuron"]).loc[keys].reset_index()
         long["unit"] = [
-            f"L{la}.N{ne}" for la, ne in zip(long["layer"], long["neuron"], strict=True)
+            str(LayerComponent("neuron", int(la), neuron=int(ne)))
+            for la, ne in zip(long["layer"], long["neuron"], strict=True)
         ]
         if not len(self.shortlist):
             note = f" — none flagged, top {len(shown)} by index"
@@ -269,7 +270,7 @@ class Polysemantic(ResultAction):
             data=data,
             table=_neuron_table(data),
             params=plan.params(),
-            activations=activations_info(plan.cube) | {"variable": NEURONS},
+            activations=activations_index(plan.cube, NEURONS),
         )
 
 
@@ -310,14 +311,12 @@ def _layer_on(
 
 def _layer_stats(plan: NeuronPlan, layer: int, orders: np.ndarray) -> dict[str, np.ndarray]:
     """Every per-(feature, neuron) number of one layer, and its probes' scores."""
-    x = np.asarray(
-        plan.cube[NEURONS].sel(layer=layer).transpose("sample", "neuron").values, np.float64
+    x = check_finite(
+        np.asarray(
+            plan.cube[NEURONS].sel(layer=layer).transpose("sample", "neuron").values, np.float64
+        ),
+        f"neurons at layer {layer}",
     )
-    if not np.isfinite(x).all():
-        raise CubeError(
-            f"neurons at layer {layer} hold {int((~np.isfinite(x)).sum())} NaN/inf values; "
-            "re-extract (e.g. in float32) or drop those samples"
-        )
     labs = [plan.view.labels[name] for name in plan.labels]
     y = np.stack([lab.codes.astype(np.float64) for lab in labs], axis=1)
     load = feature_loadings(x, y, list(plan.labels))
