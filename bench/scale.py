@@ -1,52 +1,60 @@
 """dask.distributed against the single-process path: extraction and the default detect.
 
 Extraction: the toy-grammar zoo model over ``N_TEXTS`` texts into a Zarr cube (batches of
-``BATCH``), in this process and with ``client=`` on a LocalCluster of 1 and 2 worker
-processes (1 thread each). Every path is warmed first (one extraction, so each worker
+``BATCH``), in this process and with ``client=`` on a LocalCluster of 1 and of 2 worker
+processes (1 thread each). Detect: the default protocol (5 seeds, 200 permutations, 1000
+resamples, label-shuffle and random-subspace controls) on a planted cube of ``SAMPLES`` x
+``LAYERS`` layers x 3 components x ``DIM``, a netCDF file (a Zarr store with ``--zarr``).
+
+Both clusters are started first and every path is warmed (one extraction, so each worker
 has loaded the model and traced once; one detect, so each worker has opened the cube);
-the workers' cold first extraction is reported apart. The local extraction runs on one
-torch thread, as each worker does; the default (one per core) is reported apart.
-Detect: the default protocol (5 seeds, 200 permutations, 1000 resamples, label-shuffle
-and random-subspace controls) on a planted netCDF cube of ``SAMPLES`` x ``LAYERS``
-layers x 3 components x ``DIM``.
+then ``--rounds`` rounds run local, 1 worker and 2 workers in turn (interleaved, so a
+change in the machine's load hits every path alike), and the median of each is reported.
+The machine is shared: wall time follows the other jobs' load, so every run also records
+CPU seconds, this process's (the client, the scheduler and the nannies: LocalCluster runs
+them here) and each worker's (``time.process_time`` on the worker). From those:
+
+- overhead at 1 worker, CPU: (client + worker CPU) / local CPU: the work the distributed
+  path adds, whatever the load;
+- speed-up at 2 workers on free cores: local CPU / (client CPU + the busier worker's
+  CPU), the wall time the 2-worker path would take with a core per worker (the client's
+  part counted as serial, which overstates it: its waiting overlaps the workers);
+- and the measured wall ratios, at the load printed beside them.
 
 Then a paper projection for 16 and 256 workers from the measured parts: the client's
-serial part (reading labels, drawing controls, statistics), the per-slice task cost, and
-the scheduler's per-task overhead (measured with no-op tasks).
+serial CPU, the worker CPU per task, and the scheduler's CPU per task (no-op tasks).
 
-    python bench/scale.py [--quick | --large]
+    python bench/scale.py [--quick | --large] [--zarr] [--rounds 3]
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
 import os
-import sys
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import dask
 import torch
 
 import mechwidgets as mw
 from mechwidgets.cluster import save_cube
 from mechwidgets.probes.synthetic import planted_cube
 
-QUICK, LARGE = "--quick" in sys.argv, "--large" in sys.argv
-N_TEXTS, BATCH = (128, 32) if QUICK else (1024, 64) if LARGE else (256, 32)
-SAMPLES, LAYERS, DIM = (600, 4, 64) if QUICK else (2000, 8, 256) if LARGE else (800, 6, 64)
-DETECT = {"seeds": 2, "permutations": 50, "resamples": 200} if QUICK else {}
+SIZES = {  # texts, batch; samples, layers, dim
+    "quick": ((128, 32), (600, 4, 64)),
+    "default": ((256, 32), (800, 6, 64)),
+    "large": ((1024, 64), (2000, 8, 256)),
+}
 
 
-def timed(fn, *args, **kwargs) -> float:
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    if hasattr(out, "close"):
-        out.close()
-    return time.perf_counter() - start
-
-
-def cluster(n: int):
+def cluster(n: int) -> tuple[Any, Any]:
     from dask.distributed import Client, LocalCluster
 
     lc = LocalCluster(
@@ -55,84 +63,140 @@ def cluster(n: int):
     return lc, Client(lc)
 
 
-def noop_overhead(client, n: int = 400) -> float:
-    """Seconds of scheduler + round trip per task, from ``n`` no-op tasks."""
+def worker_cpu(client: Any) -> dict[str, float]:
+    return client.run(time.process_time) if client is not None else {}
+
+
+def run(fn: Callable[[], Any], client: Any = None) -> dict[str, float]:
+    """Wall, this process's CPU and each worker's CPU over one call of ``fn``.
+
+    A local run uses dask's default local scheduler, as in a session without a cluster
+    (a Client, once made, is dask's default scheduler for every later computation).
+    """
+    w0, c0, t0 = worker_cpu(client), time.process_time(), time.perf_counter()
+    with dask.config.set(scheduler="threads") if client is None else contextlib.nullcontext():
+        out = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if hasattr(out, "close"):
+        out.close()
+    w1 = worker_cpu(client)
+    per_worker = sorted((w1[k] - w0[k] for k in w0), reverse=True)
+    return {
+        "wall": wall,
+        "client": cpu,
+        "workers": sum(per_worker),
+        "busiest": per_worker[0] if per_worker else 0.0,
+    }
+
+
+def noop_overhead(client: Any, n: int = 400) -> tuple[float, float]:
+    """Wall and client CPU seconds per task from ``n`` no-op tasks (scheduler + round trip,
+    pipelined: throughput, not the latency of one task)."""
     client.gather(client.map(abs, range(-20, 0), pure=False))  # warm
-    start = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     client.gather(client.map(abs, range(-n, 0), pure=False))
-    return (time.perf_counter() - start) / n
+    return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+
+
+def median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--large", action="store_true")
+    parser.add_argument("--zarr", action="store_true", help="detect on a Zarr store")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    size = "quick" if args.quick else "large" if args.large else "default"
+    (n_texts, batch), (samples, layers, dim) = SIZES[size]
+    detect_kw = {"seeds": 2, "permutations": 50, "resamples": 200} if args.quick else {}
     load0 = os.getloadavg()
+
     folder = Path(tempfile.mkdtemp(prefix="mw-scale-"))
     model = mw.load_model("toy-grammar")
-    task = mw.get_task("subject_number", n=N_TEXTS)
-    ext = {"batch_size": BATCH, "progress": False}
-    cube = mw.open_cube(
-        save_cube(
-            planted_cube({"number": {(2, "resid"): 2.0}}, n_samples=SAMPLES, dim=DIM,
-                         n_layers=LAYERS),
-            folder / "cube.nc",
-        )
-    )  # fmt: skip
-    n_slices = LAYERS * 3
-    times: dict[str, float] = {}
-    timed(mw.extract, model, task, store=folder / "warm.zarr", **ext)  # first trace: warm-up
-    threads = torch.get_num_threads()
-    times[f"extract local {threads}t"] = timed(
-        mw.extract, model, task, store=folder / "l.zarr", **ext
+    task = mw.get_task("subject_number", n=n_texts)
+    planted = planted_cube(
+        {"number": {(2, "resid"): 2.0}}, n_samples=samples, dim=dim, n_layers=layers
     )
-    torch.set_num_threads(1)  # as each worker (1 thread); on busy cores much the faster
-    times["extract local"] = timed(mw.extract, model, task, store=folder / "local.zarr", **ext)
-    res = mw.detect(cube, "number", **DETECT)
-    times["detect local"] = timed(mw.detect, cube, "number", **DETECT)
-    probes_s, stats_s = res.timings["probes"], res.timings["statistics"]
-    overhead = {}
-    for n in (1, 2):
-        lc, client = cluster(n)
-        try:
-            store = folder / f"w{n}-cold.zarr"
-            times[f"extract {n}w cold"] = timed(
-                mw.extract, model, task, store=store, client=client, **ext
-            )
-            store = folder / f"w{n}.zarr"
-            times[f"extract {n}w"] = timed(
-                mw.extract, model, task, store=store, client=client, **ext
-            )
-            mw.detect(cube, "number", client=client, **DETECT)  # workers open the cube once
-            times[f"detect {n}w"] = timed(mw.detect, cube, "number", client=client, **DETECT)
-            overhead[n] = noop_overhead(client)
-        finally:
-            client.close()
-            lc.close()
+    cube = mw.open_cube(save_cube(planted, folder / ("cube.zarr" if args.zarr else "cube.nc")))
+    n_slices = layers * 3
+    torch.set_num_threads(1)  # as each worker (1 thread): the same work on every path
+    clients = {"local": None, "1w": cluster(1), "2w": cluster(2)}
+    count = iter(range(10**6))
+
+    def extract(client: Any) -> Any:
+        store = folder / f"x{next(count)}.zarr"  # a new store each time: every batch computed
+        return mw.extract(model, task, store=store, batch_size=batch, progress=False,
+                          client=client)  # fmt: skip
+
+    def detect(client: Any) -> Any:
+        return mw.detect(cube, "number", client=client, **detect_kw)
+
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    cold = {}
+    try:
+        for name, pair in clients.items():  # warm every path
+            client = pair[1] if pair else None
+            cold[name] = run(lambda c=client: extract(c), client)["wall"]
+            detect(client)
+        for _ in range(args.rounds):
+            for what, fn in (("extract", extract), ("detect", detect)):
+                for name, pair in clients.items():
+                    client = pair[1] if pair else None
+                    results.setdefault((what, name), []).append(
+                        run(lambda f=fn, c=client: f(c), client)
+                    )
+        sched_wall, sched_cpu = noop_overhead(clients["2w"][1])
+        with dask.config.set(scheduler="threads"):
+            local_detect = detect(None)
+    finally:
+        for pair in clients.values():
+            if pair:
+                pair[1].close()
+                pair[0].close()
     load1 = os.getloadavg()
+
     print(f"machine: {os.cpu_count()} cores; load average (1 min) {load0[0]:.1f} before, "
-          f"{load1[0]:.1f} after")  # fmt: skip
-    print(f"extraction: {N_TEXTS} texts, batches of {BATCH} ({-(-N_TEXTS // BATCH)} tasks); "
-          f"detect: {SAMPLES} x {LAYERS} layers x 3 x {DIM}, {n_slices} slices, "
-          f"protocol {DETECT or 'default'}")  # fmt: skip
-    for name, s in times.items():
-        print(f"  {name:<20} {s:8.2f} s")
-    print("ratio                              measured  target")
+          f"{load1[0]:.1f} after; {args.rounds} interleaved rounds, medians")  # fmt: skip
+    print(f"extraction: {n_texts} texts, batches of {batch} ({-(-n_texts // batch)} tasks); "
+          f"detect: {samples} x {layers} layers x 3 x {dim} ({'zarr' if args.zarr else 'netCDF'}), "
+          f"{n_slices} slices, protocol {detect_kw or 'default'}")  # fmt: skip
+    print(f"  cold first extraction (workers start, import, load the model): "
+          f"{', '.join(f'{k} {v:.2f} s' for k, v in cold.items())}")  # fmt: skip
+    print("  path              wall s   client CPU s  workers CPU s  busiest worker s")
+    med = {key: median(runs) for key, runs in results.items()}
+    for (what, name), m in med.items():
+        print(f"  {what:<8}{name:<8}{m['wall']:8.2f}  {m['client']:12.2f}  {m['workers']:13.2f}"
+              f"  {m['busiest']:16.2f}")  # fmt: skip
+    print("ratio                                  measured  target")
     for what in ("extract", "detect"):
-        local = times[f"{what} local"]
-        print(f"  {what} 1 worker / local        {times[f'{what} 1w'] / local:8.2f}  <= 1.2")
-        print(f"  {what} speed-up 2 workers      {local / times[f'{what} 2w']:8.2f}  >= 1.6")
+        local, one, two = med[(what, "local")], med[(what, "1w")], med[(what, "2w")]
+        local_cpu = local["client"]
+        print(
+            f"  {what} 1 worker / local, CPU        {(one['client'] + one['workers']) / local_cpu:8.2f}  <= 1.2"
+        )
+        print(f"  {what} 1 worker / local, wall       {one['wall'] / local['wall']:8.2f}  <= 1.2")
+        print(
+            f"  {what} 2 workers, free-core speed-up {local_cpu / (two['client'] + two['busiest']):8.2f}  >= 1.6"
+        )
+        print(f"  {what} 2 workers, wall speed-up      {local['wall'] / two['wall']:8.2f}  >= 1.6")  # fmt: skip
     # projection: T(W) = serial + ceil(tasks / W) * per_task + tasks * scheduler
-    sched = overhead[2]
-    per_task = probes_s / n_slices  # upper bound: includes the labels' and draws' setup
-    serial = stats_s
-    print(f"paper projection (detect): per slice {per_task * 1e3:.0f} ms, scheduler "
-          f"{sched * 1e3:.2f} ms/task, client serial part {serial:.2f} s")  # fmt: skip
+    one = med[("detect", "1w")]
+    per_task = one["workers"] / n_slices  # a slice's probe on a worker, CPU
+    serial = one["client"]  # labels, draws, scatter, statistics, and the scheduler's share
+    print(f"paper projection (detect): per slice {per_task * 1e3:.0f} ms worker CPU, scheduler "
+          f"{sched_cpu * 1e3:.2f} ms CPU/task ({sched_wall * 1e3:.2f} ms wall), client serial "
+          f"{serial:.2f} s CPU (local detect: probes {local_detect.timings['probes']:.2f} s, "
+          f"statistics {local_detect.timings['statistics']:.2f} s)")  # fmt: skip
     for tasks in (n_slices, 1024):
+        t1 = serial + tasks * per_task + tasks * sched_cpu
         for w in (1, 16, 256):
-            t = serial + math.ceil(tasks / w) * per_task + tasks * sched
-            t1 = serial + tasks * per_task + tasks * sched
+            t = serial + math.ceil(tasks / w) * per_task + tasks * sched_cpu
             print(f"  {tasks:5d} slices, {w:3d} workers: {t:8.2f} s (speed-up {t1 / t:6.1f})")
-    stop = per_task / sched
-    print(f"  scaling stops at min(slices, per-slice / scheduler = {stop:.0f}) workers, and "
-          f"at most (serial + compute) / serial x over the serial part")  # fmt: skip
+    print(f"  scaling stops at min(slices, per-slice / scheduler = {per_task / sched_cpu:.0f}) "
+          f"workers; past that the client's serial {serial:.2f} s bounds it")  # fmt: skip
 
 
 if __name__ == "__main__":

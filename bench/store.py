@@ -3,14 +3,17 @@
 A synthetic cube of N samples x 8 layers x 3 components x 256 (float32), written batch by
 batch (64 samples, checksums included) by each format's writer, then opened (the open
 checks every block: both cubes are under ``VERIFY_ON_OPEN_BYTES``) and read whole, and
-one layer x component read alone. Best of ``REPEAT``; MB/s of ``act`` bytes. Then where
-a Zarr write's time goes: claiming a batch, its rows (one shard), its checksums, its flag.
+one layer x component read alone. Best of ``REPEAT``; MB/s of ``act`` bytes, per wall
+second and per CPU second of this process (``time.process_time``: what the other jobs of a
+shared machine do not change; the load average is printed). Then where a Zarr write's
+time goes: claiming a batch, its rows (one shard), its checksums, its flag.
 
     python bench/store.py [folder]   # default: a temporary folder
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -28,8 +31,8 @@ PER_SAMPLE = {"sample_id": np.arange(N), "text": np.array([f"text {i}" for i in 
 ATTRS = {"model": "bench", "cache_key": "bench"}
 
 
-def write(target: Path, batch: np.ndarray) -> float:
-    start = time.perf_counter()
+def write(target: Path, batch: np.ndarray) -> tuple[float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
     writer = (
         StoreWriter(target, LAYOUT, PER_SAMPLE, ATTRS, BATCH)
         if target.suffix == ".zarr"
@@ -38,19 +41,21 @@ def write(target: Path, batch: np.ndarray) -> float:
     with writer as out:
         for lo, hi in out.batches(BATCH):
             out.write(lo, batch[: hi - lo])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """Wall and CPU seconds of ``fn()``."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(folder: Path) -> None:
     batch = np.random.default_rng(0).normal(size=(BATCH, 8, 3, 256)).astype(np.float32)
     size = N * 8 * 3 * 256 * 4 / 2**20
-    print(f"cube: {N} x 8 x 3 x 256 float32 = {size:.0f} MB, batches of {BATCH}")
+    print(f"cube: {N} x 8 x 3 x 256 float32 = {size:.0f} MB, batches of {BATCH}; "
+          f"load average {os.getloadavg()[0]:.1f}; MB/s per wall s (per CPU s)")  # fmt: skip
     print(f"{'format':8} {'write MB/s':>11} {'open+read all MB/s':>19} {'one slice s':>12}")
     for name in ("cube.nc", "cube.zarr"):
         target = folder / name
@@ -64,9 +69,11 @@ def main(folder: Path) -> None:
             slices.append(
                 timed(lambda t=target: open_cube(t)["act"].sel(layer=3, component="mlp").values)
             )
+        best = [[min(runs) for runs in zip(*each, strict=True)] for each in (writes, reads, slices)]
+        (write_s, write_cpu), (read_s, read_cpu), (slice_s, slice_cpu) = best
         print(
-            f"{target.suffix[1:]:8} {size / min(writes):11.0f} {size / min(reads):19.0f}"
-            f" {min(slices):12.2f}"
+            f"{target.suffix[1:]:8} {size / write_s:5.0f} ({size / write_cpu:3.0f})"
+            f" {size / read_s:12.0f} ({size / read_cpu:3.0f}) {slice_s:7.2f} ({slice_cpu:.2f})"
         )
     zarr_write_split(folder, batch)
 
