@@ -173,15 +173,15 @@ def main() -> None:
     print("ratio                                  measured  target")
     for what in ("extract", "detect"):
         local, one, two = med[(what, "local")], med[(what, "1w")], med[(what, "2w")]
-        local_cpu = local["client"]
-        print(
-            f"  {what} 1 worker / local, CPU        {(one['client'] + one['workers']) / local_cpu:8.2f}  <= 1.2"
-        )
-        print(f"  {what} 1 worker / local, wall       {one['wall'] / local['wall']:8.2f}  <= 1.2")
-        print(
-            f"  {what} 2 workers, free-core speed-up {local_cpu / (two['client'] + two['busiest']):8.2f}  >= 1.6"
-        )
-        print(f"  {what} 2 workers, wall speed-up      {local['wall'] / two['wall']:8.2f}  >= 1.6")  # fmt: skip
+        cpu = local["client"]
+        rows = {
+            "1 worker / local, CPU": ((one["client"] + one["workers"]) / cpu, "<= 1.2"),
+            "1 worker / local, wall": (one["wall"] / local["wall"], "<= 1.2"),
+            "2 workers, free-core speed-up": (cpu / (two["client"] + two["busiest"]), ">= 1.6"),
+            "2 workers, wall speed-up": (local["wall"] / two["wall"], ">= 1.6"),
+        }
+        for label, (value, target) in rows.items():
+            print(f"  {what} {label:<31} {value:8.2f}  {target}")
     # projection: T(W) = serial + ceil(tasks / W) * per_task + tasks * scheduler
     one = med[("detect", "1w")]
     per_task = one["workers"] / n_slices  # a slice's probe on a worker, CPU
