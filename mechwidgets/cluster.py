@@ -280,17 +280,21 @@ def _worker_model(spec: tuple[str, str | None, str, str]) -> Any:
 
 
 def _write_on_worker(
-    spec: tuple[str, str | None, str, str], url: str, start: int, stop: int, job: tuple
+    spec: tuple[str, str | None, str, str], url: str, spans: list[tuple[int, int]], job: tuple
 ) -> int:
+    """Compute and commit each batch of ``spans`` with this worker's model; the store's
+    arrays are opened once for all of them. Returns the number of batches written."""
     from mechwidgets.extract.extractor import compute_batch
-    from mechwidgets.extract.store import write_batch
+    from mechwidgets.extract.store import writable_arrays, write_batch
 
     _heap_for_arrays()
     plan, texts, index, padding_side = job
-    part = None if index is None else index[start:stop]
-    values = compute_batch(_worker_model(spec), plan, texts[start:stop], part, padding_side)
-    write_batch(url, start, *values)
-    return start
+    model, arrays = _worker_model(spec), writable_arrays(url)
+    for start, stop in spans:
+        part = None if index is None else index[start:stop]
+        values = compute_batch(model, plan, texts[start:stop], part, padding_side)
+        write_batch(url, start, *values, arrays=arrays)
+    return len(spans)
 
 
 def write_on_workers(
@@ -301,33 +305,39 @@ def write_on_workers(
     job: tuple,
     progress: bool = False,
 ) -> None:
-    """Compute and write each ``(start, stop)`` batch of a Zarr cube on a worker.
+    """Compute and write each ``(start, stop)`` batch of a Zarr cube on the workers.
 
     ``job`` (plan, texts, per-text token index or None, padding side) goes to every
-    worker once; each task computes one batch with the worker's own copy of the model
-    and writes and commits its region of the store, so only the task's start comes back.
+    worker once; the batches go out in ``TASKS_PER_THREAD`` tasks per worker thread (as
+    slices do in :func:`map_slices`), each computing its batches with the worker's own
+    copy of the model and writing and committing each batch's region of the store as it
+    is done (so an interrupted task loses at most its batch in flight); only counts
+    come back.
     """
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
 
     spec = model_spec(model)
+    threads = max(1, sum(client.nthreads().values()))
+    n_tasks = min(len(spans), threads * TASKS_PER_THREAD)
     [shared] = client.scatter([job], broadcast=True, hash=False)
     tasks = [
-        client.submit(_write_on_worker, spec, url, start, stop, shared, pure=False)
-        for start, stop in spans
+        client.submit(_write_on_worker, spec, url, spans[i::n_tasks], shared, pure=False)
+        for i in range(n_tasks)
     ]
     if progress:
         show_progress(client, tasks)
+    bar = tqdm(
+        total=len(spans),
+        desc="extract",
+        unit="batch",
+        disable=not progress or in_notebook(),  # a notebook shows dask's bar instead
+    )
     try:
-        for future in tqdm(
-            as_completed(tasks),
-            total=len(tasks),
-            desc="extract",
-            unit="batch",
-            disable=not progress or in_notebook(),  # a notebook shows dask's bar instead
-        ):
-            future.result()
+        for future in as_completed(tasks):
+            bar.update(future.result())
     finally:
+        bar.close()
         client.cancel(tasks)
 
 

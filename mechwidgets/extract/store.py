@@ -278,7 +278,7 @@ def write_batch(
     re-validating the whole dataset per batch, which cost 10 requests a batch on S3.
     ``arrays``: the store's arrays opened for writing, to reuse across batches.
     """
-    arrays = _arrays(_group(url, "r+")) if arrays is None else arrays
+    arrays = writable_arrays(url) if arrays is None else arrays
     rows = int(arrays[ACT if ACT in arrays else NEURONS].chunks[0])  # a batch along sample
     if start % rows:
         raise ValueError(f"batches start at multiples of {rows}, not {start}")
@@ -292,6 +292,12 @@ def write_batch(
         arrays[name][start : start + len(values)] = values
         arrays[CHECKSUMS[name]][block] = block_crcs(values)
     _commit(arrays, block)  # after the rows and checksums, so a commit implies both
+
+
+def writable_arrays(url: str | Path) -> dict[str, zarr.Array]:
+    """The store's arrays a batch writes, opened for writing: pass them to
+    :func:`write_batch` (``arrays=``) to write several batches without reopening them."""
+    return _arrays(_group(url, "r+"))
 
 
 def _arrays(group: zarr.Group) -> dict[str, zarr.Array]:
