@@ -8,9 +8,12 @@ On a random-weight model shaped like Pythia-70m (6 layers, d_model 512, 8 heads,
   batch, every variant interleaved in each round, one torch thread:
   ``floor`` the base model's forward through the last block (no unembedding, the least
   any extraction of layer 5 pays); ``full`` the whole model's forward; ``extract``
-  ``mw.extract(..., cache=False)`` end to end (tokenize, trace, slice, netCDF write, lazy
-  open); ``hooks`` hand-written forward hooks that clone the last token of the 18
-  outputs and stop after the last block (no file); ``nnsight`` the same through an
+  ``mw.extract(..., cache=False)`` end to end (tokenize, trace, slice; a cube of one
+  batch, as here, is returned in memory, a larger one written to a temporary netCDF file
+  and opened lazily); ``cold`` the same with the cache on, the cache folder emptied
+  before each call (the cube is also written into the cache); ``hooks`` hand-written
+  forward hooks that clone the last token of the 18 outputs and stop after the last
+  block (no file); ``nnsight`` the same through an
   nnsight trace (no file); ``cached`` a second ``mw.extract`` of the same call with the
   cache on (no forward pass: key, lookup, open). Targets: extract <= 1.05x the floor at
   every size, cached < 0.05x the forward it skips (the floor).
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,7 +55,7 @@ from mechwidgets.models.loading import Model
 VOCAB = 50304
 BATCH = 32
 #: each variant's target, as a ratio to the floor
-TARGETS = {"extract": 1.05, "cached": 0.05}
+TARGETS = {"extract": 1.05, "cold": 1.05, "cached": 0.05}
 MEMORY_TARGET = 0.10
 TL_PYTHON = os.environ.get("TL_PYTHON", "/tmp/tlvenv/bin/python")
 
@@ -86,10 +90,12 @@ def random_texts(n: int, length: int, seed: int = 0) -> list[str]:
     return [" ".join(f"w{i}" for i in row) for row in ids]
 
 
-def cpu_timed(fn: Callable[[], object]) -> float:
+def cpu_timed(fn: Callable[[], object], calls: int = 1) -> float:
+    """CPU seconds per call of ``fn``, over ``calls`` calls in a row."""
     start = time.process_time()
-    fn()
-    return time.process_time() - start
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - start) / calls
 
 
 def _main(output: object) -> torch.Tensor:
@@ -141,7 +147,9 @@ def traced(model: Model, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return list(saved)
 
 
-def speed(model: Model, repeats: int, batch: int, seq: int) -> dict[str, list[float]]:
+def speed(
+    model: Model, repeats: int, batch: int, seq: int, calls: int = 1
+) -> dict[str, list[float]]:
     """CPU seconds per batch of each variant, repeated in interleaved rounds."""
     texts = random_texts(batch, seq, seed=seq)
     inputs = model.tokenize(texts)
@@ -163,9 +171,20 @@ def speed(model: Model, repeats: int, batch: int, seq: int) -> dict[str, list[fl
     def cached() -> None:
         mw.extract(model, texts, cache=True, progress=False, **kwargs).close()
 
+    cold_folder = Path(tempfile.mkdtemp(prefix="cold-"))
+
+    def cold() -> None:
+        """A first cached call: the cube is computed and written into the cache folder."""
+        os.environ["MECHWIDGETS_CACHE"], cache = str(cold_folder), os.environ["MECHWIDGETS_CACHE"]
+        try:
+            mw.extract(model, texts, cache=True, progress=False, **kwargs).close()
+        finally:
+            os.environ["MECHWIDGETS_CACHE"] = cache
+
     variants = {
         "floor": floor,
         "extract": extract,
+        "cold": cold,
         "hooks": lambda: hooked(model, inputs),
         "nnsight": lambda: traced(model, inputs),
         "cached": cached,
@@ -176,7 +195,14 @@ def speed(model: Model, repeats: int, batch: int, seq: int) -> dict[str, list[fl
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            times[name].append(cpu_timed(fn))
+            if name == "cold":  # every call cold: its cache folder emptied first, untimed
+                per_call = []
+                for _ in range(calls):
+                    shutil.rmtree(cold_folder, ignore_errors=True)
+                    per_call.append(cpu_timed(fn))
+                times[name].append(statistics.mean(per_call))
+            else:
+                times[name].append(cpu_timed(fn, calls))
     return times
 
 
@@ -250,7 +276,7 @@ def report_speed(model: Model, args: argparse.Namespace) -> float | None:
         os.environ["MECHWIDGETS_CACHE"] = folder  # the cached variant's cube, not the user's
         for size in args.sizes.split(","):
             batch, seq = (int(v) for v in size.split("x"))
-            times = speed(model, args.repeats, batch, seq)
+            times = speed(model, args.repeats, batch, seq, args.calls)
             if (batch, seq) == (32, 128):
                 tl_floor = statistics.median(times["floor"])
             print(f"{batch} texts x {seq} tokens, load {os.getloadavg()[0]:.1f}:")
@@ -309,6 +335,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=1, help="calls per timing (longer windows)")
     parser.add_argument("--sizes", default="32x128,16x64,16x16", help="texts x tokens, comma list")
     parser.add_argument("--memory-repeats", type=int, default=3, help="processes per size")
     parser.add_argument("--parts", default="speed,memory,tl", help="comma list of parts to run")
