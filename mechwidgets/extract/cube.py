@@ -254,9 +254,9 @@ def memory_cube(
     arguments, dask-backed in chunks of ``layout.block_rows`` samples, without reading
     the file (opening a small cube through xarray costs 6-8 ms of CPU).
 
-    ``name`` must identify the values (say the cache key): dask names the chunks by it
-    instead of hashing the data. ``source`` is the file holding the same cube, if any
-    (``encoding["source"]``).
+    ``name`` must be unique to the values (say the cache key and a nonce): dask names
+    the chunks by it instead of hashing the data. ``source`` is the file holding the same
+    cube, if any (``encoding["source"]``).
     """
     import dask.array as da  # here: importing mechwidgets need not import dask
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -289,7 +290,10 @@ def extract(
             if in_memory:
                 pairs = zip((ACT, NEURONS), values, strict=True)
                 rows = {var: v for var, v in pairs if v is not None}
-                cube = memory_cube(layout, per_sample, attrs, rows, key, path)
+                # dask names the chunks by the key and this call: equal keys may still hold
+                # different values after a ``.data`` edit the identity cannot see
+                name = f"{key}-{uuid.uuid4().hex[:12]}"
+                cube = memory_cube(layout, per_sample, attrs, rows, name, path)
                 return cube.assign_attrs(
                     task=_task_name(data), unseen_excluded=n_given - len(texts)
                 )
