@@ -1,12 +1,16 @@
 """dask.distributed for the cube: probing slices and extracting batches on workers.
 
 Given a ``dask.distributed.Client``, ``detect`` / ``compare`` / ``collapse`` (``client=c``)
-probe each (layer, component) slice on a worker, and ``extract(model, task,
-store="x.zarr", client=c)`` computes each batch on a worker and writes it into the Zarr
-cube. Workers open the cube file themselves from its path, once per worker, and load a
-zoo model once per worker by its name; only per-slice numbers and the batches' regions of
-the store move, never the cube through the scheduler. Seeded draws are made once on the
-client and shared, so results equal the single-process ones exactly.
+probe each (layer, component) slice on a worker, ``polysemantic`` tests each layer's
+neurons on one and collapse's CKA is a task per component; ``extract(model, task,
+store="x.zarr", client=c)`` computes the batches on the workers and writes them into the
+Zarr cube. Workers open the cube file themselves from its path, once per worker, without
+re-reading it (the client checked it), and read only the slices their tasks ask for, so a
+cube larger than a worker's memory is probed within it; they load a zoo model once per
+worker by its name. Only per-slice numbers and the batches' regions of the store move,
+never the cube through the scheduler. Seeded draws are made once on the client and
+shared, so results equal the single-process ones exactly. In a notebook each call shows
+dask's progress bar, and the first one the dashboard's link.
 
 >>> from dask.distributed import Client, LocalCluster
 >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))
