@@ -126,16 +126,13 @@ class AttentionPatterns:
             .mark_rect()
             .encode(
                 # vertical key labels at the query labels' size: one per 11 px column, none
-                # overlapping (slanted ones ran into each other)
-                x=alt.X(
-                    "key:O",
-                    title="key (attended to)",
-                    axis=alt.Axis(labelAngle=-90, labelFontSize=9),
-                ),
-                y=alt.Y("query:O", title="query", axis=alt.Axis(labelFontSize=9)),
-                color=alt.Color(
-                    "w:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="weight"
-                ),
+                # overlapping (slanted ones ran into each other); the chart's title names
+                # the axes once, so four panels of 16 tokens fit a notebook's width
+                x=alt.X("key:O", title=None, axis=alt.Axis(labelAngle=-90, labelFontSize=9)),
+                y=alt.Y("query:O", title=None, axis=alt.Axis(labelFontSize=9)),
+                # no legend: the title says what the shade means, and four panels of 16
+                # tokens then fit a notebook's width (the legend pushed it to a scrollbar)
+                color=alt.Color("w:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
                 tooltip=["query:N", "key:N", alt.Tooltip("w:Q", format=".3f", title="weight")],
             )
             .properties(width=cell * longest, height=cell * longest)
@@ -146,7 +143,10 @@ class AttentionPatterns:
             .facet(facet=alt.Facet("h:O", header=header, title=None), columns=columns)
             .add_params(sample)
             .resolve_scale(x="independent", y="independent")
-            .properties(title="attention per head (rows: query, columns: key)")
+            .properties(
+                title="attention per head: rows are queries, columns the keys they attend to "
+                "(darker: more weight, 0-1)"
+            )
         )
 
     def __repr__(self) -> str:
