@@ -180,6 +180,21 @@ class Collapse(ResultAction):
         return result
 
 
+@dataclass(frozen=True)
+class PeakToFinal:
+    """One component's collapse: its validation-chosen peak layer against its final one,
+    scored on test; ``index`` is the peak's score minus the final's, ``ci`` and ``p`` its
+    paired-bootstrap interval and p-value."""
+
+    index: float
+    ci: tuple[float, float]
+    p: float
+    peak_layer: int
+    final_layer: int
+    peak_score: float
+    final_score: float
+
+
 def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:
     """Per component: val-chosen peak, collapse index with CI, and layer-to-layer drops."""
     protocol = plan.protocol
@@ -191,8 +206,7 @@ def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:
     boot = pooled_boot(raw).isel(label=0).transpose("component", "layer", "bdraw").values
     probed = raw["probed"].transpose("component", "layer").values
     n_comp, n_layer = probed.shape
-    out = {k: np.full(n_comp, np.nan) for k in ("index", "p", "peak", "final", "peak_s", "final_s")}
-    out["ci"] = np.full((n_comp, 2), np.nan)
+    found: list[PeakToFinal] = []
     drop = np.full((n_comp, n_layer), np.nan)
     drop_p = np.full((n_comp, n_layer), np.nan)
     drop_from = np.full((n_comp, n_layer), np.nan)
@@ -201,11 +215,18 @@ def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:
         peak = idx[np.argmax(val[c, idx])]  # chosen on validation, first on ties
         final = idx[-1]
         diff = boot[c, peak] - boot[c, final]  # paired: same resampled test items
-        out["index"][c] = test[c, peak] - test[c, final]
-        out["ci"][c] = percentile_interval(diff, protocol.level)
-        out["p"][c] = bootstrap_pvalue(diff) if peak != final else 1.0
-        out["peak"][c], out["final"][c] = layers[peak], layers[final]
-        out["peak_s"][c], out["final_s"][c] = test[c, peak], test[c, final]
+        lo, hi = percentile_interval(diff, protocol.level)
+        found.append(
+            PeakToFinal(
+                index=float(test[c, peak] - test[c, final]),
+                ci=(float(lo), float(hi)),
+                p=float(bootstrap_pvalue(diff)) if peak != final else 1.0,
+                peak_layer=int(layers[peak]),
+                final_layer=int(layers[final]),
+                peak_score=float(test[c, peak]),
+                final_score=float(test[c, final]),
+            )
+        )
         for a, b in zip(idx[:-1], idx[1:], strict=True):
             drop[c, b] = test[c, a] - test[c, b]
             drop_p[c, b] = bootstrap_pvalue(boot[c, a] - boot[c, b])
@@ -214,13 +235,13 @@ def _collapse(raw: xr.Dataset, agg: xr.Dataset, plan: ProbePlan) -> xr.Dataset:
     dims = ("component", "layer")
     return xr.Dataset(
         {
-            "collapse_index": ("component", out["index"]),
-            "collapse_ci": (("component", "bound"), out["ci"]),
-            "collapse_p": ("component", out["p"]),
-            "peak_layer": ("component", out["peak"]),
-            "final_layer": ("component", out["final"]),
-            "peak_score": ("component", out["peak_s"]),
-            "final_score": ("component", out["final_s"]),
+            "collapse_index": ("component", np.array([f.index for f in found])),
+            "collapse_ci": (("component", "bound"), np.array([f.ci for f in found]).reshape(-1, 2)),
+            "collapse_p": ("component", np.array([f.p for f in found], float)),
+            "peak_layer": ("component", np.array([f.peak_layer for f in found], float)),
+            "final_layer": ("component", np.array([f.final_layer for f in found], float)),
+            "peak_score": ("component", np.array([f.peak_score for f in found])),
+            "final_score": ("component", np.array([f.final_score for f in found])),
             "drop": (dims, drop),
             "drop_from": (dims, drop_from),
             "drop_p": (dims, drop_p),

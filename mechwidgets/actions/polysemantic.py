@@ -104,6 +104,25 @@ class NeuronPlan:
         }
 
 
+@dataclass(frozen=True)
+class LayerStats:
+    """One layer's numbers: per (feature, neuron) those named in :data:`_PER_FEATURE`,
+    per feature its probe's score and strength, and the sampled shuffles' sum of squared
+    z-scores with how many were finite (summed over layers, the null's spread)."""
+
+    loading: np.ndarray
+    loading_z: np.ndarray
+    p_value: np.ndarray
+    p_perm: np.ndarray
+    cosine: np.ndarray
+    mass: np.ndarray
+    auroc: np.ndarray
+    probe_score: np.ndarray
+    probe_alpha: np.ndarray
+    null_sq: float
+    null_count: int
+
+
 class PolysemanticResult(ActionResult):
     """Per-neuron loadings, the multi-feature loading index and the polysemantic shortlist.
 
@@ -302,15 +321,13 @@ def _per_sample(cube: xr.Dataset) -> xr.Dataset:
     return cube[names].assign(act=(("sample", "layer", "component", "dim"), empty))
 
 
-def _layer_on(
-    cube: xr.Dataset, layer: int, plan: NeuronPlan, orders: np.ndarray
-) -> dict[str, np.ndarray]:
+def _layer_on(cube: xr.Dataset, layer: int, plan: NeuronPlan, orders: np.ndarray) -> LayerStats:
     """:func:`_layer_stats` over ``cube`` (a worker's own opening of the plan's cube)."""
     return _layer_stats(replace(plan, cube=cube), layer, orders)
 
 
-def _layer_stats(plan: NeuronPlan, layer: int, orders: np.ndarray) -> dict[str, np.ndarray]:
-    """Every per-(feature, neuron) number of one layer, and its probes' scores."""
+def _layer_stats(plan: NeuronPlan, layer: int, orders: np.ndarray) -> LayerStats:
+    """Every per-(feature, neuron) number of one layer, its probes' scores and its null."""
     x = check_finite(
         np.asarray(
             plan.cube[NEURONS].sel(layer=layer).transpose("sample", "neuron").values, np.float64
@@ -336,18 +353,19 @@ def _layer_stats(plan: NeuronPlan, layer: int, orders: np.ndarray) -> dict[str, 
         ]
     )
     selectivity[:, ~load.valid] = np.nan
-    return {
-        "loading": load.beta,
-        "loading_z": z,
-        "p_value": two_sided_p(z),
-        "p_perm": p_perm,
-        "cosine": cosine.T,
-        "mass": mass.T,
-        "auroc": selectivity,
-        "probe_score": probe_score,
-        "probe_alpha": alpha,
-        "null_sq": np.array([np.nansum(null**2), np.isfinite(null).sum()]),
-    }
+    return LayerStats(
+        loading=load.beta,
+        loading_z=z,
+        p_value=two_sided_p(z),
+        p_perm=p_perm,
+        cosine=cosine.T,
+        mass=mass.T,
+        auroc=selectivity,
+        probe_score=probe_score,
+        probe_alpha=alpha,
+        null_sq=float(np.nansum(null**2)),
+        null_count=int(np.isfinite(null).sum()),
+    )
 
 
 def _probes(plan: NeuronPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -377,10 +395,11 @@ def _probes(plan: NeuronPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return np.stack(weights, axis=1), np.array(scores), np.array(chosen)
 
 
-def _assemble(plan: NeuronPlan, per_layer: list[dict[str, np.ndarray]], draws: int) -> xr.Dataset:
+def _assemble(plan: NeuronPlan, per_layer: list[LayerStats], draws: int) -> xr.Dataset:
     """Stack the layers, count loading features per neuron (corrected over all) and index."""
-    stack = {k: np.stack([d[k] for d in per_layer]) for k in per_layer[0]}
-    null_sq = stack.pop("null_sq").sum(axis=0)
+    stacked = (*_PER_FEATURE, "probe_score", "probe_alpha")
+    stack = {k: np.stack([getattr(s, k) for s in per_layer]) for k in stacked}
+    null_sq, null_count = np.array([(s.null_sq, s.null_count) for s in per_layer]).sum(axis=0)
     n_layer, n_feat, n_neuron = stack["loading"].shape
     flat = {k: np.moveaxis(stack[k], 1, -1).reshape(-1, n_feat) for k in ("p_value", "loading")}
     count = count_features(
@@ -417,7 +436,7 @@ def _assemble(plan: NeuronPlan, per_layer: list[dict[str, np.ndarray]], draws: i
         "level": plan.protocol.level,
         "draws": draws,
         # the sampled shuffles' z-scores should have unit spread (exact null moments)
-        "null_sd": float(np.sqrt(null_sq[0] / null_sq[1])),
+        "null_sd": float(np.sqrt(null_sq / null_count)),
         "loading": "standardised partial regression of each neuron on all features",
         "p_value": "two-sided, normal-scores (rank) loading, exact permutation moments, "
         "normal tail",
