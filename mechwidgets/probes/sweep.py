@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
 
 import numpy as np
@@ -370,6 +370,31 @@ class _Draws:
     subspace: np.ndarray | None  # (S*B*rank, d) stacked bases, transposed
 
 
+@dataclass(frozen=True)
+class ProbeNumbers:
+    """The probes' numbers for one label on one slice (:func:`_probe_label`) or, with
+    leading ``(label, layer, component)`` axes, for the whole sweep (:func:`sweep`).
+
+    ``score``, ``val_score`` and ``alpha`` are ``(control, seed)``; ``boot`` adds a
+    ``resample`` axis and ``null`` a ``draw`` axis; ``sel_boot`` is ``(control,
+    resample)``; ``y_pred`` and ``y_score`` are the real probe's test outputs.
+    """
+
+    score: np.ndarray
+    val_score: np.ndarray
+    alpha: np.ndarray
+    boot: np.ndarray
+    sel_boot: np.ndarray
+    null: np.ndarray
+    y_pred: np.ndarray
+    y_score: np.ndarray
+
+    def put(self, at: tuple[int, int, int], one: ProbeNumbers) -> None:
+        """Write one label's numbers on one slice at ``(label, layer, component)``."""
+        for f in fields(self):
+            getattr(self, f.name)[at] = getattr(one, f.name)
+
+
 def _rng(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, _STREAMS[purpose]])
 
@@ -438,16 +463,16 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
         n_labels=len(names),
     )
     check_memory(needed, {"permutations": n_draw, "resamples": n_res})  # before allocating
-    out = {
-        "score": np.full(shape, np.nan),
-        "val_score": np.full(shape, np.nan),
-        "alpha": np.full(shape, np.nan),
-        "boot": np.full((*shape, n_res), np.nan),
-        "sel_boot": np.full((*shape[:-1], n_res), np.nan),
-        "null": np.full((*shape, n_draw), np.nan),
-        "y_pred": np.full(shape[:3] + (n_test,), np.nan, dtype=object),
-        "y_score": np.full(shape[:3] + (n_test,), np.nan),
-    }
+    out = ProbeNumbers(
+        score=np.full(shape, np.nan),
+        val_score=np.full(shape, np.nan),
+        alpha=np.full(shape, np.nan),
+        boot=np.full((*shape, n_res), np.nan),
+        sel_boot=np.full((*shape[:-1], n_res), np.nan),
+        null=np.full((*shape, n_draw), np.nan),
+        y_pred=np.full(shape[:3] + (n_test,), np.nan, dtype=object),
+        y_score=np.full(shape[:3] + (n_test,), np.nan),
+    )
     probed = np.zeros(shape[1:3], bool)
     weights = np.stack(
         [
@@ -470,9 +495,8 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
                 continue
             li, ci = where[slice_key]
             probed[li, ci] = True
-            for key, per_label in slice_out.items():
-                for ni, value in enumerate(per_label):
-                    out[key][ni, li, ci] = value
+            for ni, numbers in enumerate(slice_out):
+                out.put((ni, li, ci), numbers)
     if not probed.any():
         raise CubeError(
             "every slice of the cube is all NaN, so nothing can be probed; extract it again "
@@ -489,7 +513,7 @@ def probe_at(
     draws: dict[str, _Draws],
     weights: np.ndarray,
     protocol: Protocol,
-) -> dict[str, list[np.ndarray]] | None:
+) -> list[ProbeNumbers] | None:
     """One slice loaded and probed (:func:`_probe_slice`); None when it is absent."""
     x = _load(cube, layer, comp)
     return None if x is None else _probe_slice(x, view, draws, weights, protocol)
@@ -512,20 +536,20 @@ def _probe_slice(
     draws: dict[str, _Draws],
     weights: np.ndarray,
     protocol: Protocol,
-) -> dict[str, list[np.ndarray]]:
-    """All labels on one slice; per output key, one array per label."""
+) -> list[ProbeNumbers]:
+    """All labels on one slice, in the view's order."""
     tr, va, te = view.masks
     xs = Standardizer.fit(x[tr]).transform(x)  # on train only
     paths: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
-    result: dict[str, list[np.ndarray]] = {}
+    result: list[ProbeNumbers] = []
     for name, lab in view.labels.items():
         kind = "ridge" if lab.encoding.kind == "continuous" else protocol.probe
         if kind not in paths:
             path = make_path(kind, xs[tr][None], np.float32)
             paths[kind] = (path, path.project(xs[va][None]), path.project(xs[te][None]))
-        per = _probe_label(xs, lab, draws[name], paths[kind], kind, view, weights, protocol)
-        for key, value in per.items():
-            result.setdefault(key, []).append(value)
+        result.append(
+            _probe_label(xs, lab, draws[name], paths[kind], kind, view, weights, protocol)
+        )
     return result
 
 
@@ -538,7 +562,7 @@ def _probe_label(
     view: CubeView,
     weights: np.ndarray,
     protocol: Protocol,
-) -> dict[str, np.ndarray]:
+) -> ProbeNumbers:
     """Real probe and every control draw for one label on one standardised slice."""
     tr, va, te = view.masks
     enc, metric = lab.encoding, lab.metric
@@ -581,24 +605,23 @@ def _probe_label(
         )
     controls = ("none", *protocol.controls)
     shape = (len(controls), n_seed)
-    res = {k: np.full(shape, np.nan) for k in ("score", "val_score", "alpha")}
-    res["null"] = np.full((*shape, n_draw), np.nan)
-    res["boot"] = np.full((*shape, protocol.resamples), np.nan)
-    res["sel_boot"] = np.full((len(controls), protocol.resamples), np.nan)
+    test_score, val_score, alpha = (np.full(shape, np.nan) for _ in range(3))
+    null = np.full((*shape, n_draw), np.nan)
+    boot = np.full((*shape, protocol.resamples), np.nan)
+    sel_boot = np.full((len(controls), protocol.resamples), np.nan)
     real_boot0 = np.zeros(protocol.resamples)
     for k, c in enumerate(controls):
         outs, truth, val, idx = groups[c]
         for s in range(n_seed):
             col = 0 if c == "none" else s * n_draw  # draw 0 of seed s is the reported probe
-            res["score"][k, s] = score(metric, truth[:, col], outs[:, col])
-            res["val_score"][k, s] = val[col]
-            res["alpha"][k, s] = alphas[idx[col]]
-            res["boot"][k, s] = batch_score(
-                metric, truth[:, col], outs[:, col : col + 1], weights[s]
-            )[:, 0]
+            test_score[k, s] = score(metric, truth[:, col], outs[:, col])
+            val_score[k, s] = val[col]
+            alpha[k, s] = alphas[idx[col]]
+            resampled = batch_score(metric, truth[:, col], outs[:, col : col + 1], weights[s])
+            boot[k, s] = resampled[:, 0]
             if c != "none":
                 cols = slice(s * n_draw, (s + 1) * n_draw)
-                res["null"][k, s] = batch_score(metric, truth[:, cols], outs[:, cols])[0]
+                null[k, s] = batch_score(metric, truth[:, cols], outs[:, cols])[0]
         # the seed-mean gap with every seed's control under the same resamples (seed 0's):
         # its spread is that of the reported selectivity (a mean over seeds), not of one draw
         drawn = np.arange(n_seed) * (0 if c == "none" else n_draw)
@@ -606,18 +629,18 @@ def _probe_label(
         if c == "none":
             real_boot0 = at0
         else:
-            res["sel_boot"][k] = real_boot0 - at0
+            sel_boot[k] = real_boot0 - at0
     decision = fit.test_decision[0, :, : enc.width]
     if enc.kind == "continuous":
-        res["y_pred"] = decision[:, 0]
+        y_pred = decision[:, 0]
     else:
-        res["y_pred"] = enc.classes[enc.output(decision, "accuracy")[:, 0]]
-    res["y_score"] = decision[:, 0] if enc.kind == "binary" else np.full(decision.shape[0], np.nan)
-    return res
+        y_pred = enc.classes[enc.output(decision, "accuracy")[:, 0]]
+    y_score = decision[:, 0] if enc.kind == "binary" else np.full(decision.shape[0], np.nan)
+    return ProbeNumbers(test_score, val_score, alpha, boot, sel_boot, null, y_pred, y_score)
 
 
 def _assemble(
-    out: dict[str, np.ndarray],
+    out: ProbeNumbers,
     probed: np.ndarray,
     view: CubeView,
     protocol: Protocol,
@@ -632,15 +655,15 @@ def _assemble(
     pred_dims = ("label", "layer", "component", "test_sample")
     ds = xr.Dataset(
         {
-            "score": (base, out["score"]),
-            "val_score": (base, out["val_score"]),
-            "alpha": (base, out["alpha"]),
-            "boot": ((*base, "resample"), out["boot"]),
-            "sel_boot": ((*base[:-1], "resample"), out["sel_boot"]),
-            "null": ((*base, "draw"), out["null"]),
+            "score": (base, out.score),
+            "val_score": (base, out.val_score),
+            "alpha": (base, out.alpha),
+            "boot": ((*base, "resample"), out.boot),
+            "sel_boot": ((*base[:-1], "resample"), out.sel_boot),
+            "null": ((*base, "draw"), out.null),
             "y_true": (("label", "test_sample"), _plain(y_true)),
-            "y_pred": (pred_dims, _plain(out["y_pred"])),
-            "y_score": (pred_dims, out["y_score"]),
+            "y_pred": (pred_dims, _plain(out.y_pred)),
+            "y_score": (pred_dims, out.y_score),
             "probed": (("layer", "component"), probed),
         },
         coords={
@@ -651,7 +674,7 @@ def _assemble(
             "seed": list(protocol.seeds),
             "test_sample": view.test_ids,
             "metric": ("label", [lab.metric for lab in view.labels.values()]),
-            "chance": ("label", _chance(out["null"], view, controls)),
+            "chance": ("label", _chance(out.null, view, controls)),
             "majority": ("label", [lab.majority for lab in view.labels.values()]),
             "kind": ("label", [lab.encoding.kind for lab in view.labels.values()]),
             "unit": ("label", [lab.unit for lab in view.labels.values()]),
