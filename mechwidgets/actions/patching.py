@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -52,12 +52,18 @@ from mechwidgets.intervene.pairs import Direction
 from mechwidgets.intervene.sources import Source
 from mechwidgets.viz.charts import heatmap
 
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
+
+#: how a patching result's effects were found: by patching, or estimated from gradients
+Method = Literal["activation", "attribution"]
+
 #: what the effect means in each direction
 MEANING = {"denoise": "restored", "noise": "destroyed"}
 
 
 def patch(
-    model: Any,
+    model: Model,
     clean: Task | PromptPairs | Sequence[str],
     corrupt: Task | Sequence[str] | None = None,
     *,
@@ -103,24 +109,14 @@ def patch(
     >>> res = mw.patch(model, clean=mw.get_task_pairs("subject_number", n=64))
     >>> res.agreement["pearson"]
     """
-    grid_params = dict(behavior=behavior, grid=grid, components=components, direction=direction)
-    given = grid_params | dict(n=n, corrupt=corrupt, resamples=resamples, level=level)
-    check_params("patch", given | dict(attribution=attribution))  # a bad one fails first
-    plan = plan_patching(
-        model, clean, corrupt, behavior, grid, components, direction, n, gradient=attribution
-    )
-    source = Source(plan.source)
-    values, _ = run_cells(model, plan.base, plan.cells, source, [plan.pairs.scorer])
-    moves = {"activation": values[0].cpu().numpy() - plan.base_values}
-    if attribution:
-        moves["attribution"] = attribution_moves(
-            model, plan.base, source, plan.cells, plan.pairs.scorer
-        )
-    return patch_result(model, plan, moves, resamples, level, seed)
+    return _patch_grid(
+        "activation", model, clean, corrupt, behavior, grid, components, direction,
+        attribution, n, resamples, level, seed,
+    )  # fmt: skip
 
 
 def attribution_patch(
-    model: Any,
+    model: Model,
     clean: Task | PromptPairs | Sequence[str],
     corrupt: Task | Sequence[str] | None = None,
     *,
@@ -151,14 +147,48 @@ def attribution_patch(
     --------
     >>> mw.attribution_patch(model, clean=mw.get_task_pairs("subject_number", n=64))
     """
-    grid_params = dict(behavior=behavior, grid=grid, components=components, direction=direction)
-    given = grid_params | dict(n=n, corrupt=corrupt, resamples=resamples, level=level)
-    check_params("attribution_patch", given)  # a bad parameter fails first, in one line
+    return _patch_grid(
+        "attribution", model, clean, corrupt, behavior, grid, components, direction,
+        True, n, resamples, level, seed,
+    )  # fmt: skip
+
+
+def _patch_grid(
+    method: Method,
+    model: Model,
+    clean: Task | PromptPairs | Sequence[str],
+    corrupt: Task | Sequence[str] | None,
+    behavior: Any,
+    grid: Sequence[str],
+    components: str | Sequence[str],
+    direction: Direction,
+    attribution: bool,
+    n: int | None,
+    resamples: int,
+    level: float,
+    seed: int,
+) -> PatchResult:
+    """:func:`patch` (``method="activation"``, with the attribution estimate beside it when
+    ``attribution``) or :func:`attribution_patch`: its parameters checked first."""
+    given = dict(behavior=behavior, grid=grid, components=components, direction=direction)
+    given |= dict(n=n, corrupt=corrupt, resamples=resamples, level=level)
+    if method == "activation":
+        check_params("patch", given | dict(attribution=attribution))
+    else:
+        check_params("attribution_patch", given)
     plan = plan_patching(
-        model, clean, corrupt, behavior, grid, components, direction, n, gradient=True
+        model, clean, corrupt, behavior, grid, components, direction, n, gradient=attribution
     )
-    moves = attribution_moves(model, plan.base, Source(plan.source), plan.cells, plan.pairs.scorer)
-    return patch_result(model, plan, {"attribution": moves}, resamples, level, seed)
+    source, scorer = Source(plan.source), plan.pairs.scorer
+    if method == "attribution":
+        moved = attribution_moves(model, plan.base, source, plan.cells, scorer)
+        return patch_result(model, plan, method, moved, None, resamples, level, seed)
+    values, _ = run_cells(model, plan.base, plan.cells, source, [scorer])
+    moved = values[0].cpu().numpy() - plan.base_values
+    beside = (
+        attribution_moves(model, plan.base, source, plan.cells, scorer) if attribution else None
+    )
+    return patch_result(model, plan, method, moved, beside, resamples, level, seed)
 
 
 @dataclass(repr=False, frozen=True)
@@ -262,9 +292,11 @@ def _cell_name(row: pd.Series) -> str:
 
 
 def patch_result(
-    model: Any,
+    model: Model,
     plan: PatchPlan,
-    values: dict[str, np.ndarray],
+    method: Method,
+    moved: np.ndarray,
+    attribution: np.ndarray | None,
     resamples: int,
     level: float,
     seed: int,
@@ -273,22 +305,29 @@ def patch_result(
 
     Parameters
     ----------
-    values : method name (``activation``, ``attribution``) -> (cells, n) per-pair change of
-        the metric; the first is the result's own estimate.
+    method, moved : how the result's own (cells, n) per-pair change of the metric was
+        found, and that change.
+    attribution : with activation patching, attribution patching's estimate of the same
+        change to stand beside it (and how well the two agree); None when it did not run.
     """
     pairs, cells, direction = plan.pairs, plan.cells, plan.direction
     base, source = plan.base_values, plan.source_values
-    method = next(iter(values))
     gap = source - base
-    stats = effect_stats(values[method], gap, resamples, level, seed)
+    stats = effect_stats(moved, gap, resamples, level, seed)
     label = "patch" if method == "activation" else method
-    columns: dict[str, Any] = {"intervention": f"{label}:{direction}", **stats}
+    columns: dict[str, Any] = {
+        "intervention": f"{label}:{direction}",
+        "effect": stats.effect,
+        "ci_low": stats.ci_low,
+        "ci_high": stats.ci_high,
+        "delta": stats.delta,
+    }
     agree: dict[str, float] = {}
-    if "attribution" in values and method != "attribution":
+    if attribution is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
-            columns["attribution"] = values["attribution"].mean(1) / gap.mean()
-        columns["attribution_delta"] = values["attribution"].mean(1)
-        agree = agreement(stats["effect"], columns["attribution"])
+            columns["attribution"] = attribution.mean(1) / gap.mean()
+        columns["attribution_delta"] = attribution.mean(1)
+        agree = agreement(stats.effect, columns["attribution"])
     table = grid_table(model, cells, pairs, columns)
     index = list(GRID_AXES)
     data = xr.Dataset.from_dataframe(table.drop(columns=["intervention"]).set_index(index))

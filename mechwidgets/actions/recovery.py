@@ -264,23 +264,22 @@ def recovery_test(
     else:
         targets = tuple(int(t) for t in np.atleast_1d(target_layers))
     _check_layers(source_layer, targets, readout, last)
-    reads = patched_readouts(model, task, source_layer, targets, readout, batch_size)
+    streams = patched_readouts(model, task, source_layer, targets, readout, batch_size).streams
     y, split = np.asarray(task.labels[label]), np.asarray(task.split)
-    names = ["before", "source", *(f"after_{t}" for t in targets)]
-    probes = [fit_probe(reads[name], y, split) for name in names]
+    probes = [fit_probe(x, y, split) for x in streams]
     test = split == "test"
     metric = probes[0].metric
     outputs = np.stack(
         [
-            p.encoding.output(p.decision(reads[k][test]), metric)[:, 0]
-            for k, p in zip(names, probes, strict=True)
+            p.encoding.output(p.decision(x[test]), metric)[:, 0]
+            for x, p in zip(streams, probes, strict=True)
         ],
         axis=1,
     )
     truth = probes[0].encoding.encode(y[test])
     weights = bootstrap_weights(int(test.sum()), resamples, np.random.default_rng([seed, 17]))
     boot = batch_score(metric, truth, outputs, weights)  # (resamples, 2 + targets)
-    scores = {k: p.test_score for k, p in zip(names, probes, strict=True)}
+    scores = np.array([p.test_score for p in probes])
     return _result(label, metric, source_layer, targets, readout, scores, boot, level)
 
 
@@ -309,13 +308,17 @@ def _result(
     source: int,
     targets: tuple[int, ...],
     readout: int,
-    scores: dict[str, float],
+    scores: np.ndarray,
     boot: np.ndarray,
     level: float,
 ) -> RecoveryResult:
-    """Per target layer: change with its paired interval, p-value and recovered share."""
-    before, src = scores["before"], scores["source"]
-    after = np.array([scores[f"after_{t}"] for t in targets])
+    """Per target layer: change with its paired interval, p-value and recovered share.
+
+    ``scores`` and ``boot``'s columns are the test scores of the probes on the
+    :class:`~mechwidgets.intervene.readouts.Readouts` streams: before, source, then after
+    each target.
+    """
+    before, src, after = float(scores[0]), float(scores[1]), scores[2:]
     diff = boot[:, 2:] - boot[:, :1]  # paired: the same resampled test items
     low, high = percentile_interval(diff.T, level)
     after_low, after_high = percentile_interval(boot[:, 2:].T, level)

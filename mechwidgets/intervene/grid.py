@@ -1,16 +1,18 @@
-"""The patching grid over clean/corrupt pairs, and the result of a patching run.
+"""The patching grid over clean/corrupt pairs, and the statistics of its effects.
 
-Activation patching (:mod:`.patching`) and attribution patching (:mod:`.attribution`)
-share everything but the estimate: the pairs (:mod:`.pairs`), the grid
-of cells (layer x component x position, heads included), the normalised effect with a
-bootstrap interval over pairs, and the :class:`PatchResult` that tables and charts it.
+Activation patching (:mod:`mechwidgets.actions.patching`) and attribution patching
+(:mod:`.attribution`) share everything but the estimate: the pairs (:mod:`.pairs`), the
+grid of cells (layer x component x position, heads included), the two unpatched runs
+(:func:`plan_patching`), the normalised effect with a bootstrap interval over pairs
+(:func:`effect_stats`) and the table of cells (:func:`grid_table`).
 Denoising runs the corrupt prompts with clean activations patched in (is the component
 sufficient to restore the behaviour?); noising runs the clean prompts with corrupt
 activations (is it necessary?). The effect is the share of the clean-corrupt gap the
 patch moves: restored for denoising, destroyed for noising.
 
->>> pairs = prepare_pairs(model, mw.get_task_pairs("subject_number", n=64), None, None)
->>> cells = grid_cells(model, ["resid", "attn", "mlp", "head"], pairs.clean.width, True)
+>>> plan = plan_patching(model, mw.get_task_pairs("subject_number", n=64), None, None,
+...                      GRID_AXES, ["resid", "head"], "denoise", None)
+>>> effect_stats(moved, plan.source_values - plan.base_values, 1000, 0.95, 0).effect
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ from mechwidgets.intervene.metrics import describe, differentiable
 from mechwidgets.intervene.pairs import Direction, PairedPrompts, prepare_pairs
 from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.sites import components_of
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Per cell, ``(cells,)`` each: ``effect``, the share of the source-minus-base gap the
+    patch moves (mean moved / mean gap, a ratio of means: per-pair ratios explode where a
+    pair's gap is near 0), its bootstrap interval ``ci_low``/``ci_high`` over pairs, and
+    ``delta``, the mean change of the metric."""
+
+    effect: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    delta: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -114,25 +129,20 @@ def check_grid(grid: Sequence[str]) -> bool:
 
 def effect_stats(
     moved: np.ndarray, gap: np.ndarray, resamples: int, level: float, seed: int
-) -> dict[str, np.ndarray]:
+) -> Effects:
     """Normalised effect per cell with a percentile bootstrap interval over pairs.
 
     Parameters
     ----------
     moved : (cells, n) per-pair change of the metric (patched - base, or its estimate).
     gap : (n,) source run minus base run.
-
-    Returns
-    -------
-    ``effect`` (mean moved / mean gap, a ratio of means: per-pair ratios explode where a
-    pair's gap is near 0), ``ci_low``, ``ci_high`` and ``delta`` (mean moved), each (cells,).
     """
     weights = bootstrap_weights(moved.shape[1], resamples, np.random.default_rng([seed, 11]))
     with np.errstate(divide="ignore", invalid="ignore"):
         effect = moved.mean(1) / gap.mean()
         draws = (weights @ moved.T) / (weights @ gap)[:, None]
     low, high = percentile_interval(draws, level, axis=0)
-    return {"effect": effect, "ci_low": low, "ci_high": high, "delta": moved.mean(1)}
+    return Effects(effect, low, high, moved.mean(1))
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

@@ -7,14 +7,16 @@ readout streams come from a plain pass. :func:`mechwidgets.actions.recovery.reco
 probes these.
 
 >>> reads = patched_readouts(model, task, source=1, targets=(2,), readout=3, batch_size=64)
->>> reads["before"].shape, reads["after_2"].shape          # (n, d_model) each
+>>> reads.before.shape, reads.after[0].shape          # (n, d_model) each
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from mechwidgets.core.components import LayerComponent
 from mechwidgets.data.tasks import Task
@@ -23,21 +25,40 @@ from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.sites import site_of
 from mechwidgets.intervene.sources import Source
 
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
+
+
+@dataclass(frozen=True)
+class Readouts:
+    """Residual streams at each prompt's read token, ``(n, d_model)`` each: the readout
+    layer unpatched (``before``), the source layer (``source``), and the readout layer with
+    the source's stream patched into each target layer (``after``, in the targets' order)."""
+
+    before: np.ndarray
+    source: np.ndarray
+    after: tuple[np.ndarray, ...]
+
+    @property
+    def streams(self) -> tuple[np.ndarray, ...]:
+        """``before``, ``source``, then each of ``after``."""
+        return (self.before, self.source, *self.after)
+
 
 def patched_readouts(
-    model: Any,
+    model: Model,
     task: Task,
     source: int,
     targets: tuple[int, ...],
     readout: int,
     batch_size: int,
-) -> dict[str, np.ndarray]:
+) -> Readouts:
     """Residual streams at the read token: source and readout layers unpatched, and the
     readout layer with each target's residual stream replaced by the source's."""
     src_key = site_of(LayerComponent("resid", source))
     read_key = site_of(LayerComponent("resid", readout))
     cells = [Cell(LayerComponent("resid", t)) for t in targets]  # every position
-    parts: dict[str, list[np.ndarray]] = {}
+    parts: list[list[np.ndarray]] = [[] for _ in range(2 + len(targets))]
     positions = None if task.positions is None else np.asarray(task.positions)
     for start in range(0, len(task), batch_size):
         index = np.arange(start, min(len(task), start + batch_size))
@@ -49,11 +70,8 @@ def patched_readouts(
         own = Source(prompts, site=src_key)  # each prompt's own stream at the source layer
         _, reads = run_cells(model, prompts, cells, own, [], readout=readout)
         assert reads is not None
-        found = {
-            "before": acts[read_key],
-            "source": acts[src_key],
-            **{f"after_{t}": reads[i] for i, t in enumerate(targets)},
-        }
-        for key, value in found.items():
-            parts.setdefault(key, []).append(value.float().cpu().numpy())
-    return {key: np.concatenate(value) for key, value in parts.items()}
+        found: list[torch.Tensor] = [acts[read_key], acts[src_key], *reads]
+        for part, value in zip(parts, found, strict=True):
+            part.append(value.float().cpu().numpy())
+    before, src, *after = (np.concatenate(part) for part in parts)
+    return Readouts(before, src, tuple(after))
