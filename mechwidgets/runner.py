@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
+import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, RunContext, run_action
 from mechwidgets.cluster import connect, using
@@ -45,6 +47,7 @@ from mechwidgets.data.positions import position_key
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract.cache import cache_dir
 from mechwidgets.extract.cube import activations_index
+from mechwidgets.models.card import ModelCard, find_card
 from mechwidgets.report.bundle import (
     ARTIFACTS,
     check_target,
@@ -53,6 +56,9 @@ from mechwidgets.report.bundle import (
     to_jsonable,
     write_bundle,
 )
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 #: a progress callback: (fraction done, stage name)
 Progress = Callable[[float, str], None]
@@ -166,9 +172,6 @@ def run_spec(
     -------
     The result, with ``spec``, ``timings`` (seconds per stage) and ``activations`` filled.
     """
-    from mechwidgets.extract.extractor import extract
-    from mechwidgets.models.loading import load_model
-
     spec = load_spec(source)
     needs = action_needs(spec.action.name, spec.action.params)  # refuses bad params first
     out = output_dir if output_dir is not None else spec.output_dir
@@ -180,35 +183,32 @@ def run_spec(
         check_writable(cache_dir(), "the activation cache", "set MECHWIDGETS_CACHE")
     client = connect(spec.compute.scheduler) if spec.compute else None  # before the work
     timings: dict[str, float] = {}
-    torch.manual_seed(spec.seed)  # actions seed their own draws; this covers any torch RNG use
+    if "torch" in sys.modules:  # actions seed their own draws; this covers any torch RNG use
+        sys.modules["torch"].manual_seed(spec.seed)  # (a model loaded here seeds it again)
     with _timed(timings, "task", progress):
         pairs = resolve_pairs(spec.dataset) if needs.pairs else None
         task = resolve_task(spec.dataset) if pairs is None else pairs.to_task()
         others = [resolve_task(d) for d in spec.tasks]  # compare across tasks
     check_budget(spec, task)
+    tasks = [task, *others] if needs.cube else []
+    build = partial(_load, ex, spec.seed)
     with _timed(timings, "model", progress):
-        model = load_model(
-            ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype, remote=ex.remote
+        # With every cube cached, the model's card finds them and the model is built only
+        # if the action reads it (models/card.py): no torch, no transformers.
+        card = (
+            find_card(ex.model_name, ex.revision, ex.dtype or "float32")
+            if tasks and cacheable(ex)
+            else None
         )
-    check_budget(spec, task, model)
+        found = [] if card is None else [_cached(card, t, ex) for t in tasks]
+        hit = bool(found) and all(c is not None for c in found)
+        model = None if hit else build()
+    check_budget(spec, task, card if model is None else model)
     with _timed(timings, "extract", progress):
-        tasks = [task, *others] if needs.cube else []
-        cubes = [
-            extract(
-                model,
-                t,
-                selectors=ex.selectors,
-                token=ex.token,
-                batch_size=ex.batch_size,
-                cache=ex.cache,
-                neurons=ex.neurons,
-                unseen=ex.unseen,
-                progress=_batch_progress(progress, k, len(tasks)),
-            )
-            for k, t in enumerate(tasks)
-        ]
+        cubes = found if model is None else _extract_all(model, tasks, ex, progress)
     cube = cubes[0] if cubes else None
-    context = RunContext(
+    context = ModelOnDemand(
+        build=build if model is None else None,
         cube=cubes if others else cube,
         model=model,
         task=task if pairs is None else pairs,
@@ -237,6 +237,79 @@ def run_spec(
     if progress is not None:
         progress(1.0, "done")
     return result
+
+
+def _extract_all(
+    model: Model, tasks: list[Task], ex: ExtractionSpec, progress: Progress | None
+) -> list[xr.Dataset]:
+    """One cube per task, as the config's extraction asks."""
+    from mechwidgets.extract.extractor import extract
+
+    return [
+        extract(
+            model,
+            t,
+            selectors=ex.selectors,
+            token=ex.token,
+            batch_size=ex.batch_size,
+            cache=ex.cache,
+            neurons=ex.neurons,
+            unseen=ex.unseen,
+            progress=_batch_progress(progress, k, len(tasks)),
+        )
+        for k, t in enumerate(tasks)
+    ]
+
+
+def cacheable(ex: ExtractionSpec) -> bool:
+    """Whether the extraction's cube may be found from the model's card: it is cached and
+    the model is loaded here (a remote model's identity is its hub id and revision)."""
+    return ex.cache and not ex.remote
+
+
+def _cached(card: ModelCard, task: Task, ex: ExtractionSpec) -> xr.Dataset | None:
+    """The cached cube of ``task`` for the model of ``card``, as ``extract`` would give it."""
+    from mechwidgets.extract.request import cached_cube
+
+    return cached_cube(card, task, selectors=ex.selectors, token=ex.token, neurons=ex.neurons)
+
+
+def _load(ex: ExtractionSpec, seed: int) -> Model:
+    """The config's model, with torch's generator seeded first."""
+    import torch
+
+    from mechwidgets.models.loading import load_model
+
+    torch.manual_seed(seed)
+    return load_model(
+        ex.model_name, revision=ex.revision, device=ex.device, dtype=ex.dtype, remote=ex.remote
+    )
+
+
+class ModelOnDemand(RunContext):
+    """A RunContext whose ``model`` is built the first time an action reads it.
+
+    The runner gives one when every cube was found in the cache without the model: an
+    action that reads only its cube (``detect``) then never imports torch, and one that
+    reads the model (``collapse`` with recovery, ``localize``) gets the same model as if
+    it had been loaded first. ``dataclasses.replace`` reads ``model`` and so builds it.
+    """
+
+    def __init__(self, build: Callable[[], Model] | None = None, **fields: Any) -> None:
+        self._build: Callable[[], Model] | None = build
+        self._model: Model | None = None
+        super().__init__(**fields)
+
+    @property  # type: ignore[override]  # a field of RunContext, computed here
+    def model(self) -> Model | None:
+        if self._model is None and self._build is not None:
+            self._model, self._build = self._build(), None
+        return self._model
+
+    @model.setter
+    def model(self, value: Model | None) -> None:
+        if value is not None:
+            self._model, self._build = value, None
 
 
 def output_folder(path: str | Path, action: str | None = None) -> Path | str:
@@ -285,7 +358,7 @@ def check_budget(spec: RunSpec, task: Task, model: Any = None) -> None:
     counts = {key: getattr(params, key) for key in ("seeds", "permutations", "resamples")}
     n_slices, dim = 1, 1
     if model is not None:
-        from mechwidgets.extract.extractor import plan_extraction
+        from mechwidgets.extract.request import plan_extraction
 
         plan = plan_extraction(model, selectors=spec.extraction.selectors)
         n_slices, dim = len(plan.layers) * max(1, len(plan.components)), model.d_model

@@ -38,6 +38,7 @@ from mechwidgets.models.adapters import (
     config_value,
     walk,
 )
+from mechwidgets.models.card import ModelCard, card_path, save_card, source_of
 from mechwidgets.models.remote import check_remote, remote_model, remote_wrapper
 
 #: the component sites a :class:`Model` can reach; each is a path in the adapter table
@@ -340,6 +341,7 @@ def load_model(
         raise ModelError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
     check_remote(name_or_module, remote)
     source: str | None
+    card: Path | None = None  # where a named checkpoint's card goes (models/card.py)
     if remote and remote != "local":
         assert isinstance(name_or_module, str)  # check_remote refuses anything but a hub id
         hf, tokenizer, name, revision, source, wrapped = remote_model(
@@ -353,6 +355,8 @@ def load_model(
             )
         hf, name, source = name_or_module, _module_name(name_or_module), None
     elif isinstance(name_or_module, str):
+        if tokenizer is None:  # the checkpoint's own tokenizer: the card's hash is its
+            card = card_path(name_or_module, revision, dtype or "float32")
         hf, tokenizer, source, revision = _load_named(
             name_or_module, tokenizer, revision, dtype or "float32"
         )
@@ -369,7 +373,23 @@ def load_model(
         raise ModelError(
             f"cannot move the model to device '{device}': {_first_line(exc)}"
         ) from None
-    return _wrap(hf.eval(), tokenizer, name, revision, source, remote)
+    model = _wrap(hf.eval(), tokenizer, name, revision, source, remote)
+    if card is not None and not card.exists():
+        save_card(card, model_card(model))
+    return model
+
+
+def model_card(model: Model) -> ModelCard:
+    """The cache-key facts of ``model`` as it is now (see :mod:`mechwidgets.models.card`);
+    for a model just loaded, before any edit, what every later load of it gives."""
+    return ModelCard(
+        name=model.name,
+        identity=model.identity,
+        tokenizer_hash=model.tokenizer_hash,
+        dtype=str(model.dtype).removeprefix("torch."),
+        shape=model.shape,
+        d_model=model.d_model,
+    )
 
 
 def _load_named(
@@ -419,25 +439,11 @@ def _load_named(
             f"(zoo: {zoo_names}), so check the Hugging Face id and revision; when offline "
             "its weights must already be in the local Hugging Face cache"
         ) from None
-    if folder is not None:
-        weights = folder / "model.safetensors"
-        revision = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-        return hf, tokenizer, f"zoo:{name}@{revision}", revision
-    if own:
-        revision = _folder_revision(path)
-        return hf, tokenizer, f"local:{path.resolve()}@{revision}", revision
+    if folder is not None or own:
+        source, revision = source_of(name, folder or path, folder is not None)
+        return hf, tokenizer, source, revision
     revision = getattr(config, "_commit_hash", None) or revision or "main"
     return hf, tokenizer, f"hf:{name}@{revision}", revision
-
-
-def _folder_revision(path: Path) -> str:
-    """A hash of the folder's file names, sizes and modification times: a folder has no
-    commit, and hashing its bytes would read every weight of a large model again."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
 
 
 @contextmanager
