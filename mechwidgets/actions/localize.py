@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -57,9 +57,12 @@ from mechwidgets.intervene.sources import Source, ablation_source
 from mechwidgets.probes.linear import LinearProbe, fit_probe
 from mechwidgets.viz.charts import heatmap
 
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
+
 
 def localize(
-    model: Any,
+    model: Model,
     task: Task | PromptPairs,
     label: str | None = None,
     *,
@@ -170,13 +173,13 @@ def _as_task(task: Task | PromptPairs, corrupt: Sequence[str] | None) -> tuple[T
     return clean_and_corrupt(task, corrupt)
 
 
-def _prompts(model: Any, task: Task, texts: list[str], samples: np.ndarray) -> Prompts:
+def _prompts(model: Model, task: Task, texts: list[str], samples: np.ndarray) -> Prompts:
     positions = None if task.positions is None else np.asarray(task.positions)[samples]
     return Prompts.build(model, texts, positions, samples, len(task))
 
 
 def _metrics(
-    model: Any, task: Task, behavior: Any, probe_metric: Any, label: str | None
+    model: Model, task: Task, behavior: Any, probe_metric: Any, label: str | None
 ) -> dict[str, Any]:
     """``behavior`` and ``probe`` metrics by role; the task's own behaviour by default,
     skipped on a model without an output head when a probe metric or label stands in."""
@@ -226,7 +229,7 @@ def _interventions(
 
 
 def _probe(
-    model: Any,
+    model: Model,
     task: Task,
     label: str,
     candidates: list[LayerComponent],
@@ -291,7 +294,7 @@ class _Effects:
 
 
 def _intervene(
-    model: Any,
+    model: Model,
     task: Task,
     metrics: dict[str, Any],
     scorers: dict[str, Scorer],
@@ -352,7 +355,7 @@ def _signs(
 
 
 def _result(
-    model: Any,
+    model: Model,
     task: Task,
     label: str | None,
     candidates: list[LayerComponent],

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from mechwidgets.core.registry import Needs, check_params
 from mechwidgets.data.tasks import Task
 from mechwidgets.intervene.readouts import patched_readouts
 from mechwidgets.probes.linear import fit_probe
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 #: keys a ``recovery=`` mapping may hold
 RECOVERY_KEYS = (
@@ -148,7 +151,7 @@ class RecoveryResult(ActionResult):
 class RecoverySpec:
     """A checked ``recovery=`` request; ``None`` layers take collapse's peak and final."""
 
-    model: Any
+    model: Model
     task: Task
     source_layer: int | None = None
     target_layers: tuple[int, ...] | None = None
@@ -159,7 +162,7 @@ class RecoverySpec:
     seed: int = 0
 
     @classmethod
-    def parse(cls, value: Any, model: Any = None, task: Any = None) -> RecoverySpec:
+    def parse(cls, value: Any, model: Model | None = None, task: Any = None) -> RecoverySpec:
         """From a mapping (``dict(model=..., task=..., source_layer=..., ...)``), or True to
         use ``model`` and ``task`` (a run config's own) with every default."""
         given = {} if value is True else value
@@ -220,7 +223,7 @@ class RecoverySpec:
 
 
 def recovery_test(
-    model: Any,
+    model: Model,
     task: Task,
     label: str,
     *,

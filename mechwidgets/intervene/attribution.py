@@ -16,7 +16,7 @@ real patching on the same grid.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import nnsight
 import numpy as np
@@ -28,9 +28,12 @@ from mechwidgets.intervene.scoring import Scorer
 from mechwidgets.intervene.sites import SiteKey, columns, score_site, site_port
 from mechwidgets.intervene.sources import Source
 
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
+
 
 def attribution_moves(
-    model: Any,
+    model: Model,
     base: Prompts,
     source: Source,
     cells: Sequence[Cell],
@@ -78,7 +81,7 @@ def attribution_moves(
 
 
 def _mover(
-    model: Any, here: list[tuple[int, Cell]], source: Source, base: Prompts
+    model: Model, here: list[tuple[int, Cell]], source: Source, base: Prompts
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``move(x, grad)``, for inside a trace: (len(here), n) estimates ``(source - base) .
     grad`` of the cells at one site from the stacked activation ``x`` (base rows, then

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import nnsight
 import torch
@@ -34,6 +34,9 @@ from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.scoring import Scorer, output_head
 from mechwidgets.intervene.sites import SiteKey, columns, score_site, site_of, site_port
 from mechwidgets.intervene.sources import Source
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 #: ``Cell.position`` value meaning "each prompt's read token"
 READ: Literal["read"] = "read"
@@ -57,7 +60,7 @@ class Cell:
 
 
 def metric_reader(
-    model: Any, scorer: Scorer, copies: int
+    model: Model, scorer: Scorer, copies: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``read(x)``, for inside a trace: the metric per row from the activation ``x`` at the
     scorer's site, for ``copies`` stacked copies of the prompts.
@@ -87,7 +90,7 @@ def metric_reader(
     return read
 
 
-def _scored_sites(model: Any, scorers: Sequence[Scorer]) -> dict[SiteKey, list[int]]:
+def _scored_sites(model: Model, scorers: Sequence[Scorer]) -> dict[SiteKey, list[int]]:
     """Site -> indices of the scorers that read there."""
     out: dict[SiteKey, list[int]] = {}
     for index, scorer in enumerate(scorers):
@@ -96,7 +99,7 @@ def _scored_sites(model: Any, scorers: Sequence[Scorer]) -> dict[SiteKey, list[i
 
 
 def capture(
-    model: Any,
+    model: Model,
     prompts: Prompts,
     sites: Iterable[SiteKey],
     scorers: Sequence[Scorer] = (),
@@ -132,7 +135,7 @@ def capture(
 
 
 def run_cells(
-    model: Any,
+    model: Model,
     prompts: Prompts,
     cells: Sequence[Cell],
     source: Source,
@@ -184,12 +187,13 @@ def run_cells(
     )
 
 
-def _vocab(model: Any) -> int:
-    return int(model.hf.config.vocab_size)
+def _vocab(model: Model) -> int:
+    config: Any = model.hf.config  # a Hugging Face PretrainedConfig
+    return int(config.vocab_size)
 
 
 def _run_chunk(
-    model: Any,
+    model: Model,
     prompts: Prompts,
     chunk: list[Cell],
     source: Source,
@@ -243,7 +247,7 @@ def _run_chunk(
 
 
 def _editor(
-    model: Any, row0: int, cell: Cell, prompts: Prompts
+    model: Model, row0: int, cell: Cell, prompts: Prompts
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """``edit(x, src)``, for inside a trace: in place, rows ``row0 .. row0 + n`` of ``x``
     take the replacement ``src``'s (n, seq, width) values at the cell (its columns, at its

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from mechwidgets.intervene.metrics import describe, differentiable
 from mechwidgets.intervene.pairs import Direction, PairedPrompts, prepare_pairs
 from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.sites import components_of
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class PatchPlan:
 
 
 def plan_patching(
-    model: Any,
+    model: Model,
     clean: Task | PromptPairs | Sequence[str],
     corrupt: Task | Sequence[str] | None,
     behavior: Any,
@@ -100,7 +103,7 @@ def plan_patching(
 
 
 def grid_cells(
-    model: Any,
+    model: Model,
     components: str | Sequence[str],
     width: int,
     by_position: bool,
@@ -158,7 +161,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def grid_table(
-    model: Any, cells: Sequence[Cell], pairs: PairedPrompts, columns: dict[str, np.ndarray]
+    model: Model, cells: Sequence[Cell], pairs: PairedPrompts, columns: dict[str, np.ndarray]
 ) -> pd.DataFrame:
     """One row per cell: layer, component, position and its token, then ``columns``."""
     ids = pairs.clean.inputs["input_ids"][0].tolist()

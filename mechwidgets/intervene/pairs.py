@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.intervene.scoring import Scorer, bind
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def clean_and_corrupt(
 
 
 def prepare_pairs(
-    model: Any,
+    model: Model,
     clean: Task | PromptPairs | Sequence[str],
     corrupt: Task | Sequence[str] | None,
     behavior: Any,

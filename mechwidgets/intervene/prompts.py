@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from mechwidgets.core.errors import TaskError
 from mechwidgets.data.positions import Position, resolve_positions
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Prompts:
     @classmethod
     def build(
         cls,
-        model: Any,
+        model: Model,
         texts: Sequence[str],
         positions: Sequence[Position] | np.ndarray | None = None,
         samples: Sequence[int] | np.ndarray | None = None,

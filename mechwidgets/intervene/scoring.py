@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,8 +37,11 @@ from mechwidgets.intervene.metrics import (
 from mechwidgets.intervene.prompts import Prompts
 from mechwidgets.models.adapters import walk
 
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
-def bind(metric: Any, model: Any, prompts: Prompts) -> Scorer:
+
+def bind(metric: Any, model: Model, prompts: Prompts) -> Scorer:
     """A :class:`Scorer`: what ``k`` stacked copies of the prompts give -> one value per row,
     differentiable (attribution patching backpropagates through it).
 
@@ -56,11 +59,11 @@ def bind(metric: Any, model: Any, prompts: Prompts) -> Scorer:
 
 
 @functools.singledispatch
-def _bind(metric: Any, model: Any, prompts: Prompts) -> Scorer:
+def _bind(metric: Any, model: Model, prompts: Prompts) -> Scorer:
     raise SpecError(f"unknown behaviour metric {type(metric).__name__}: {METRIC_HELP}")
 
 
-def output_head(model: Any) -> torch.nn.Module | None:
+def output_head(model: Model) -> torch.nn.Module | None:
     """The module that maps final hidden states to vocabulary logits, or None.
 
     A decoder's language-model head (after its final norm), or for the BERT family the
@@ -76,7 +79,7 @@ def output_head(model: Any) -> torch.nn.Module | None:
         return None
 
 
-def _check_head(model: Any, metric: Any) -> None:
+def _check_head(model: Model, metric: Any) -> None:
     if output_head(model) is None:
         kind = "masked-LM" if model.adapter.family == "bert" else "language-model"
         raise ModelError(
@@ -113,7 +116,7 @@ def token_id(tokenizer: Any, word: str) -> int:
     return int(ids[0])
 
 
-def _ids(words: list[str], model: Any, prompts: Prompts) -> torch.Tensor:
+def _ids(words: list[str], model: Model, prompts: Prompts) -> torch.Tensor:
     cache = {w: token_id(model.tokenizer, w) for w in set(words)}
     return torch.tensor([cache[w] for w in words], device=prompts.read.device)
 
@@ -153,8 +156,8 @@ class Scorer:
         return self.score_at(values[rows, self.positions.repeat(k, 1)])
 
 
-@_bind.register
-def _(metric: LogitDiff, model: Any, prompts: Prompts) -> Scorer:
+@_bind.register(LogitDiff)
+def _(metric: LogitDiff, model: Model, prompts: Prompts) -> Scorer:
     _check_head(model, metric)
     right = _ids(_per_prompt(metric.correct, prompts, "correct"), model, prompts)
     wrong = _ids(_per_prompt(metric.wrong, prompts, "wrong"), model, prompts)
@@ -168,7 +171,7 @@ def _(metric: LogitDiff, model: Any, prompts: Prompts) -> Scorer:
     return Scorer(prompts.read[:, None], score)
 
 
-def _target_scorer(metric: LogProb | Prob, model: Any, prompts: Prompts) -> Scorer:
+def _target_scorer(metric: LogProb | Prob, model: Model, prompts: Prompts) -> Scorer:
     _check_head(model, metric)
     target = _ids(_per_prompt(metric.target, prompts, "target"), model, prompts)
     as_prob = isinstance(metric, Prob)
@@ -187,18 +190,18 @@ _bind.register(LogProb, _target_scorer)
 _bind.register(Prob, _target_scorer)
 
 
-@_bind.register
-def _(metric: RepeatLogProb, model: Any, prompts: Prompts) -> Scorer:
+@_bind.register(RepeatLogProb)
+def _(metric: RepeatLogProb, model: Model, prompts: Prompts) -> Scorer:
     return _span_scorer(metric, model, prompts, sign=1.0)
 
 
-@_bind.register
-def _(metric: SpanLoss, model: Any, prompts: Prompts) -> Scorer:
+@_bind.register(SpanLoss)
+def _(metric: SpanLoss, model: Model, prompts: Prompts) -> Scorer:
     return _span_scorer(metric, model, prompts, sign=-1.0)
 
 
 def _span_scorer(
-    metric: RepeatLogProb | SpanLoss, model: Any, prompts: Prompts, sign: float
+    metric: RepeatLogProb | SpanLoss, model: Model, prompts: Prompts, sign: float
 ) -> Scorer:
     """Mean (sign x) log-prob of each prompt's marked tokens, each predicted from the one before."""
     _check_head(model, metric)
@@ -243,7 +246,7 @@ def _span_scorer(
     return Scorer(pos - 1, score)
 
 
-def _check_stream(model: Any, metric: ProbeReadout | HiddenState, width: int) -> None:
+def _check_stream(model: Model, metric: ProbeReadout | HiddenState, width: int) -> None:
     """A one-line error unless the model has the metric's layer and its stream's width."""
     last = model.shape.n_layers - 1
     if not EMBED <= metric.component.layer <= last:
@@ -258,8 +261,8 @@ def _check_stream(model: Any, metric: ProbeReadout | HiddenState, width: int) ->
         )
 
 
-@_bind.register
-def _(metric: ProbeReadout, model: Any, prompts: Prompts) -> Scorer:
+@_bind.register(ProbeReadout)
+def _(metric: ProbeReadout, model: Model, prompts: Prompts) -> Scorer:
     _check_stream(model, metric, metric.coef.shape[0])
     device = prompts.read.device
     coef = torch.as_tensor(metric.coef, device=device)
@@ -293,8 +296,8 @@ def _(metric: ProbeReadout, model: Any, prompts: Prompts) -> Scorer:
     return Scorer(prompts.read[:, None], score, metric.component)
 
 
-@_bind.register
-def _(metric: HiddenState, model: Any, prompts: Prompts) -> Scorer:
+@_bind.register(HiddenState)
+def _(metric: HiddenState, model: Model, prompts: Prompts) -> Scorer:
     width = model.d_model if metric.direction is None else metric.direction.shape[0]
     _check_stream(model, metric, width)
     direction = None

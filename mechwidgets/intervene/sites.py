@@ -17,7 +17,7 @@ its envoys to be visited; :func:`site_port` finds the envoy through the model's 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mechwidgets.core.components import (
     EMBED,
@@ -30,6 +30,8 @@ from mechwidgets.models.adapters import walk
 
 if TYPE_CHECKING:
     from mechwidgets.intervene.scoring import Scorer
+    from mechwidgets.models.loading import Model
+    from mechwidgets.models.loading import Site as ModelSite
 
 #: component kind -> (model site, order of that site within a block's forward pass)
 SITES: dict[str, tuple[str, int]] = {
@@ -51,7 +53,7 @@ def site_of(component: LayerComponent) -> SiteKey:
     return (component.layer, order, site)
 
 
-def columns(model: Any, component: LayerComponent) -> slice:
+def columns(model: Model, component: LayerComponent) -> slice:
     """The slice of the site's last dimension that the component owns."""
     if component.kind == "head":
         assert component.head is not None
@@ -62,7 +64,7 @@ def columns(model: Any, component: LayerComponent) -> slice:
     return slice(None)
 
 
-def check_components(model: Any, components: Iterable[LayerComponent]) -> None:
+def check_components(model: Model, components: Iterable[LayerComponent]) -> None:
     """Raise a one-line SelectorError for a layer, head or neuron the model does not have."""
     shape = model.shape
     for comp in components:
@@ -81,7 +83,7 @@ def check_components(model: Any, components: Iterable[LayerComponent]) -> None:
                 )
 
 
-def score_site(model: Any, scorer: Scorer) -> SiteKey:
+def score_site(model: Model, scorer: Scorer) -> SiteKey:
     """Where a scorer reads: its component's site, or for logits the final norm's output
     (after every block), or the last block's output where the family has no final norm."""
     if scorer.component is not None:
@@ -95,27 +97,29 @@ def score_site(model: Any, scorer: Scorer) -> SiteKey:
 Port = tuple[Any, str]
 
 
-def site_port(model: Any, key: SiteKey) -> Port:
+def site_port(model: Model, key: SiteKey) -> Port:
     """The envoy and side holding a site's activation: a projection's input, the embedding
     output (block 0's input), or a module's output. Looked up before a trace, so the traced
     block references envoys only and also runs remotely."""
     layer, _, site = key
     if site == "embed":
         return model.block(0), "input"
-    if site == "final_norm":
-        return walk(_base(model), model.adapter.final_norm), "output"
-    return model.envoy(site, layer), "input" if site.endswith("out_proj") else "output"
+    if site == "final_norm":  # score_site keys it only when the adapter names one
+        return walk(_base(model), cast(str, model.adapter.final_norm)), "output"
+    side = "input" if site.endswith("out_proj") else "output"
+    return model.envoy(cast("ModelSite", site), layer), side
 
 
-def _base(model: Any) -> Any:
+def _base(model: Model) -> Any:
     """The base model's envoy (Model.envoy reaches block components only; the embedding
     and the final norm sit on the base model)."""
-    prefix = model.hf.base_model_prefix if model.hf.base_model is not model.hf else ""
+    hf: Any = model.hf  # a Hugging Face PreTrainedModel, more than its torch.nn.Module type
+    prefix = hf.base_model_prefix if hf.base_model is not hf else ""
     return walk(model.nn, prefix)
 
 
 def components_of(
-    model: Any, components: str | Sequence[str], embed: bool = False
+    model: Model, components: str | Sequence[str], embed: bool = False
 ) -> list[LayerComponent]:
     """Expand ``["resid", "attn", "mlp", "head"]`` or selector strings against the model.
 
