@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
@@ -36,6 +36,9 @@ from threadpoolctl import threadpool_limits
 
 from mechwidgets.core.errors import CubeError, ModelError, SpecError
 from mechwidgets.extract.cube import ACT, NEURONS, CubeLayout, is_zarr, open_cube
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 _CLIENT: ContextVar[Any] = ContextVar("mechwidgets_client", default=None)
 
@@ -251,7 +254,7 @@ def save_cube(cube: xr.Dataset, target: str | Path, batch_rows: int = 256) -> st
     return target
 
 
-def model_spec(model: Any) -> tuple[str, str | None, str, str]:
+def model_spec(model: Model) -> tuple[str, str | None, str, str]:
     """How a worker loads ``model``: name, revision, dtype and the weights' identity.
 
     Raises
@@ -269,7 +272,7 @@ def model_spec(model: Any) -> tuple[str, str | None, str, str]:
 
 
 @lru_cache(maxsize=2)
-def _worker_model(spec: tuple[str, str | None, str, str]) -> Any:
+def _worker_model(spec: tuple[str, str | None, str, str]) -> Model:
     """The model as a worker loads it, once per worker process."""
     from mechwidgets.models.loading import load_model
 
@@ -303,7 +306,7 @@ def _write_on_worker(
 
 def write_on_workers(
     client: Any,
-    model: Any,
+    model: Model,
     url: str,
     spans: list[tuple[int, int]],
     job: tuple,

@@ -300,7 +300,7 @@ class ModelOnDemand(RunContext):
         self._model: Model | None = None
         super().__init__(**fields)
 
-    @property  # type: ignore[override]  # a field of RunContext, computed here
+    @property  # a field of RunContext, computed here
     def model(self) -> Model | None:
         if self._model is None and self._build is not None:
             self._model, self._build = self._build(), None
@@ -344,10 +344,11 @@ def check_writable(folder: Path, what: str, fix: str) -> None:
         ) from None
 
 
-def check_budget(spec: RunSpec, task: Task, model: Any = None) -> None:
+def check_budget(spec: RunSpec, task: Task, model: Model | ModelCard | None = None) -> None:
     """Refuse protocol counts whose draws cannot fit in memory, before the model loads.
 
-    Without ``model`` the activation width and slice count are taken as 1 (a lower bound,
+    ``model`` is the loaded model or its card (the sizes recorded at its first load).
+    Without it the activation width and slice count are taken as 1 (a lower bound,
     known as soon as the task is); with it, as the extraction will give them.
     """
     from mechwidgets.probes.sweep import DEFAULT_CONTROLS

@@ -16,12 +16,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import xarray as xr
 
 from mechwidgets.core.registry import get_action
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 
 @dataclass
@@ -35,7 +38,7 @@ class RunContext:
     """
 
     cube: xr.Dataset | list[xr.Dataset] | None = None  # a list: compare across tasks
-    model: Any = None
+    model: Model | None = None
     task: Any = None
     params: dict[str, Any] = field(default_factory=dict)
     controls: list[str] | None = None  # None: the action's default controls

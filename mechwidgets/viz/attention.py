@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,11 @@ import pandas as pd
 from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import MechError
 
-if TYPE_CHECKING:  # altair takes seconds to import: each drawing function imports it
+if TYPE_CHECKING:  # annotations only: altair takes seconds to import (drawing does it)
     import altair as alt
+    from transformers import PreTrainedModel
+
+    from mechwidgets.models.loading import Model
 
 #: token ids in the chart's lookup table are sample * _ID + position
 _ID = 100_000
@@ -161,7 +164,7 @@ class AttentionPatterns:
         display(ChartView(self.chart(), title="attention per head"))
 
 
-def attention_patterns(model: Any, texts: Sequence[str]) -> AttentionPatterns:
+def attention_patterns(model: Model, texts: Sequence[str]) -> AttentionPatterns:
     """Every head's attention on ``texts``, one text at a time (no padding).
 
     Parameters
@@ -182,7 +185,7 @@ def attention_patterns(model: Any, texts: Sequence[str]) -> AttentionPatterns:
     for s, text in enumerate(texts):
         ids = model.tokenize([text])["input_ids"].cpu()
         # eager attention, one text: the weights HF returns, no padding to mask
-        pattern = hf_attention(model.hf, ids)[:, 0]  # layer, head, query, key
+        pattern = hf_attention(cast("PreTrainedModel", model.hf), ids)[:, 0]  # layer, head, q, k
         id_list = ids[0].tolist()
         tokens.append([model.tokenizer.decode([i]) for i in id_list])
         weights.append(pattern)

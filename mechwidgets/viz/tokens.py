@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nnsight
 import numpy as np
@@ -30,6 +30,9 @@ from sklearn.preprocessing import StandardScaler
 
 from mechwidgets.core.components import STREAMS
 from mechwidgets.core.errors import MechError
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 #: class 0 and class 1 colours (RGB) of the token backgrounds
 LOW, HIGH = (76, 120, 168), (228, 87, 46)
@@ -114,7 +117,7 @@ class TokenScores:
 
 
 def token_scores(
-    model: Any,
+    model: Model,
     cube: xr.Dataset,
     label: str,
     layer: int,
@@ -181,7 +184,7 @@ def token_scores(
 
 @torch.no_grad()
 def _token_activations(
-    model: Any, text: str, layer: int, component: str
+    model: Model, text: str, layer: int, component: str
 ) -> tuple[list[int], np.ndarray]:
     """One text's (token, d_model) activations at ``layer`` / ``component``, as the cube
     defines them (block output, or the sublayer's write into the residual stream)."""

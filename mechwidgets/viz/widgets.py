@@ -21,7 +21,7 @@ import html
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anywidget
 import ipywidgets
@@ -33,6 +33,9 @@ import xarray as xr
 from mechwidgets.core.components import INTERVENED, STREAMS, LayerComponent, component_key
 from mechwidgets.core.errors import MechError, SpecError
 from mechwidgets.viz.samples import class_name, class_names
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 STATIC = Path(__file__).parent / "static"
 #: the columns every action result's ``.table`` has (extras may follow)
@@ -114,7 +117,7 @@ class LayerExplorer(anywidget.AnyWidget):
         bins: int = 20,
         classes: Any = None,
         texts: Any = None,
-        model: Any = None,
+        model: Model | None = None,
         cube: Any = None,
         **kwargs: Any,
     ) -> None:
