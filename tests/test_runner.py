@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,9 +21,10 @@ from mechwidgets.core.errors import MechError, SpecError
 from mechwidgets.core.specs import RunSpec
 from mechwidgets.data import grammar
 from mechwidgets.data.catalog import get_task, list_tasks
-from mechwidgets.report.bundle import read_artifacts
+from mechwidgets.report.bundle import read_artifacts, to_jsonable
 from mechwidgets.runner import (
     DEMO_SPEC,
+    ModelOnDemand,
     load_spec,
     metrics_difference,
     run_bundle,
@@ -223,3 +227,54 @@ def test_no_controls_runs_none(tiny_dir):
     result = run_spec(spec)
     assert set(result.table["control"]) == {"none"}
     assert "no controls ran" in result.verdict()
+
+
+#: a toy config whose cube the test caches first
+TOY_SPEC = {
+    "seed": 3,
+    "dataset": {"name": "subject_number", "n": 120},
+    "extraction": {"model_name": "toy-grammar", "selectors": ["resid:all"]},
+    "action": {"name": "detect", "params": FAST},
+    "controls": ["label_shuffle"],
+}
+#: run a config in a fresh interpreter: which heavy modules it imported, and its table
+FRESH_RUN = """
+import json, sys
+from mechwidgets.report.bundle import to_jsonable
+from mechwidgets.runner import run_spec
+result = run_spec(json.loads(sys.argv[1]))
+print(json.dumps({
+    "imported": [m for m in ("torch", "transformers", "nnsight") if m in sys.modules],
+    "table": to_jsonable(result.table.to_dict(orient="records")),
+}))
+"""
+
+
+def test_a_cached_cube_is_found_without_building_the_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHWIDGETS_CACHE", str(tmp_path))
+    loaded = run_spec(TOY_SPEC)  # extracts with the model, and records the model's card
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_RUN, json.dumps(TOY_SPEC)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MECHWIDGETS_CACHE": str(tmp_path)},
+    )
+    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fresh["imported"] == []  # neither torch nor transformers: the cube came by the card
+    assert fresh["table"] == to_jsonable(loaded.table.to_dict(orient="records"))
+
+
+def test_a_model_on_demand_is_built_once_when_an_action_reads_it():
+    built: list[str] = []
+
+    def build() -> str:
+        built.append("model")
+        return "model"
+
+    context = ModelOnDemand(build=build, task="task", seed=2)
+    assert built == [] and context.task == "task"  # reading other fields builds nothing
+    assert context.model == "model" and context.model == "model" and built == ["model"]
+    copy = replace(ModelOnDemand(build=build), seed=5)  # replace() reads the model: built
+    assert copy.model == "model" and copy.seed == 5 and len(built) == 2
+    assert ModelOnDemand(model="given").model == "given"  # a loaded model is kept as given
