@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,9 @@ from mechwidgets.probes.sweep import (
     read_cube,
     resolve_labels,
 )
+
+if TYPE_CHECKING:
+    from mechwidgets.models.loading import Model
 
 DEFAULT_THRESHOLD = 0.2
 #: the per-(layer, feature, neuron) numbers of a result
@@ -471,7 +474,7 @@ def _neuron_table(data: xr.Dataset) -> pd.DataFrame:
 
 
 def polysemantic(
-    source: Any,
+    source: xr.Dataset | Model,
     task: Any = None,
     labels: str | Iterable[str] | None = None,
     *,
@@ -518,17 +521,15 @@ def polysemantic(
         **params,
     }
     check_params("polysemantic", given)  # a one-line SpecError naming a bad parameter, first
-    is_model = isinstance(source, Model)
-    if is_model and task is None:
-        raise SpecError("with a model, pass the task to run it on: polysemantic(model, task, ...)")
-    if not is_model and task is not None:
-        raise SpecError("task= goes with a model; a cube already holds its samples and labels")
-    context = RunContext(
-        cube=None if is_model else source,
-        model=source if is_model else None,
-        task=task,
-        params=given,
-        seed=seed,
-    )
+    if isinstance(source, Model):
+        if task is None:
+            raise SpecError(
+                "with a model, pass the task to run it on: polysemantic(model, task, ...)"
+            )
+        context = RunContext(model=source, task=task, params=given, seed=seed)
+    else:
+        if task is not None:
+            raise SpecError("task= goes with a model; a cube already holds its samples and labels")
+        context = RunContext(cube=source, params=given, seed=seed)
     with using(client):
         return cast(PolysemanticResult, run_action("polysemantic", context))

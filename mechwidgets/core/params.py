@@ -156,6 +156,8 @@ class RecoveryBase(IntervalParams):
 class RecoveryOptions(RecoveryBase):
     """collapse's ``recovery=``: the model and task to patch (a config's own by default)."""
 
+    # a Model and a Task: pydantic reads annotations when the class is built, and naming
+    # them would import torch with every RunSpec (this module stays light)
     model: Any = None
     task: Any = None
     source_layer: Layer | None = None
