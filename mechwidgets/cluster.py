@@ -68,6 +68,14 @@ def using(client: Any) -> Iterator[None]:
     # a Client makes itself dask's default scheduler: the labels and splits this process
     # reads from the cube would each go through the cluster (a round trip per read)
     local = dask.config.set(scheduler="synchronous") if client is not None else None
+    if (
+        client is None
+        and "distributed" not in sys.modules
+        and not dask.config.get("scheduler", None)
+    ):
+        # no Client can exist, so dask's default for arrays (threads) is named: unnamed,
+        # each compute imports distributed to look for one (0.2-0.4 s of CPU, once)
+        local = dask.config.set(scheduler="threads")
     try:
         with local or contextlib.nullcontext():
             yield

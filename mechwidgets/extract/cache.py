@@ -61,7 +61,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import netCDF4
@@ -70,7 +70,9 @@ import xarray as xr
 from mechwidgets.core import locks
 from mechwidgets.core.errors import CacheError, CubeError
 from mechwidgets.extract.cube import ACT, NEURONS, CubeLayout, CubeWriter, is_zarr, open_cube
-from mechwidgets.extract.store import StoreWriter, committed, redact
+
+if TYPE_CHECKING:  # the Zarr store module (zarr, 0.1-0.3 s) is imported when a store is used
+    from mechwidgets.extract.store import StoreWriter
 
 log = logging.getLogger("mechwidgets")
 SUFFIX = ".nc"
@@ -304,6 +306,8 @@ def cube_writer(
     written under a temporary name and renamed into place on success (:func:`writing`).
     """
     if is_zarr(target):
+        from mechwidgets.extract.store import StoreWriter
+
         with StoreWriter(target, layout, per_sample, attrs, batch_rows) as out:
             record_store(str(target), attrs.get("cache_key", ""), attrs.get("model", "?"), layout)
             yield out
@@ -348,6 +352,8 @@ def record_store(url: str, key: str, model: str, layout: CubeLayout) -> None:
     The URL is recorded without credentials (:func:`~mechwidgets.extract.store.redact`);
     a local path is recorded absolute. A read-only cache folder records nothing.
     """
+    from mechwidgets.extract.store import redact
+
     where = redact(url) if "://" in url else str(Path(url).expanduser().absolute())
     shape = next(iter(layout.shapes().values()), ())
     line: dict[str, str | float] = {
@@ -399,6 +405,8 @@ def recorded_cube(key: str, layout: CubeLayout) -> xr.Dataset | None:
 
 def _store_entry(record: dict[str, Any]) -> CacheEntry:
     """A recorded Zarr cube, with its batches committed and its size looked up now."""
+    from mechwidgets.extract.store import committed
+
     url, size = record["url"], 0
     try:
         done = committed(url)
