@@ -14,6 +14,9 @@ exits with status 1 (``MECHWIDGETS_TRACEBACK=1`` shows its traceback).
     mechinterp demo
     mechinterp run configs/feature_detection_toy.yaml -o runs/x
     mechinterp run runs/x/artifacts.json
+
+>>> main(["run", "configs/feature_detection_toy.yaml", "-o", "runs/x"])  # the exit status
+0
 """
 
 from __future__ import annotations
