@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, run_action
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
 from mechwidgets.cluster import using
+from mechwidgets.core.components import EMBED
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.registry import check_params
 from mechwidgets.extract.cube import activations_index
@@ -207,6 +209,7 @@ class DetectResult(ProbeResult):
             "selectivity": controls.get("control_task", {}).get("gap"),
             "n_slices": len(real),
             "n_significant": int((real["p_adj"] < alpha).sum()),
+            "first_significant": self._first_significant(real, alpha, best["component"]),
             "best_vs_next": self._best_vs_next(real),
             "seeds": len(self.data["seed"]),
             "permutations": int(self.data.sizes["draw"]),
@@ -230,6 +233,9 @@ class DetectResult(ProbeResult):
         if s["n_significant"]:
             head = f"'{s['label']}' is decodable: {where} {ci}"
             tail = f"{s['n_significant']}/{s['n_slices']} slices beat {ref} ({test})"
+            if s["first_significant"] is not None:
+                first = "embed" if s["first_significant"] == EMBED else s["first_significant"]
+                tail += f", {b['component']} from layer {first} on"
         elif self._unresolved(s):
             head = f"'{s['label']}' is undetermined: {where} {ci}"
             tail = (
@@ -252,6 +258,19 @@ class DetectResult(ProbeResult):
                 f"{task:.3f} vs {b['score']:.3f})"
             )
         return "; ".join(parts)
+
+    @staticmethod
+    def _first_significant(real: pd.DataFrame, alpha: float, component: str) -> int | None:
+        """The shallowest layer of ``component`` from which every deeper slice is
+        significant: where the feature becomes decodable and stays so (None: the deepest
+        layer is not significant)."""
+        rows = real[real["component"] == component].sort_values("layer")
+        first = None
+        for layer, p_adj in zip(rows["layer"][::-1], rows["p_adj"][::-1], strict=True):
+            if p_adj >= alpha:
+                break
+            first = int(layer)
+        return first
 
     def _unresolved(self, s: dict[str, Any]) -> bool:
         """No slice significant only because the permutation count cannot resolve it: some
