@@ -214,3 +214,26 @@ def test_chart_view_draws_compositions_with_their_fallback():
     assert data["text/plain"] == "ChartView('grid')" and data["image/png"]
     with pytest.raises(ChartError, match="Vega-Lite spec"):
         ChartView({"data": {"values": []}})
+
+
+def test_a_charts_fallback_png_is_drawn_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    import altair as alt
+    import pandas as pd
+    import vl_convert
+
+    from mechwidgets.extract.cache import clear_cache
+    from mechwidgets.viz import chart_widget
+
+    monkeypatch.setenv("MECHWIDGETS_CACHE", str(tmp_path))
+    spec = alt.Chart(pd.DataFrame({"x": [1, 2]})).mark_point().encode(x="x:Q").to_dict()
+    drawn = chart_widget.fallback_png(spec)
+    assert drawn[0].startswith(b"\x89PNG") and drawn[1] * 2 == chart_widget._png_size(drawn[0])[0]
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("drawn again")
+
+    monkeypatch.setattr(vl_convert, "vegalite_to_png", no_drawing)
+    assert chart_widget.fallback_png(spec) == drawn  # same bytes and CSS size, not drawn
+    with pytest.raises(AssertionError, match="drawn again"):  # another chart is drawn
+        chart_widget.fallback_png({**spec, "title": "another"})
+    assert clear_cache().removed == 1 and not (tmp_path / "charts").exists()

@@ -79,6 +79,10 @@ SUFFIX = ".nc"
 TEMP = ".tmp-"
 LOCK = ".lock"
 QUARANTINE = "quarantine"
+#: subfolders of what is drawn or read once and kept: model cards (models/card.py) and
+#: charts' fallback PNGs (viz/chart_widget.py); ``clear_cache`` empties them too
+CARDS = "models"
+CHARTS = "charts"
 #: suffix of the stamp beside a cube whose checksums were verified (see the module doc)
 VERIFIED = ".verified"
 #: a stamp is trusted only for a file last modified at least this long before the stamp
@@ -463,8 +467,9 @@ class Cleared:
 
 
 def clear_cache() -> Cleared:
-    """Delete every cube, quarantined cube and stale temporary file; keep those of
-    extractions in progress (their key's lock is held), so they finish. The store index
+    """Delete every cube, quarantined cube, stale temporary file, model card and chart
+    image; keep the files of extractions in progress (their key's lock is held), so
+    they finish. The store index
     is emptied, but Zarr cubes written elsewhere are left where they are.
 
     Raises
@@ -489,9 +494,10 @@ def clear_cache() -> Cleared:
                 for path in files:
                     path.unlink(missing_ok=True)
                 removed += len(files)
-        if (folder / QUARANTINE).is_dir():
-            removed += sum(1 for _ in (folder / QUARANTINE).iterdir())
-            shutil.rmtree(folder / QUARANTINE)
+        for sub in (QUARANTINE, CARDS, CHARTS):
+            if (folder / sub).is_dir():
+                removed += sum(1 for _ in (folder / sub).iterdir())
+                shutil.rmtree(folder / sub)
         (folder / STORES).unlink(missing_ok=True)
     except OSError as exc:
         raise CacheError(

@@ -33,8 +33,6 @@ from pathlib import Path
 from mechwidgets.core.components import ModelShape
 from mechwidgets.models import zoo
 
-#: the card's record folder, inside the cache folder
-CARDS = "models"
 #: bumped when what a card records, or how the identity is computed, changes
 CARD_FORMAT = 1
 #: the libraries whose versions decide what a load gives
@@ -107,7 +105,7 @@ def card_path(name: str, revision: str | None, dtype: str) -> Path | None:
     """Where the card of ``name`` loaded at ``revision`` in ``dtype`` is kept; None for a
     model that has no card (a hub id)."""
     from mechwidgets import __version__
-    from mechwidgets.extract.cache import cache_dir, cache_key
+    from mechwidgets.extract.cache import CARDS, cache_dir, cache_key
 
     found = checkpoint_folder(name)
     if found is None:

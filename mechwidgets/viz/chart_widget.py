@@ -15,6 +15,10 @@ the browser's fonts and clip).
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ import anywidget
 import traitlets
 import vl_convert
 
+from mechwidgets.extract.cache import CHARTS, cache_dir
 from mechwidgets.viz.charts import ChartError
 
 STATIC = Path(__file__).parent / "static"
@@ -74,12 +79,39 @@ def with_png_fallback(
     Frontends without the widget (untrusted notebooks, nbconvert, GitHub) show the PNG.
     """
     data = bundle[0] if isinstance(bundle, tuple) else (bundle or {})  # anywidget: (data, meta)
-    png = vl_convert.vegalite_to_png(spec, scale=1)
-    width, height = _png_size(png)
-    if width * height <= PNG_MAX_SHARP:
-        png = vl_convert.vegalite_to_png(spec, scale=PNG_SCALE)
+    png, width, height = fallback_png(spec)
     data = {**data, "text/plain": text, "image/png": base64.b64encode(png).decode("ascii")}
     return data, {"image/png": {"width": width, "height": height}}
+
+
+def fallback_png(spec: dict[str, Any]) -> tuple[bytes, int, int]:
+    """The chart's PNG (at ``PNG_SCALE`` when small) and its size in CSS pixels.
+
+    Kept in the cache folder (``charts/``) by the spec and the vl-convert version: the
+    first PNG of a process costs ~0.45 s of CPU to start vl-convert's JavaScript engine,
+    and a notebook re-run in a fresh kernel (the cube cached, so the same numbers) draws
+    the same charts again. A read-only cache folder only costs the drawing.
+    """
+    version = vl_convert.__version__  # type: ignore[attr-defined]  # the stub omits it
+    text = json.dumps([spec, version, PNG_SCALE, PNG_MAX_SHARP], sort_keys=True, default=str)
+    name = hashlib.sha256(text.encode()).hexdigest()[:24]
+    folder = cache_dir() / CHARTS
+    for scale in (PNG_SCALE, 1):
+        with contextlib.suppress(OSError):
+            png = (folder / f"{name}-{scale}x.png").read_bytes()
+            width, height = _png_size(png)
+            return png, width // scale, height // scale
+    png = vl_convert.vegalite_to_png(spec, scale=1)
+    width, height = _png_size(png)
+    scale = PNG_SCALE if width * height <= PNG_MAX_SHARP else 1
+    if scale != 1:
+        png = vl_convert.vegalite_to_png(spec, scale=scale)
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f"{name}-{scale}x.png.{os.getpid()}.part"
+        part.write_bytes(png)
+        part.replace(folder / f"{name}-{scale}x.png")  # atomic: never half a file
+    return png, width, height
 
 
 def _spec_title(spec: dict[str, Any]) -> str:
