@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import xarray as xr
 
-from mechwidgets.core.registry import get_action
+from mechwidgets.core.errors import SpecError
+from mechwidgets.core.registry import get_action, load, registration
 
 if TYPE_CHECKING:
     from mechwidgets.models.loading import Model
@@ -59,6 +60,38 @@ class ResultAction:
     def summarize(self, result: ActionResult) -> dict[str, Any]:
         """The result's headline numbers."""
         return result.summary()
+
+
+class ModelAction(ResultAction):
+    """An action that calls its registered function on the context's model and dataset:
+    ``prepare`` gathers the keyword arguments (the config's parameters over the model, the
+    dataset and the seed), ``run`` makes the call."""
+
+    #: the function's parameter that takes the dataset
+    data_parameter = "task"
+    #: whether the function takes ``components`` (then a config's selectors give them)
+    takes_components = False
+    #: whether the function takes ``cube`` (then it is handed the runner's cube)
+    takes_cube = False
+    name: str
+
+    def prepare(self, context: RunContext) -> dict[str, Any]:
+        """The model, the dataset and the config's parameters, as the function takes them."""
+        if context.model is None or context.task is None:
+            raise SpecError(f"{self.name} needs a model and a task; give both in the config")
+        params = dict(context.params)
+        selectors = context.selectors()
+        if self.takes_components and "components" not in params and selectors:
+            params["components"] = selectors
+        data = {"model": context.model, self.data_parameter: context.task, "seed": context.seed}
+        if self.takes_cube:
+            data["cube"] = context.cube
+        return data | params
+
+    def run(self, prepared: dict[str, Any]) -> ActionResult:
+        """Call the registered function."""
+        result: ActionResult = load(registration(self.name).function)(**prepared)
+        return result
 
 
 def run_action(name: str, context: RunContext) -> ActionResult:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult, ResultAction
+from mechwidgets.actions.base import ActionResult, ModelAction
 from mechwidgets.analysis.statistics import bootstrap_weights, simultaneous_interval
 from mechwidgets.core.components import (
     COMPONENT_ORDER,
@@ -574,8 +574,11 @@ class LocalizeResult(ActionResult):
         return out
 
 
-class Localize(ResultAction):
-    """The registered action: a RunContext with a model and a task -> :func:`localize`."""
+class Localize(ModelAction):
+    """The registered action: :func:`localize` on the context's model, task and cube."""
+
+    takes_components = True
+    takes_cube = True
 
     def needs(self, params: Mapping[str, Any]) -> Needs:
         """With a label, a cube holding what is probed (heads included when asked for);
@@ -586,24 +589,3 @@ class Localize(ResultAction):
         items = [] if comps is None else [comps] if isinstance(comps, str) else list(comps)
         kinds = {str(item).partition(":")[0] for item in items}
         return Needs(components=tuple(k for k in COMPONENT_ORDER if k in kinds and k != "neuron"))
-
-    def prepare(self, context: Any) -> dict[str, Any]:
-        """Check that a model and task are present and the parameters are known."""
-        if context.model is None or context.task is None:
-            raise SpecError("localize needs a model and a task; give both in the config")
-        check_params("localize", context.params)
-        params = dict(context.params)
-        selectors = context.selectors()
-        if "components" not in params and selectors:
-            params["components"] = selectors
-        return {
-            "model": context.model,
-            "task": context.task,
-            "seed": context.seed,
-            "cube": context.cube,
-            **params,
-        }
-
-    def run(self, prepared: dict[str, Any]) -> LocalizeResult:
-        """Run :func:`localize`."""
-        return localize(**prepared)

@@ -31,11 +31,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult, ResultAction, RunContext
+from mechwidgets.actions.base import ActionResult, ModelAction
 from mechwidgets.core.components import INTERVENED, LayerComponent, table_components
-from mechwidgets.core.errors import SpecError
 from mechwidgets.core.params import GRID_AXES
-from mechwidgets.core.registry import Needs, check_params, load, registration
+from mechwidgets.core.registry import Needs, check_params
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
 from mechwidgets.intervene.attribution import attribution_moves
@@ -345,32 +344,6 @@ def patch_result(
         corrupt_value=float(corrupt.mean()),
         agreement=agree,
     )
-
-
-class ModelAction(ResultAction):
-    """An action that runs its registered function on the model and the dataset."""
-
-    #: the function's parameter that takes the dataset
-    data_parameter = "task"
-    #: whether the function takes ``components`` (then a config's selectors give them)
-    takes_components = False
-    name: str
-
-    def prepare(self, context: RunContext) -> dict[str, Any]:
-        """The model, the dataset and the config's parameters, as the function takes them."""
-        if context.model is None or context.task is None:
-            raise SpecError(f"{self.name} needs a model and a task; give both in the config")
-        params = dict(context.params)
-        selectors = context.selectors()
-        if self.takes_components and "components" not in params and selectors:
-            params["components"] = selectors
-        data = {"model": context.model, self.data_parameter: context.task, "seed": context.seed}
-        return data | params
-
-    def run(self, prepared: dict[str, Any]) -> ActionResult:
-        """Call the registered function."""
-        result: ActionResult = load(registration(self.name).function)(**prepared)
-        return result
 
 
 class Patch(ModelAction):

@@ -30,8 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult
-from mechwidgets.actions.patching import ModelAction
+from mechwidgets.actions.base import ActionResult, ModelAction
 from mechwidgets.analysis.statistics import (
     batch_score,
     bootstrap_pvalue,
