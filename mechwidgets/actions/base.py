@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import xarray as xr
 
+from mechwidgets.cluster import using
 from mechwidgets.core.errors import SpecError
-from mechwidgets.core.registry import get_action, load, registration
+from mechwidgets.core.registry import check_params, get_action, load, registration
 
 if TYPE_CHECKING:
     from mechwidgets.models.loading import Model
@@ -99,6 +100,16 @@ def run_action(name: str, context: RunContext) -> ActionResult:
     action = get_action(name)
     result: ActionResult = action.run(action.prepare(context))
     return replace(result, spec=context.spec, caveats=caveats(context.cube, result.data))
+
+
+def call_action(name: str, context: RunContext, client: Any = None) -> ActionResult:
+    """What a public action function (``mw.detect(...)``) does with its arguments:
+    checks them (``context.params``) against the action's Params first, a one-line
+    SpecError naming a bad one before any work, then runs the action, with each slice on
+    the dask ``client``'s workers when one is given (:func:`mechwidgets.cluster.using`)."""
+    check_params(name, context.params)
+    with using(client):
+        return run_action(name, context)
 
 
 def caveats(cube: xr.Dataset | list[xr.Dataset] | None, data: xr.Dataset) -> list[str]:

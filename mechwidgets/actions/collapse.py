@@ -21,12 +21,12 @@ from typing import Any, cast
 import numpy as np
 import xarray as xr
 
-from mechwidgets.actions.base import ResultAction, RunContext, run_action
+from mechwidgets.actions.base import ResultAction, RunContext, call_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult
 from mechwidgets.actions.recovery import RecoveryResult, RecoverySpec
 from mechwidgets.analysis.geometry import cka_matrix
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
-from mechwidgets.cluster import map_slices, using
+from mechwidgets.cluster import map_slices
 from mechwidgets.core.registry import check_params
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
@@ -331,12 +331,5 @@ def collapse(
         **({} if recovery is None else {"recovery": recovery}),
         **params,
     }
-    check_params("collapse", given)  # a one-line SpecError naming a bad parameter, first
-    context = RunContext(
-        cube=cube,
-        params=given,
-        controls=list(controls),
-        seed=seed,
-    )
-    with using(client):
-        return cast(CollapseResult, run_action("collapse", context))
+    context = RunContext(cube=cube, params=given, controls=list(controls), seed=seed)
+    return cast(CollapseResult, call_action("collapse", context, client))

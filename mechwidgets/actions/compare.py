@@ -32,12 +32,10 @@ import pandas as pd
 import xarray as xr
 from scipy.integrate import trapezoid
 
-from mechwidgets.actions.base import ResultAction, RunContext, run_action
+from mechwidgets.actions.base import ResultAction, RunContext, call_action
 from mechwidgets.actions.detect import ProbePlan, ProbeResult, units_phrase
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
-from mechwidgets.cluster import using
 from mechwidgets.core.errors import CubeError, SpecError
-from mechwidgets.core.registry import check_params
 from mechwidgets.extract.cube import activations_index
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
@@ -490,12 +488,6 @@ def compare(
     """
     given: dict[str, Any] = {"labels": [labels] if isinstance(labels, str) else list(labels)}
     given |= {"seeds": seeds, "threshold": threshold, "component": component, **params}
-    check_params("compare", given)  # a one-line SpecError naming a bad parameter, first
-    context = RunContext(
-        cube=cube if isinstance(cube, xr.Dataset) else list(cube),
-        params=given,
-        controls=list(controls),
-        seed=seed,
-    )
-    with using(client):
-        return cast(CompareResult, run_action("compare", context))
+    cubes = cube if isinstance(cube, xr.Dataset) else list(cube)
+    context = RunContext(cube=cubes, params=given, controls=list(controls), seed=seed)
+    return cast(CompareResult, call_action("compare", context, client))

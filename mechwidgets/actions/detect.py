@@ -18,12 +18,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, run_action
+from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, call_action
 from mechwidgets.analysis.statistics import adjust_pvalues, bootstrap_pvalue, percentile_interval
-from mechwidgets.cluster import using
 from mechwidgets.core.components import EMBED
 from mechwidgets.core.errors import CubeError, SpecError
-from mechwidgets.core.registry import check_params
 from mechwidgets.extract.cube import activations_index
 from mechwidgets.probes.sweep import (
     DEFAULT_CONTROLS,
@@ -346,12 +344,5 @@ def detect(
     >>> res.summary()["best"]["layer"]
     """
     given = {"label": label, "seeds": seeds, **params}
-    check_params("detect", given)  # a one-line SpecError naming a bad parameter, first
-    context = RunContext(
-        cube=cube,
-        params=given,
-        controls=list(controls),
-        seed=seed,
-    )
-    with using(client):
-        return cast(DetectResult, run_action("detect", context))
+    context = RunContext(cube=cube, params=given, controls=list(controls), seed=seed)
+    return cast(DetectResult, call_action("detect", context, client))

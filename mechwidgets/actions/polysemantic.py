@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, run_action
+from mechwidgets.actions.base import ActionResult, ResultAction, RunContext, call_action
 from mechwidgets.analysis.neurons import (
     auroc,
     count_features,
@@ -44,10 +44,10 @@ from mechwidgets.analysis.neurons import (
     two_sided_p,
 )
 from mechwidgets.analysis.statistics import permutation_pvalue, score
-from mechwidgets.cluster import map_slices, using
+from mechwidgets.cluster import map_slices
 from mechwidgets.core.components import LayerComponent
 from mechwidgets.core.errors import SpecError
-from mechwidgets.core.registry import Needs, check_params
+from mechwidgets.core.registry import Needs
 from mechwidgets.extract.cube import NEURONS, activations_index, check_cube, check_finite
 from mechwidgets.probes.controls import shuffled_labels
 from mechwidgets.probes.linear import (
@@ -520,7 +520,6 @@ def polysemantic(
         "seeds": seeds,
         **params,
     }
-    check_params("polysemantic", given)  # a one-line SpecError naming a bad parameter, first
     if isinstance(source, Model):
         if task is None:
             raise SpecError(
@@ -531,5 +530,4 @@ def polysemantic(
         if task is not None:
             raise SpecError("task= goes with a model; a cube already holds its samples and labels")
         context = RunContext(cube=source, params=given, seed=seed)
-    with using(client):
-        return cast(PolysemanticResult, run_action("polysemantic", context))
+    return cast(PolysemanticResult, call_action("polysemantic", context, client))
