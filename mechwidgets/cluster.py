@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask
+import dask.threaded
 import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
@@ -73,9 +74,10 @@ def using(client: Any) -> Iterator[None]:
         and "distributed" not in sys.modules
         and not dask.config.get("scheduler", None)
     ):
-        # no Client can exist, so dask's default for arrays (threads) is named: unnamed,
-        # each compute imports distributed to look for one (0.2-0.4 s of CPU, once)
-        local = dask.config.set(scheduler="threads")
+        # no Client can exist, so dask's default for arrays (its threaded scheduler) is
+        # given as the function: otherwise (or by name) each compute imports distributed
+        # to look for a Client (0.2-0.4 s of CPU, once)
+        local = dask.config.set(scheduler=dask.threaded.get)
     try:
         with local or contextlib.nullcontext():
             yield

@@ -48,14 +48,6 @@ from mechwidgets.data.tasks import Task
 from mechwidgets.extract.cache import cache_dir
 from mechwidgets.extract.cube import activations_index
 from mechwidgets.models.card import ModelCard, find_card
-from mechwidgets.report.bundle import (
-    ARTIFACTS,
-    check_target,
-    is_url,
-    read_artifacts,
-    to_jsonable,
-    write_bundle,
-)
 
 if TYPE_CHECKING:
     from mechwidgets.models.loading import Model
@@ -103,6 +95,8 @@ def load_spec(source: RunSpec | dict[str, Any] | str | Path) -> RunSpec:
     path = Path(source)
     if not is_bundle_source(path):
         return RunSpec.from_file(path)
+    from mechwidgets.report.bundle import read_artifacts
+
     spec = read_artifacts(path).get("spec")
     if spec is None:
         raise SpecError(
@@ -233,6 +227,8 @@ def run_spec(
     # a new result: the action's is a frozen value
     result = replace(result, timings={**result.timings, **timings}, activations=activations)
     if out is not None:
+        from mechwidgets.report.bundle import write_bundle
+
         write_bundle(result, out)
     if progress is not None:
         progress(1.0, "done")
@@ -316,6 +312,8 @@ def output_folder(path: str | Path, action: str | None = None) -> Path | str:
     """``path`` with ``~`` expanded, checked to take a bundle of ``action``: a one-line error
     otherwise (a folder holding the user's files or another action's bundle is never replaced).
     An fsspec URL (``s3://bucket/runs/x``) is checked there and returned as it is."""
+    from mechwidgets.report.bundle import check_target, is_url
+
     if is_url(path):
         return check_target(str(path), action)
     folder = Path(path).expanduser()
@@ -396,13 +394,13 @@ def run_bundle(path: str | Path, output_dir: str | Path | None = None) -> Action
 def is_bundle_source(path: str | Path) -> bool:
     """Whether ``path`` names a bundle (its folder or ``artifacts.json``) rather than a config."""
     path = Path(path)
-    return path.name == ARTIFACTS or path.is_dir()
+    return path.name == "artifacts.json" or path.is_dir()
 
 
 def bundle_folder(path: str | Path) -> Path:
     """The bundle folder of ``path`` (the folder itself, or its ``artifacts.json``'s parent)."""
     path = Path(path)
-    return path.parent if path.name == ARTIFACTS else path
+    return path.parent if path.name == "artifacts.json" else path
 
 
 def metrics_difference(result: ActionResult, bundle: str | Path) -> float:
@@ -419,6 +417,8 @@ def metrics_difference(result: ActionResult, bundle: str | Path) -> float:
     or non-numeric cells (labels, layers, components).
     """
     old = pd.DataFrame(read_metrics(bundle)["table"])
+    from mechwidgets.report.bundle import to_jsonable
+
     new = pd.DataFrame(to_jsonable(result.table.to_dict(orient="records")))
     if old.shape != new.shape or list(old.columns) != list(new.columns):
         return float("inf")
