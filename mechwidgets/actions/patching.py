@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ import xarray as xr
 
 from mechwidgets.actions.base import ActionResult, ModelAction
 from mechwidgets.core.components import INTERVENED, LayerComponent, table_components
-from mechwidgets.core.params import GRID_AXES
+from mechwidgets.core.params import GRID_AXES, AttributionParams, PatchParams
 from mechwidgets.core.registry import Needs, check_params
 from mechwidgets.data.catalog import PromptPairs
 from mechwidgets.data.tasks import Task
@@ -108,10 +108,9 @@ def patch(
     >>> res = mw.patch(model, clean=mw.get_task_pairs("subject_number", n=64))
     >>> res.agreement["pearson"]
     """
-    return _patch_grid(
-        "activation", model, clean, corrupt, behavior, grid, components, direction,
-        attribution, n, resamples, level, seed,
-    )  # fmt: skip
+    given = dict(behavior=behavior, grid=grid, components=components, direction=direction)
+    given |= dict(n=n, corrupt=corrupt, resamples=resamples, level=level)
+    return _patch_grid("activation", model, clean, given | dict(attribution=attribution), seed)
 
 
 def attribution_patch(
@@ -146,48 +145,38 @@ def attribution_patch(
     --------
     >>> mw.attribution_patch(model, clean=mw.get_task_pairs("subject_number", n=64))
     """
-    return _patch_grid(
-        "attribution", model, clean, corrupt, behavior, grid, components, direction,
-        True, n, resamples, level, seed,
-    )  # fmt: skip
+    given = dict(behavior=behavior, grid=grid, components=components, direction=direction)
+    given |= dict(n=n, corrupt=corrupt, resamples=resamples, level=level)
+    return _patch_grid("attribution", model, clean, given, seed)
 
 
 def _patch_grid(
     method: Method,
     model: Model,
     clean: Task | PromptPairs | Sequence[str],
-    corrupt: Task | Sequence[str] | None,
-    behavior: Any,
-    grid: Sequence[str],
-    components: str | Sequence[str],
-    direction: Direction,
-    attribution: bool,
-    n: int | None,
-    resamples: int,
-    level: float,
+    given: dict[str, Any],
     seed: int,
 ) -> PatchResult:
-    """:func:`patch` (``method="activation"``, with the attribution estimate beside it when
-    ``attribution``) or :func:`attribution_patch`: its parameters checked first."""
-    given = dict(behavior=behavior, grid=grid, components=components, direction=direction)
-    given |= dict(n=n, corrupt=corrupt, resamples=resamples, level=level)
-    if method == "activation":
-        check_params("patch", given | dict(attribution=attribution))
-    else:
-        check_params("attribution_patch", given)
+    """:func:`patch` (``method="activation"``, with the attribution estimate beside it
+    unless ``attribution=False``) or :func:`attribution_patch`, their other parameters
+    ``given`` checked first against the action's Params (a one-line SpecError)."""
+    action = "patch" if method == "activation" else "attribution_patch"
+    p = cast(AttributionParams, check_params(action, given))
+    attribution = p.attribution if isinstance(p, PatchParams) else True
     plan = plan_patching(
-        model, clean, corrupt, behavior, grid, components, direction, n, gradient=attribution
-    )
+        model, clean, p.corrupt, p.behavior, p.grid, p.components, p.direction, p.n,
+        gradient=attribution,
+    )  # fmt: skip
     source, scorer = Source(plan.source), plan.pairs.scorer
     if method == "attribution":
         moved = attribution_moves(model, plan.base, source, plan.cells, scorer)
-        return patch_result(model, plan, method, moved, None, resamples, level, seed)
+        return patch_result(model, plan, method, moved, None, p.resamples, p.level, seed)
     values, _ = run_cells(model, plan.base, plan.cells, source, [scorer])
     moved = values[0].cpu().numpy() - plan.base_values
     beside = (
         attribution_moves(model, plan.base, source, plan.cells, scorer) if attribution else None
     )
-    return patch_result(model, plan, method, moved, beside, resamples, level, seed)
+    return patch_result(model, plan, method, moved, beside, p.resamples, p.level, seed)
 
 
 @dataclass(repr=False, frozen=True)
