@@ -285,10 +285,11 @@ def _load(ex: ExtractionSpec, seed: int) -> Model:
 class ModelOnDemand(RunContext):
     """A RunContext whose ``model`` is built the first time an action reads it.
 
-    The runner gives one when every cube was found in the cache without the model: an
-    action that reads only its cube (``detect``) then never imports torch, and one that
-    reads the model (``collapse`` with recovery, ``localize``) gets the same model as if
-    it had been loaded first. ``dataclasses.replace`` reads ``model`` and so builds it.
+    The runner's context. When every cube was found in the cache without the model, an
+    action that reads only its cube (``detect``) never imports torch, and one that reads
+    the model (``collapse`` with recovery, ``localize``) gets the same model, seeded the
+    same, as if it had been loaded first; otherwise it holds the model already loaded.
+    ``dataclasses.replace`` reads ``model`` and so builds it.
     """
 
     def __init__(self, build: Callable[[], Model] | None = None, **fields: Any) -> None:
