@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -59,6 +59,10 @@ from mechwidgets.viz.charts import heatmap
 
 if TYPE_CHECKING:
     from mechwidgets.models.loading import Model
+
+#: what a metric measures in a localize run: the behaviour, or a probe's readout (the
+#: ``metric`` column of ``impact`` and the prefix of the ranking's drop columns)
+Role = Literal["behavior", "probe"]
 
 
 def localize(
@@ -180,10 +184,10 @@ def _prompts(model: Model, task: Task, texts: list[str], samples: np.ndarray) ->
 
 def _metrics(
     model: Model, task: Task, behavior: Any, probe_metric: Any, label: str | None
-) -> dict[str, Any]:
+) -> dict[Role, Any]:
     """``behavior`` and ``probe`` metrics by role; the task's own behaviour by default,
     skipped on a model without an output head when a probe metric or label stands in."""
-    metrics = {}
+    metrics: dict[Role, Any] = {}
     if probe_metric is not None:
         metrics["probe"] = probe_metric
     chosen = behavior if behavior is not None else task.behavior
@@ -288,16 +292,16 @@ class _Effects:
     """Per-sample drops by role (``behavior``, ``probe``) and intervention, oriented so that
     positive means the behaviour (or the probe's readout) was lost."""
 
-    drops: dict[str, dict[str, np.ndarray]]  # role -> intervention -> (tested, n)
-    clean: dict[str, float]  # role -> clean mean (oriented)
-    names: dict[str, str]  # role -> the metric's name (and how it was signed)
+    drops: dict[Role, dict[str, np.ndarray]]  # role -> intervention -> (tested, n)
+    clean: dict[Role, float]  # role -> clean mean (oriented)
+    names: dict[Role, str]  # role -> the metric's name (and how it was signed)
 
 
 def _intervene(
     model: Model,
     task: Task,
-    metrics: dict[str, Any],
-    scorers: dict[str, Scorer],
+    metrics: dict[Role, Any],
+    scorers: dict[Role, Scorer],
     prompts: Prompts,
     bad: Prompts | None,
     tested: list[LayerComponent],
@@ -315,7 +319,7 @@ def _intervene(
     signs, names = {}, {}
     for role in roles:
         signs[role], names[role] = _signs(metrics[role], base[role], truth, label)
-    drops: dict[str, dict[str, np.ndarray]] = {role: {} for role in roles}
+    drops: dict[Role, dict[str, np.ndarray]] = {role: {} for role in roles}
     for how in kinds:
         if how == "patch" and bad is not None:
             source = Source(bad)
@@ -393,7 +397,7 @@ def _result(
                     }
                 )
     impact = pd.DataFrame(rows)
-    main = "behavior" if "behavior" in effects.drops else "probe"
+    main: Role = "behavior" if "behavior" in effects.drops else "probe"
     ranking = _ranking(
         candidates, tested, scores, impact, names, rank_by, list(effects.drops), main
     )
@@ -446,8 +450,8 @@ def _ranking(
     impact: pd.DataFrame,
     names: dict[str, str],
     rank_by: str,
-    roles: list[str],
-    main: str,
+    roles: list[Role],
+    main: Role,
 ) -> pd.DataFrame:
     """One row per candidate, sorted by the ``main`` metric's drop under ``rank_by``
     (untested last), with every metric's drop under every intervention beside it."""
