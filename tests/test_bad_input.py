@@ -431,7 +431,7 @@ def _python_cases() -> list[Case]:
         ("labels", "constant float label", lambda c: mw.detect(c.relabel(np.full(300, 0.5)), **fast), "constant", True),
         ("labels", "label with inf", lambda c: mw.detect(c.relabel([np.inf, *labels(c)[1:] + 0.5]), **fast), "inf", True),
         ("cube", "all-NaN cube", lambda c: mw.detect(nan_act(c), **fast), "all NaN", True),
-        ("cube", "not a cube", lambda c: mw.detect({"act": 1}, **fast), "label", True),
+        ("cube", "not a cube", lambda c: mw.detect({"act": 1}, **fast), "activation cube", True),
         ("cube", "no act variable", lambda c: mw.detect(c.cube.drop_vars("act"), **fast), "no 'act'", True),
         ("unseen", "extract an empty text", lambda c: mw.extract(c.model, ["", "the dog"]), "special tokens only", True),
         ("unseen", "extract a blank text", lambda c: mw.extract(c.model, ["the dog", " \t "]), "special tokens only", True),
