@@ -24,17 +24,14 @@ honest under clustering and at the ceiling. :func:`permutation_pvalue` resolves 
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
 import numpy as np
 from scipy.stats import beta, binom, false_discovery_control, norm, rankdata
 from scipy.stats import t as student_t
 
 from mechwidgets.core.errors import SpecError
+from mechwidgets.core.params import CORRECTIONS, METRICS, Metric
 
-Metric = Literal["accuracy", "auc", "r2"]
-METRICS: tuple[str, ...] = ("accuracy", "auc", "r2")
-CORRECTIONS: tuple[str, ...] = ("holm", "bh")
 #: largest (resamples x samples x columns) block the AUC evaluates at once
 _AUC_BLOCK = 1 << 23
 #: upper-tail shares of the fitted null at which the permutation draws check the fit

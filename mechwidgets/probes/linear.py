@@ -43,9 +43,9 @@ from threadpoolctl import threadpool_limits
 
 from mechwidgets.analysis.statistics import Metric, batch_score, score
 from mechwidgets.core.errors import CubeError, SpecError
+from mechwidgets.core.params import PROBES
 
 Kind = Literal["binary", "multiclass", "continuous"]
-PROBES: tuple[str, ...] = ("ridge", "logistic")
 #: L2 strengths, as multiples of the number of training samples (standardised features
 #: have unit variance, so the Gram matrix's eigenvalues average n_train)
 DEFAULT_STRENGTHS = np.logspace(-4, 2, 8)
@@ -207,7 +207,7 @@ class RidgePath:
         self.evals = np.clip(evals, 0.0, None)
         self.vecs: np.ndarray = vecs.astype(dtype)
         self._unit = x.shape[2] == 1  # projections are the designs themselves
-        self._xv = x.astype(dtype) if self._unit else (x @ vecs).astype(dtype)
+        self._xv: np.ndarray = x.astype(dtype) if self._unit else (x @ vecs).astype(dtype)
         self.alphas = np.empty(0)
 
     def project(self, x: np.ndarray) -> np.ndarray:
