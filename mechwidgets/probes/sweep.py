@@ -28,6 +28,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any, cast
 
 import numpy as np
@@ -399,6 +400,14 @@ def _rng(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, _STREAMS[purpose]])
 
 
+def _subspace_rank(lab: LabelData, protocol: Protocol, dim: int) -> int:
+    """The rank of the random-subspace control's bases for ``lab``; a SpecError past ``dim``."""
+    rank = protocol.subspace_rank or max(1, lab.encoding.width - 1)
+    if rank > dim:
+        raise SpecError(f"subspace_rank {rank} exceeds the activation dim {dim}")
+    return rank
+
+
 def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Draws:
     b = protocol.permutations
     seeds = protocol.seeds
@@ -415,9 +424,7 @@ def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Dra
         cols += [control_task_labels(lab.codes, types, b, _rng(s, "control_task")) for s in seeds]
     y = np.concatenate(cols, axis=1)
     if "random_subspace" in protocol.controls:
-        rank = protocol.subspace_rank or max(1, lab.encoding.width - 1)
-        if rank > dim:
-            raise SpecError(f"subspace_rank {rank} exceeds the activation dim {dim}")
+        rank = _subspace_rank(lab, protocol, dim)
         bases = np.concatenate(
             [random_subspaces(dim, rank, b, _rng(s, "random_subspace")) for s in seeds]
         )  # (S*B, d, rank)
@@ -474,23 +481,19 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
         y_score=np.full(shape[:3] + (n_test,), np.nan),
     )
     probed = np.zeros(shape[1:3], bool)
-    weights = np.stack(
-        [
-            cluster_bootstrap_weights(view.test_units, n_res, _rng(s, "bootstrap"))
-            for s in protocol.seeds
-        ]
-    )
     dim = int(cube.sizes["dim"])
-    draws = {name: _draws(view.labels[name], view, protocol, dim) for name in names}
+    if "random_subspace" in protocol.controls:
+        for lab in view.labels.values():
+            _subspace_rank(lab, protocol, dim)  # a bad rank fails here, before any probe
     where = {
         (layer, comp): (li, ci)
         for li, layer in enumerate(view.layers)
         for ci, comp in enumerate(view.components)
     }
     # on a dask client (mechwidgets.cluster.using) each slice is a task on a worker
-    shared = (replace(view, cube=xr.Dataset()), draws, weights, protocol)
+    shared = _Shared(replace(view, cube=xr.Dataset()), protocol, dim)
     with blas_threads_for(cube.sizes["sample"] * dim):
-        for slice_key, slice_out in map_slices(cube, probe_at, where, *shared):
+        for slice_key, slice_out in map_slices(cube, probe_at, where, shared):
             if slice_out is None:
                 continue
             li, ci = where[slice_key]
@@ -505,18 +508,47 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
     return _assemble(out, probed, view, protocol, controls)
 
 
-def probe_at(
-    cube: xr.Dataset,
-    layer: int,
-    comp: str,
-    view: CubeView,
-    draws: dict[str, _Draws],
-    weights: np.ndarray,
-    protocol: Protocol,
-) -> list[ProbeNumbers] | None:
+class _Shared:
+    """What every slice's probe shares: the view, the protocol, and the seeded draws
+    (:func:`_draws`) and bootstrap weights made from them on first use, once in each
+    process that probes: here, or on each dask worker from the same seeds, so the same
+    numbers. Only this recipe is sent to workers (``__reduce__``): the default detect's
+    draws and weights are 33 MB, whose broadcast through the scheduler cost more wall
+    time than each worker making them (0.03 s of CPU) while the others start."""
+
+    def __init__(self, view: CubeView, protocol: Protocol, dim: int) -> None:
+        self.view, self.protocol, self.dim = view, protocol, dim
+
+    def __reduce__(self) -> tuple[type, tuple[CubeView, Protocol, int]]:
+        return type(self), (self.view, self.protocol, self.dim)
+
+    @cached_property
+    def draws(self) -> dict[str, _Draws]:
+        """Each label's draws (:func:`_draws`)."""
+        return {
+            name: _draws(lab, self.view, self.protocol, self.dim)
+            for name, lab in self.view.labels.items()
+        }
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        """``(seed, resample, test item)`` cluster-bootstrap weights, one stream per seed."""
+        return np.stack(
+            [
+                cluster_bootstrap_weights(
+                    self.view.test_units, self.protocol.resamples, _rng(s, "bootstrap")
+                )
+                for s in self.protocol.seeds
+            ]
+        )
+
+
+def probe_at(cube: xr.Dataset, layer: int, comp: str, shared: _Shared) -> list[ProbeNumbers] | None:
     """One slice loaded and probed (:func:`_probe_slice`); None when it is absent."""
     x = _load(cube, layer, comp)
-    return None if x is None else _probe_slice(x, view, draws, weights, protocol)
+    if x is None:
+        return None
+    return _probe_slice(x, shared.view, shared.draws, shared.weights, shared.protocol)
 
 
 def _load(cube: xr.Dataset, layer: int, comp: str) -> np.ndarray | None:
