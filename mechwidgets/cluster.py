@@ -8,9 +8,10 @@ Zarr cube. Workers open the cube file themselves from its path, once per worker,
 re-reading it (the client checked it), and read only the slices their tasks ask for, so a
 cube larger than a worker's memory is probed within it; they load a zoo model once per
 worker by its name. Only per-slice numbers and the batches' regions of the store move,
-never the cube through the scheduler. Seeded draws are made once on the client and
-shared, so results equal the single-process ones exactly. In a notebook each call shows
-dask's progress bar, and the first one the dashboard's link.
+never the cube through the scheduler. Each worker makes the probes' seeded draws from
+the same seeds as one process would (polysemantic's are made here and sent), so results
+equal the single-process ones exactly. In a notebook each call shows dask's progress bar, and the first one the
+dashboard's link.
 
 >>> from dask.distributed import Client, LocalCluster
 >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))
