@@ -786,7 +786,6 @@ def aggregate(raw: xr.Dataset, protocol: Protocol) -> xr.Dataset:
             lo[ni], hi[ni] = proportion_interval(score[ni], n_eff, level)
         for k in range(raw.sizes["control"]):
             fam = pooled[ni, :, :, k][ok]  # (probed slices, draws)
-            a, b, g = simultaneous_interval(fam, level)
             if exact:
                 # the same exact interval at the Bonferroni level: near the ceiling most
                 # resamples tie, so the max statistic finds few extremes and calibrates
@@ -797,6 +796,8 @@ def aggregate(raw: xr.Dataset, protocol: Protocol) -> xr.Dataset:
                     est, boot_var[ni, :, :, k][ok], n_items, units, 1 - g, MIN_UNITS
                 )
                 a, b = proportion_interval(est, n_eff, 1 - g)
+            else:
+                a, b, _ = simultaneous_interval(fam, level)
             adj_lo[ni, :, :, k][ok], adj_hi[ni, :, :, k][ok] = a, b
     p = _pvalues(raw, score[..., 0], ok)
     p_adj = np.full_like(p, np.nan)
