@@ -6,18 +6,21 @@ processes (1 thread each). Detect: the default protocol (5 seeds, 200 permutatio
 resamples, label-shuffle and random-subspace controls) on a planted cube of ``SAMPLES`` x
 ``LAYERS`` layers x 3 components x ``DIM``, a netCDF file (a Zarr store with ``--zarr``).
 
-Both clusters are started first and every path is warmed (one extraction, so each worker
-has loaded the model and traced once; one detect, so each worker has opened the cube);
-then ``--rounds`` rounds run local, 1 worker and 2 workers in turn (interleaved, so a
-change in the machine's load hits every path alike), and the median of each is reported.
-The machine is shared: wall time follows the other jobs' load, so every run also records
-CPU seconds, this process's (the client, the scheduler and the nannies: LocalCluster runs
-them here) and each worker's (``time.process_time`` on the worker). From those:
+One cluster at a time runs (the 1-worker one, then the 2-worker one), as a session has
+one: an idle second cluster (its scheduler, nanny and worker) would take CPU from the one
+measured. Each is started and every path warmed (one extraction, so each worker has
+loaded the model and traced once; one detect, so each worker has opened the cube); then
+``--rounds`` rounds run local and that cluster in turn (interleaved, so a change in the
+machine's load hits both alike), and the median of each is reported (local: over both
+clusters' rounds). The machine is shared: wall time follows the other jobs' load, so
+every run also records CPU seconds, this process's (the client, the scheduler and the
+nannies: LocalCluster runs them here) and each worker's (``time.process_time`` on the
+worker). From those:
 
 - overhead at 1 worker, CPU: (client + worker CPU) / local CPU: the work the distributed
-  path adds, whatever the load; also less this process's idle CPU over the run (its
-  two LocalClusters' schedulers and nannies, measured over 5 s of sleep), which a client
-  of a remote scheduler does not pay;
+  path adds, whatever the load; also less this process's idle CPU over the run (the
+  LocalCluster's scheduler and nanny, measured over 5 s of sleep), which a client of a
+  remote scheduler does not pay;
 - speed-up at 2 workers on free cores: local CPU / (the client's main-thread CPU + the
   larger of the busier worker's CPU and the client's other threads' (scheduler, comms,
   nannies)): the wall time the 2-worker path would take with a core for each, the main
@@ -134,7 +137,6 @@ def main() -> None:
     cube = mw.open_cube(save_cube(planted, folder / ("cube.zarr" if args.zarr else "cube.nc")))
     n_slices = layers * 3
     torch.set_num_threads(1)  # as each worker (1 thread): the same work on every path
-    clients = {"local": None, "1w": cluster(1), "2w": cluster(2)}
     count = iter(range(10**6))
 
     def extract(client: Any) -> Any:
@@ -146,30 +148,28 @@ def main() -> None:
         return mw.detect(cube, "number", client=client, **detect_kw)
 
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
-    cold = {}
-    try:
-        for name, pair in clients.items():  # warm every path
-            client = pair[1] if pair else None
-            cold[name] = run(lambda c=client: extract(c), client)["wall"]
+    cold = {"local": run(lambda: extract(None))["wall"]}
+    detect(None)
+    idle = {}
+    for name, n in (("1w", 1), ("2w", 2)):  # one cluster at a time, as a session has
+        lc, client = cluster(n)
+        try:
+            cold[name] = run(lambda c=client: extract(c), client)["wall"]  # warm
             detect(client)
-        for _ in range(args.rounds):
-            for what, fn in (("extract", extract), ("detect", detect)):
-                for name, pair in clients.items():
-                    client = pair[1] if pair else None
-                    results.setdefault((what, name), []).append(
-                        run(lambda f=fn, c=client: f(c), client)
-                    )
-        sched_wall, sched_cpu = noop_overhead(clients["2w"][1])
-        idle0 = time.process_time()
-        time.sleep(5)
-        idle = (time.process_time() - idle0) / 5  # both clusters' schedulers and nannies
-        with dask.config.set(scheduler="threads"):
-            local_detect = detect(None)
-    finally:
-        for pair in clients.values():
-            if pair:
-                pair[1].close()
-                pair[0].close()
+            for _ in range(args.rounds):
+                for what, fn in (("extract", extract), ("detect", detect)):
+                    for path, c in (("local", None), (name, client)):
+                        results.setdefault((what, path), []).append(run(lambda f=fn, c=c: f(c), c))
+            if n == 2:
+                sched_wall, sched_cpu = noop_overhead(client)
+            idle0 = time.process_time()
+            time.sleep(5)
+            idle[name] = (time.process_time() - idle0) / 5  # its scheduler and nannies
+        finally:
+            client.close()
+            lc.close()
+    with dask.config.set(scheduler="threads"):
+        local_detect = detect(None)
     load1 = os.getloadavg()
 
     print(f"machine: {os.cpu_count()} cores; load average (1 min) {load0[0]:.1f} before, "
@@ -180,11 +180,13 @@ def main() -> None:
     print(f"  cold first extraction (workers start, import, load the model): "
           f"{', '.join(f'{k} {v:.2f} s' for k, v in cold.items())}")  # fmt: skip
     print("  path              wall s   client CPU s (main thread)  workers CPU s  busiest s")
-    med = {key: median(runs) for key, runs in results.items()}
+    paths = ("local", "1w", "2w")
+    med = {(w, n): median(results[(w, n)]) for w in ("extract", "detect") for n in paths}
     for (what, name), m in med.items():
         print(f"  {what:<8}{name:<8}{m['wall']:8.2f}  {m['client']:12.2f} ({m['main']:5.2f})"
               f"  {m['workers']:13.2f}  {m['busiest']:9.2f}")  # fmt: skip
-    print(f"  this process idle (LocalClusters' schedulers, nannies): {idle:.3f} CPU s per s")
+    print(f"  this process idle (the LocalCluster's scheduler, nannies): "
+          f"{', '.join(f'{k} {v:.3f}' for k, v in idle.items())} CPU s per s")  # fmt: skip
     print("ratio                                  measured  target")
     for what in ("extract", "detect"):
         local, one, two = med[(what, "local")], med[(what, "1w")], med[(what, "2w")]
@@ -192,7 +194,7 @@ def main() -> None:
         rows = {
             "1 worker / local, CPU": ((one["client"] + one["workers"]) / cpu, "<= 1.2"),
             "1 worker / local, CPU less idle": (
-                (one["client"] - idle * one["wall"] + one["workers"]) / cpu,
+                (one["client"] - idle["1w"] * one["wall"] + one["workers"]) / cpu,
                 "<= 1.2",
             ),
             "1 worker / local, wall": (one["wall"] / local["wall"], "<= 1.2"),
