@@ -513,8 +513,9 @@ class _Shared:
     (:func:`_draws`) and bootstrap weights made from them on first use, once in each
     process that probes: here, or on each dask worker from the same seeds, so the same
     numbers. Only this recipe is sent to workers (``__reduce__``): the default detect's
-    draws and weights are 33 MB, whose broadcast through the scheduler cost more wall
-    time than each worker making them (0.03 s of CPU) while the others start."""
+    draws and weights on 2,000 samples are 33 MB, whose broadcast through the scheduler
+    held the first tasks back 0.25 s (bench/scale.py --large, on a loaded machine), where
+    a worker makes them in 0.03 s of CPU."""
 
     def __init__(self, view: CubeView, protocol: Protocol, dim: int) -> None:
         self.view, self.protocol, self.dim = view, protocol, dim
