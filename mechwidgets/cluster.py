@@ -10,8 +10,8 @@ cube larger than a worker's memory is probed within it; they load a zoo model on
 worker by its name. Only per-slice numbers and the batches' regions of the store move,
 never the cube through the scheduler. Each worker makes the probes' seeded draws from
 the same seeds as one process would (polysemantic's are made here and sent), so results
-equal the single-process ones exactly. In a notebook each call shows dask's progress bar, and the first one the
-dashboard's link.
+equal the single-process ones exactly. In a notebook each call shows dask's progress
+bar, and the first one the dashboard's link.
 
 >>> from dask.distributed import Client, LocalCluster
 >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))
