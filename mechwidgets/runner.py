@@ -26,8 +26,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,13 +290,21 @@ class ModelOnDemand(RunContext):
     action that reads only its cube (``detect``) never imports torch, and one that reads
     the model (``collapse`` with recovery, ``localize``) gets the same model, seeded the
     same, as if it had been loaded first; otherwise it holds the model already loaded.
-    ``dataclasses.replace`` reads ``model`` and so builds it.
+    Copies made by :meth:`evolve` share the one build (``dataclasses.replace`` would read
+    ``model`` and so build it).
     """
 
     def __init__(self, build: Callable[[], Model] | None = None, **fields: Any) -> None:
-        self._build: Callable[[], Model] | None = build
+        self._build: Callable[[], Model] | None = None if build is None else cache(build)
         self._model: Model | None = None
         super().__init__(**fields)
+
+    def evolve(self, **changes: Any) -> RunContext:
+        """A copy with ``changes`` whose model is still built on first read, once for both."""
+        if self._build is None or "model" in changes:
+            return super().evolve(**changes)
+        kept = {f.name: getattr(self, f.name) for f in dataclass_fields(self) if f.name != "model"}
+        return ModelOnDemand(self._build, **(kept | changes))
 
     @property  # a field of RunContext, computed here
     def model(self) -> Model | None:

@@ -278,3 +278,16 @@ def test_a_model_on_demand_is_built_once_when_an_action_reads_it():
     copy = replace(ModelOnDemand(build=build), seed=5)  # replace() reads the model: built
     assert copy.model == "model" and copy.seed == 5 and len(built) == 2
     assert ModelOnDemand(model="given").model == "given"  # a loaded model is kept as given
+
+
+def test_an_evolved_model_on_demand_stays_unbuilt_and_shares_one_build():
+    built: list[str] = []
+
+    def build() -> str:
+        built.append("model")
+        return "model"
+
+    context = ModelOnDemand(build=build, task="task", seed=2)
+    copy = context.evolve(seed=5, controls=["label_shuffle"])  # as compare/polysemantic do
+    assert built == [] and copy.seed == 5 and copy.task == "task" and context.seed == 2
+    assert copy.model == "model" and context.model == "model" and built == ["model"]

@@ -54,6 +54,11 @@ class RunContext:
         selectors = ((self.spec or {}).get("extraction") or {}).get("selectors")
         return None if selectors is None else list(selectors)
 
+    def evolve(self, **changes: Any) -> RunContext:
+        """A copy with ``changes`` (``dataclasses.replace``; the runner's lazy context
+        keeps its model unbuilt)."""
+        return replace(self, **changes)
+
 
 class ResultAction:
     """Base of the built-in actions: ``summarize`` is the result's own ``summary()``."""

@@ -274,7 +274,7 @@ def _task_plans(context: RunContext, cubes: list[Any]) -> TaskPlans:
     for cube, label in zip(cubes, labels, strict=True):
         params = {k: v for k, v in context.params.items() if k != "label"} | {"labels": [label]}
         plan = ProbePlan.from_context(
-            replace(context, cube=cube, params=params), own={"threshold", "component"}
+            context.evolve(cube=cube, params=params), own={"threshold", "component"}
         )
         plans.append(plan)
     _check_threshold(plans[0].options)

@@ -240,7 +240,7 @@ class Polysemantic(ResultAction):
     def prepare(self, context: RunContext) -> NeuronPlan:
         """Check the cube (extracting neurons from a model and task if needed) and labels."""
         # the null is always the label shuffle; the probe controls of detect do not apply
-        ctx = replace(context, controls=["label_shuffle"])
+        ctx = context.evolve(controls=["label_shuffle"])
         protocol, options = Protocol.from_context(ctx, own={"label", "labels", "threshold"})
         cube = _neuron_cube(context, protocol)
         wanted = options.get("labels") or options.get("label")
