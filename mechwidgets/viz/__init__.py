@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from mechwidgets.viz.deferred_grammar import defer_iri_grammar
+
 if TYPE_CHECKING:
     from mechwidgets.viz.attention import AttentionPatterns, attention_patterns
     from mechwidgets.viz.chart_widget import ChartView
@@ -29,7 +31,7 @@ __all__ = ["AttentionPatterns", "ChartView", "TokenScores", "attention_patterns"
 
 # Before any chart imports altair: its schema library's IRI grammar compiles on first use
 # only (1.3 s of CPU at import otherwise; see mechwidgets.viz.deferred_grammar).
-importlib.import_module("mechwidgets.viz.deferred_grammar").defer_iri_grammar()
+defer_iri_grammar()
 
 
 def __getattr__(name: str) -> Any:
