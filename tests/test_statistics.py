@@ -206,3 +206,38 @@ def test_ceiling_coverage_of_the_exact_effective_n_interval():
             hits = int(((lo <= acc) & (acc <= hi)).sum())
             assert binomtest(hits, reps, 0.93, alternative="less").pvalue > 1e-3, (acc, n, hits)
             assert (hi > lo).all()
+
+
+def test_special_functions_give_scipy_stats_values_bit_for_bit():
+    """The intervals, the t correction and the fitted tail use scipy.special (importing
+    scipy.stats is most of a first display); every value equals scipy.stats' own."""
+    from scipy.stats import beta, binom, norm
+    from scipy.stats import t as student_t
+
+    from mechwidgets.analysis.statistics import _binomial_sf, _fitted_tail
+
+    rng = np.random.default_rng(3)
+    p, n = rng.uniform(0, 1, 2000), rng.uniform(2, 800, 2000)
+    p[:50] = 1.0  # the ceiling
+    x, tail = p * n, (1 - 0.95) / 2
+    lo, hi = proportion_interval(p, n)
+    with np.errstate(invalid="ignore"):
+        want_lo = np.where(x > 0, beta.ppf(tail, np.maximum(x, 1e-12), n - x + 1), 0.0)
+        want_hi = np.where(x < n, beta.ppf(1 - tail, x + 1, np.maximum(n - x, 1e-12)), 1.0)
+    assert np.array_equal(lo, want_lo) and np.array_equal(hi, want_hi)
+
+    k = np.arange(-1, 202)
+    for share in (0.1, 0.03, 0.01):
+        assert np.array_equal(_binomial_sf(k, 200, share), binom.sf(k, 200, share))
+
+    null = rng.normal(0.5, 0.02, (40, 200))
+    observed = rng.normal(0.6, 0.05, 40)
+    z = (observed - null.mean(-1)) / (null.std(-1, ddof=1) * np.sqrt(1 + 1 / 200))
+    want = np.where(normal_tail_fits(null), student_t.sf(z, 199), 1.0)
+    assert np.array_equal(_fitted_tail(observed, null), want)
+    assert (want < 1).sum() > 30  # the tail was used, not the fallback
+
+    boot_var, units = rng.uniform(1e-4, 1e-2, 50), 12
+    got = effective_n(np.full(50, 0.8), boot_var, n_items=200, n_units=units)
+    n_eff = np.clip(0.8 * 0.2 / (boot_var * units / (units - 1)), units, 200)
+    assert np.allclose(got, n_eff * (norm.ppf(0.975) / student_t.ppf(0.975, 11)) ** 2)

@@ -26,8 +26,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.stats import beta, binom, false_discovery_control, norm, rankdata
-from scipy.stats import t as student_t
+
+# The quantiles and tails below are scipy.special's functions, the very ones scipy.stats'
+# distributions call (same values, bit for bit: tests/test_statistics.py): importing
+# scipy.stats costs 0.45-0.66 s of CPU, most of a notebook's first display. rankdata and
+# false_discovery_control, needed off the default path, import it where they are used.
+from scipy.special import betainc, betaincinv, ndtri, stdtr, stdtrit
 
 from mechwidgets.core.errors import SpecError
 from mechwidgets.core.params import CORRECTIONS, METRICS, Metric
@@ -214,8 +218,8 @@ def effective_n(
     if n_units < min_units:
         return np.where(np.isfinite(p), float(n_units), np.nan)
     if n_units < n_items:
-        z = norm.ppf(0.5 + level / 2)
-        n_eff = n_eff * (z / student_t.ppf(0.5 + level / 2, n_units - 1)) ** 2
+        z = ndtri(0.5 + level / 2)
+        n_eff = n_eff * (z / stdtrit(n_units - 1, 0.5 + level / 2)) ** 2
     return np.where(np.isfinite(p), n_eff, np.nan)
 
 
@@ -234,8 +238,8 @@ def proportion_interval(
     x = p * n
     tail = (1 - level) / 2
     with np.errstate(invalid="ignore"):
-        lo = np.where(x > 0, beta.ppf(tail, np.maximum(x, 1e-12), n - x + 1), 0.0)
-        hi = np.where(x < n, beta.ppf(1 - tail, x + 1, np.maximum(n - x, 1e-12)), 1.0)
+        lo = np.where(x > 0, betaincinv(np.maximum(x, 1e-12), n - x + 1, tail), 0.0)
+        hi = np.where(x < n, betaincinv(x + 1, np.maximum(n - x, 1e-12), 1 - tail), 1.0)
     bad = ~np.isfinite(p) | ~np.isfinite(n)
     return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
 
@@ -277,6 +281,8 @@ def simultaneous_interval(
     ``(low, high, g)``: arrays of shape ``(family,)`` and the per-estimate two-sided level
     ``g`` actually used (``1 - g`` is each interval's marginal coverage).
     """
+    from scipy.stats import rankdata  # off detect's default path (accuracy skips this)
+
     n = draws.shape[1]
     # two-sided tail position of each draw within its own row: the share of the row's draws
     # at or below it, or at or above it (ties count on the draw's side: discrete scores such
@@ -342,10 +348,21 @@ def normal_tail_fits(null: np.ndarray) -> np.ndarray:
     mean, sd = null.mean(axis=-1), null.std(axis=-1, ddof=1)
     ok = sd > 0
     for share in _TAIL_CHECKS:
-        cut = mean + norm.isf(share) * sd
+        cut = mean - ndtri(share) * sd  # the normal's upper `share` point
         beyond = (null >= cut[..., None]).sum(axis=-1)
-        ok &= binom.sf(beyond - 1, b, share) >= _TAIL_REJECT
+        ok &= _binomial_sf(beyond - 1, b, share) >= _TAIL_REJECT
     return ok
+
+
+def _binomial_sf(k: np.ndarray, n: int, p: float) -> np.ndarray:
+    """``P(X > k)`` for ``X ~ Binomial(n, p)``: scipy.stats' ``binom.sf``, which is this
+    regularised incomplete beta for ``0 <= k < n`` (1 below, 0 from ``n`` on)."""
+    k = np.asarray(k)
+    inside = (k >= 0) & (k < n)
+    kk = np.where(inside, k, 0).astype(float)
+    with np.errstate(invalid="ignore"):
+        tail = betainc(kk + 1, n - kk, p)
+    return np.where(k < 0, 1.0, np.where(inside, tail, 0.0))
 
 
 def _fitted_tail(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
@@ -354,7 +371,7 @@ def _fitted_tail(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
     mean, sd = null.mean(axis=-1), null.std(axis=-1, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (observed - mean) / (sd * np.sqrt(1.0 + 1.0 / b))
-        p = student_t.sf(z, b - 1)
+        p = stdtr(b - 1, -z)  # Student's t upper tail
     return np.where(normal_tail_fits(null) & np.isfinite(p), p, 1.0)
 
 
@@ -382,6 +399,8 @@ def adjust_pvalues(p: np.ndarray, method: str = "holm") -> np.ndarray:
     if vals.size == 0:
         return out
     if method == "bh":
+        from scipy.stats import false_discovery_control
+
         out[ok] = false_discovery_control(vals, method="bh")
         return out
     # Holm by hand: scipy has no Holm and statsmodels is not a dependency.
