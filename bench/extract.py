@@ -15,8 +15,12 @@ On a random-weight model shaped like Pythia-70m (6 layers, d_model 512, 8 heads,
   forward hooks that clone the last token of the 18 outputs and stop after the last
   block (no file); ``nnsight`` the same through an
   nnsight trace (no file); ``cached`` a second ``mw.extract`` of the same call with the
-  cache on (no forward pass: key, lookup, open). Targets: extract <= 1.05x the floor at
-  every size, cached < 0.05x the forward it skips (the floor).
+  cache on (no forward pass: key, lookup, open); ``outside`` ``extract`` with its traced
+  pass replaced by that pass's stored result (everything else it does). Targets: extract
+  <= 1.05x the floor at every size, cached < 0.05x the forward it skips (the floor).
+- fixed: the same variants on a model of the same modules and tokenizer but width 64,
+  whose forward is cheap: each one's excess over that floor in ms is the per-call cost
+  that does not grow with the model (small against the load, unlike the ratios).
 - memory: peak RSS while extracting 2,000 and 20,000 short texts (8 tokens), median of
   fresh processes; target: within 10% of each other (the cube streams to disk; held in
   memory, the 20,000-text cube alone would add 706 MB).
@@ -24,6 +28,7 @@ On a random-weight model shaped like Pythia-70m (6 layers, d_model 512, 8 heads,
   ``$TL_PYTHON`` (default /tmp/tlvenv/bin/python) has ``transformer_lens`` installed.
 
     python bench/extract.py --threads 1 --repeats 7 --sizes 32x128,16x64,16x16
+    python bench/extract.py --threads 1 --parts fixed --repeats 15 --calls 20 --sizes 16x16
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nnsight
 import numpy as np
@@ -50,6 +56,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
 import mechwidgets as mw
+from mechwidgets.extract import extractor
 from mechwidgets.models.loading import Model
 
 VOCAB = 50304
@@ -57,18 +64,22 @@ BATCH = 32
 #: each variant's target, as a ratio to the floor
 TARGETS = {"extract": 1.05, "cold": 1.05, "cached": 0.05}
 MEMORY_TARGET = 0.10
+#: the model width at which ``--parts fixed`` measures per-call costs beside the forward
+FIXED_WIDTH = 64
 TL_PYTHON = os.environ.get("TL_PYTHON", "/tmp/tlvenv/bin/python")
 
 
-def pythia70m_shaped(seed: int = 0) -> Model:
-    """A random-weight Pythia-70m-shaped model with a word-level tokenizer over its vocab."""
+def pythia70m_shaped(seed: int = 0, width: int = 512) -> Model:
+    """A random-weight Pythia-70m-shaped model with a word-level tokenizer over its vocab;
+    ``width`` narrower than 512 keeps its modules and tokenizer but makes its arithmetic
+    negligible (d_mlp 4 x ``width``), so what a call costs beyond its forward shows."""
     torch.manual_seed(seed)
     config = transformers.GPTNeoXConfig(
         vocab_size=VOCAB,
-        hidden_size=512,
+        hidden_size=width,
         num_hidden_layers=6,
         num_attention_heads=8,
-        intermediate_size=2048,
+        intermediate_size=4 * width,
         max_position_embeddings=2048,
         rotary_pct=0.25,
         tie_word_embeddings=False,
@@ -181,9 +192,25 @@ def speed(
         finally:
             os.environ["MECHWIDGETS_CACHE"] = cache
 
+    traced_pass, first_result = extractor.run_batch, []
+
+    def stored_pass(*args: Any) -> Any:
+        if not first_result:  # the warm-up call runs the real pass once
+            first_result.append(traced_pass(*args))
+        return first_result[0]
+
+    def outside() -> None:
+        """extract with its traced pass replaced by that pass's result: all the rest."""
+        extractor.run_batch = stored_pass
+        try:
+            extract()
+        finally:
+            extractor.run_batch = traced_pass
+
     variants = {
         "floor": floor,
         "extract": extract,
+        "outside": outside,
         "cold": cold,
         "hooks": lambda: hooked(model, inputs),
         "nnsight": lambda: traced(model, inputs),
@@ -282,6 +309,7 @@ def report_speed(model: Model, args: argparse.Namespace) -> float | None:
             print(f"{batch} texts x {seq} tokens, load {os.getloadavg()[0]:.1f}:")
             for name, values in times.items():
                 ratios = [v / f for v, f in zip(values, times["floor"], strict=True)]
+                extra = [v - f for v, f in zip(values, times["floor"], strict=True)]
                 target = TARGETS.get(name)
                 verdict = ""
                 if target is not None:
@@ -291,9 +319,18 @@ def report_speed(model: Model, args: argparse.Namespace) -> float | None:
                     f"  {name:8s} {statistics.median(values) * 1e3:8.1f} ms CPU "
                     f"(min {min(values) * 1e3:.1f}, max {max(values) * 1e3:.1f})  "
                     f"{statistics.median(ratios):.3f}x the floor "
-                    f"(per round {min(ratios):.3f}-{max(ratios):.3f}){verdict}"
+                    f"(per round {min(ratios):.3f}-{max(ratios):.3f}), "
+                    f"{statistics.median(extra) * 1e3:+.2f} ms{verdict}"
                 )
     return tl_floor
+
+
+def report_fixed(args: argparse.Namespace) -> None:
+    """The speed variants on a model of the same modules and tokenizer but width
+    ``FIXED_WIDTH``: its forward is cheap, so each variant's excess over its floor is the
+    per-call cost that does not grow with the model (tokenizing, tracing, the cube)."""
+    print(f"fixed costs, the same model at width {FIXED_WIDTH} (its arithmetic negligible):")
+    report_speed(pythia70m_shaped(width=FIXED_WIDTH), args)
 
 
 def report_memory(args: argparse.Namespace) -> None:
@@ -347,11 +384,13 @@ def main() -> None:
     parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, nnsight {nnsight.__version__}, {args.threads} thread(s)")
-    model = pythia70m_shaped()
-    floor = report_speed(model, args) if "speed" in parts else None
+    model = pythia70m_shaped() if parts & {"speed", "tl"} else None
+    floor = report_speed(model, args) if model is not None and "speed" in parts else None
+    if "fixed" in parts:
+        report_fixed(args)
     if "memory" in parts:
         report_memory(args)
-    if "tl" in parts:
+    if model is not None and "tl" in parts:
         report_transformer_lens(model, args, floor)
 
 

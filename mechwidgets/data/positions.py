@@ -110,8 +110,27 @@ class ReadTokens:
     length: np.ndarray
 
 
+def encode(
+    tokenizer: Any, texts: Sequence[str], positions: Sequence[Any] | np.ndarray | None = None
+) -> Any:
+    """The tokenizer's encoding of ``texts`` (unpadded, special tokens included) as
+    :func:`resolve_positions` reads it for ``positions``: with offset mappings when a
+    position is a marker or a span and the tokenizer is fast.
+
+    One pass for a call that needs the tokens several times: pass it back as
+    ``encoded`` here, its ``input_ids`` to ``mechwidgets.extract.unseen.visible`` and to
+    ``Model.tokenize`` (which pads them). Holds every text's encoding at once: for a
+    batch, not a whole data set.
+    """
+    specs = _specs(positions, len(texts))
+    return _encode(tokenizer, list(texts), _needs_offsets(specs))
+
+
 def resolve_positions(
-    tokenizer: Any, texts: Sequence[str], positions: Sequence[Any] | np.ndarray | None
+    tokenizer: Any,
+    texts: Sequence[str],
+    positions: Sequence[Any] | np.ndarray | None,
+    encoded: Any = None,
 ) -> ReadTokens:
     """Resolve one position per text (see the module docstring) to a token index.
 
@@ -120,6 +139,8 @@ def resolve_positions(
     tokenizer : the model's tokenizer; texts are tokenized as the model reads them.
     texts : the texts.
     positions : one position per text; None reads each text's last token (``-1``).
+    encoded : ``encode(tokenizer, texts, positions)``, when the caller has it: the texts
+        are then not tokenized again.
 
     Raises
     ------
@@ -128,14 +149,15 @@ def resolve_positions(
         without an occurrence, or a span that covers no token.
     """
     n = len(texts)
-    specs = as_positions(np.full(n, -1) if positions is None else positions, n).tolist()
-    needs_offsets = any(not isinstance(p, int) for p in specs)
+    specs = _specs(positions, n)
+    needs_offsets = _needs_offsets(specs)
     index = np.zeros(n, dtype=np.int64)
     token = np.empty(n, dtype=object)
     length = np.zeros(n, dtype=np.int64)
-    for first in range(0, n, CHUNK):
-        chunk = list(texts[first : first + CHUNK])
-        enc = _encode(tokenizer, chunk, needs_offsets)
+    step = CHUNK if encoded is None else max(n, 1)
+    for first in range(0, n, step):
+        chunk = list(texts[first : first + step])
+        enc = _encode(tokenizer, chunk, needs_offsets) if encoded is None else encoded
         for j, ids in enumerate(enc["input_ids"]):
             i = first + j
             offsets = enc["offset_mapping"][j] if "offset_mapping" in enc else None
@@ -143,6 +165,16 @@ def resolve_positions(
             index[i] = _resolve(specs[i], texts[i], i, ids, offsets, tokenizer)
             token[i] = str(tokenizer.convert_ids_to_tokens(ids[index[i]]))
     return ReadTokens(index, token, length)
+
+
+def _specs(positions: Sequence[Any] | np.ndarray | None, n: int) -> list[Any]:
+    """The positions as a list (the last token of each text when None)."""
+    return as_positions(np.full(n, -1) if positions is None else positions, n).tolist()
+
+
+def _needs_offsets(specs: list[Any]) -> bool:
+    """Whether any position is a marker or a span (read through offset mappings)."""
+    return any(not isinstance(p, int) for p in specs)
 
 
 def _encode(tokenizer: Any, texts: list[str], offsets: bool) -> Any:

@@ -27,7 +27,12 @@ UNSEEN = ("error", "exclude")
 CHUNK = 512
 
 
-def visible(tokenizer: Any, texts: Sequence[str], unseen: Unseen = "error") -> np.ndarray | None:
+def visible(
+    tokenizer: Any,
+    texts: Sequence[str],
+    unseen: Unseen = "error",
+    input_ids: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray | None:
     """Which texts the model can see; None when all of them can.
 
     Parameters
@@ -36,6 +41,8 @@ def visible(tokenizer: Any, texts: Sequence[str], unseen: Unseen = "error") -> n
     texts : the texts to run.
     unseen : ``"error"`` raises a one-line TaskError naming the first unseen text;
         ``"exclude"`` returns the mask of texts to keep (an error when none is left).
+    input_ids : the texts' token ids (unpadded, special tokens included), when the
+        caller has them: the texts are then not tokenized again.
 
     Returns
     -------
@@ -47,7 +54,12 @@ def visible(tokenizer: Any, texts: Sequence[str], unseen: Unseen = "error") -> n
     unk = getattr(tokenizer, "unk_token_id", None)
     empty, unknown = [], []
     for start in range(0, len(texts), CHUNK):
-        for i, ids in enumerate(tokenizer(list(texts[start : start + CHUNK]))["input_ids"]):
+        chunk = (
+            tokenizer(list(texts[start : start + CHUNK]))["input_ids"]
+            if input_ids is None
+            else input_ids[start : start + CHUNK]
+        )
+        for i, ids in enumerate(chunk):
             if all(t in special for t in ids):
                 empty.append(start + i)
             elif unk is not None and unk in ids:

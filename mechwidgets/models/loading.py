@@ -77,6 +77,10 @@ class Model:
     _identity_memo: tuple[tuple[TensorState, ...], str | None, str] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: envoys looked up so far, by site and layer (nnsight's tree is fixed once wrapped)
+    _envoys: dict[tuple[str, int], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
     #: where traces run: False here, ``"local"`` nnsight's serialising test backend, True
     #: NDIF, or a self-hosted NDIF's URL (see :func:`load_model`)
     remote: bool | str = field(default=False, compare=False)
@@ -191,7 +195,13 @@ class Model:
         """The nnsight envoy at ``site`` of block ``layer`` (for use inside a trace)."""
         # Looked up by module, not by attribute path: nnsight renames submodules whose
         # names clash with its own attributes (BERT's ``output`` becomes ``E_output``).
-        return self.nn.interleaver.envoys[id(self.module(site, layer))]
+        # Kept: walking the module tree for the 18 reads of an extraction cost 0.08 ms.
+        found = self._envoys.get((site, layer))
+        if found is None:
+            found = self._envoys[site, layer] = self.nn.interleaver.envoys[
+                id(self.module(site, layer))
+            ]
+        return found
 
     def block(self, layer: int) -> Any:
         """Envoy of block ``layer``; its output is the residual stream after the block."""
@@ -233,17 +243,24 @@ class Model:
         return self.module(site, layer).bias
 
     def tokenize(
-        self, texts: list[str], padding_side: Literal["left", "right"] | None = None
+        self,
+        texts: list[str],
+        padding_side: Literal["left", "right"] | None = None,
+        input_ids: Sequence[Sequence[int]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Pad a batch of texts into model inputs, on the model's device.
 
         Returns ``input_ids``, ``attention_mask`` and ``position_ids`` (counted over the
         non-pad tokens, so left and right padding give the same activations); pass them
         as ``model.nn.trace(**inputs)``. Texts longer than the context raise TaskError.
+        ``input_ids``, the texts' token ids when the caller has them (unpadded, as the
+        tokenizer gives them), are padded instead of tokenizing the texts again.
         """
-        enc = self.tokenizer(
-            list(texts), padding=True, padding_side=padding_side, return_tensors="pt"
-        )
+        pad = {"padding": True, "padding_side": padding_side, "return_tensors": "pt"}
+        if input_ids is None:
+            enc = self.tokenizer(list(texts), **pad)
+        else:  # the same tensors as tokenizing the texts with padding
+            enc = self.tokenizer.pad({"input_ids": input_ids}, **pad)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         self.check_context(mask.sum(1).tolist())
         inputs = {
