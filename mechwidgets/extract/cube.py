@@ -39,7 +39,7 @@ import json
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -260,12 +260,9 @@ def memory_cube(
     """
     import dask.array as da  # here: importing mechwidgets need not import dask
 
-    coords: dict[str, Any] = {"layer": np.asarray(layout.layers, dtype=np.int64)}
-    if layout.components:
-        coords["component"] = np.asarray(layout.components)
-    if layout.neurons is not None:
-        coords["neuron"] = np.asarray(layout.neurons, dtype=np.int64)
-    coords |= {k: ("sample", np.asarray(v)) for k, v in per_sample.items()}
+    grid = _grid(layout.layers, layout.components, layout.neurons)
+    per_sample_coords = {k: ("sample", np.asarray(v)) for k, v in per_sample.items()}
+    coords = xr.Coordinates({**grid.variables, **per_sample_coords}, indexes=dict(grid.xindexes))
     data = {}
     for var, shape in layout.shapes().items():
         rows = np.ascontiguousarray(values[var], dtype=np.float32)
@@ -277,6 +274,21 @@ def memory_cube(
     if source is not None:
         cube.encoding["source"] = str(source)
     return cube
+
+
+@lru_cache(maxsize=64)
+def _grid(
+    layers: tuple[int, ...], components: tuple[str, ...], neurons: tuple[int, ...] | None
+) -> xr.Coordinates:
+    """The indexed ``layer``, ``component`` and ``neuron`` coordinates of a cube, built
+    once per grid: their pandas indexes took a third of building a small cube (0.2 of
+    0.75 ms). Shared between cubes safely: xarray's index variables are read-only."""
+    coords: dict[str, Any] = {"layer": np.asarray(layers, dtype=np.int64)}
+    if components:
+        coords["component"] = np.asarray(components)
+    if neurons is not None:
+        coords["neuron"] = np.asarray(neurons, dtype=np.int64)
+    return xr.Coordinates(coords)
 
 
 def block_crcs(rows: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:

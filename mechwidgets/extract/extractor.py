@@ -179,8 +179,10 @@ def extract(
             # forward at Pythia-70m's shape); uncached, it is written nowhere: held in
             # memory it is no larger than the batch every extraction holds anyway.
             in_memory = store is None and client is None and n_batches == 1
-            path: str | Path | None = store if store is not None else cache_store.cache_path(key)
-            if not cache and store is None:
+            path: str | Path | None = store
+            if store is None and cache:
+                path = cache_store.cache_path(key)
+            elif store is None:
                 path = None if in_memory else cache_store.scratch_dir() / f"{key}.nc"
             writer = (
                 nullcontext()
@@ -215,8 +217,8 @@ def extract(
                 # dask names the chunks by the key and this call: equal keys may still hold
                 # different values after a ``.data`` edit the identity cannot see
                 name = f"{key}-{uuid.uuid4().hex[:12]}"
-                cube = memory_cube(layout, per_sample, attrs, rows, name, path)
-                return cube.assign_attrs(task=task_name(data), unseen_excluded=n_given - len(texts))
+                this_call = {"task": task_name(data), "unseen_excluded": n_given - len(texts)}
+                return memory_cube(layout, per_sample, {**attrs, **this_call}, rows, name, path)
             # A file this call wrote is not read back to verify it: its checksums are of
             # the very buffers it wrote (a Zarr store, maybe shared, is checked as it opens).
             assert path is not None  # only a cube held in memory has no file
