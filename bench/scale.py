@@ -4,7 +4,9 @@ Extraction: the toy-grammar zoo model over ``N_TEXTS`` texts into a Zarr cube (b
 ``BATCH``), in this process and with ``client=`` on a LocalCluster of 1 and of 2 worker
 processes (1 thread each). Detect: the default protocol (5 seeds, 200 permutations, 1000
 resamples, label-shuffle and random-subspace controls) on a planted cube of ``SAMPLES`` x
-``LAYERS`` layers x 3 components x ``DIM``, a netCDF file (a Zarr store with ``--zarr``).
+``LAYERS`` layers x 3 components x ``DIM``, a netCDF file (a Zarr store with ``--zarr``),
+and the same on a cube of one such slice (``SAMPLES`` x ``DIM``): fewer slices than
+workers, so each slice's seeds go out in blocks (one per worker thread).
 
 One cluster at a time runs (the 1-worker one, then the 2-worker one), as a session has
 one: an idle second cluster (its scheduler, nanny and worker) would take CPU from the one
@@ -29,7 +31,9 @@ worker). From those:
 - and the measured wall ratios, at the load printed beside them.
 
 Then a paper projection for 16 and 256 workers from the measured parts: the client's
-serial CPU, the worker CPU per task, and the scheduler's CPU per task (no-op tasks).
+serial CPU, the worker CPU per slice, the part of it that each seed block repeats (the
+1-slice cube's worker CPU at 2 workers, 2 blocks, less at 1 worker, 1 block), and the
+scheduler's CPU per task (no-op tasks).
 
     python bench/scale.py [--quick | --large] [--zarr] [--rounds 3]
 """
@@ -134,7 +138,13 @@ def main() -> None:
     planted = planted_cube(
         {"number": {(2, "resid"): 2.0}}, n_samples=samples, dim=dim, n_layers=layers
     )
-    cube = mw.open_cube(save_cube(planted, folder / ("cube.zarr" if args.zarr else "cube.nc")))
+    suffix = ".zarr" if args.zarr else ".nc"
+    cube = mw.open_cube(save_cube(planted, folder / f"cube{suffix}"))
+    single = planted_cube(
+        {"number": {(0, "resid"): 2.0}}, n_samples=samples, dim=dim, n_layers=1,
+        components=("resid",),
+    )  # fmt: skip
+    one_slice = mw.open_cube(save_cube(single, folder / f"one{suffix}"))
     n_slices = layers * 3
     torch.set_num_threads(1)  # as each worker (1 thread): the same work on every path
     count = iter(range(10**6))
@@ -147,17 +157,22 @@ def main() -> None:
     def detect(client: Any) -> Any:
         return mw.detect(cube, "number", client=client, **detect_kw)
 
+    def detect1(client: Any) -> Any:
+        return mw.detect(one_slice, "number", client=client, **detect_kw)
+
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     cold = {"local": run(lambda: extract(None))["wall"]}
     detect(None)
+    detect1(None)
     idle = {}
     for name, n in (("1w", 1), ("2w", 2)):  # one cluster at a time, as a session has
         lc, client = cluster(n)
         try:
             cold[name] = run(lambda c=client: extract(c), client)["wall"]  # warm
             detect(client)
+            detect1(client)
             for _ in range(args.rounds):
-                for what, fn in (("extract", extract), ("detect", detect)):
+                for what, fn in (("extract", extract), ("detect", detect), ("detect1", detect1)):
                     for path, c in (("local", None), (name, client)):
                         results.setdefault((what, path), []).append(run(lambda f=fn, c=c: f(c), c))
             if n == 2:
@@ -181,14 +196,15 @@ def main() -> None:
           f"{', '.join(f'{k} {v:.2f} s' for k, v in cold.items())}")  # fmt: skip
     print("  path              wall s   client CPU s (main thread)  workers CPU s  busiest s")
     paths = ("local", "1w", "2w")
-    med = {(w, n): median(results[(w, n)]) for w in ("extract", "detect") for n in paths}
+    whats = ("extract", "detect", "detect1")  # detect1: the 1-slice cube
+    med = {(w, n): median(results[(w, n)]) for w in whats for n in paths}
     for (what, name), m in med.items():
         print(f"  {what:<8}{name:<8}{m['wall']:8.2f}  {m['client']:12.2f} ({m['main']:5.2f})"
               f"  {m['workers']:13.2f}  {m['busiest']:9.2f}")  # fmt: skip
     print(f"  this process idle (the LocalCluster's scheduler, nannies): "
           f"{', '.join(f'{k} {v:.3f}' for k, v in idle.items())} CPU s per s")  # fmt: skip
     print("ratio                                  measured  target")
-    for what in ("extract", "detect"):
+    for what in whats:
         local, one, two = med[(what, "local")], med[(what, "1w")], med[(what, "2w")]
         cpu = local["client"]
         rows = {
@@ -203,21 +219,35 @@ def main() -> None:
         }
         for label, (value, target) in rows.items():
             print(f"  {what} {label:<31} {value:8.2f}  {target}")
-    # projection: T(W) = serial + ceil(tasks / W) * per_task + tasks * scheduler
+    # projection: on W worker threads a slice is split into b = min(seeds, ceil(W / slices))
+    # seed blocks (one while the slices fill the threads), each costing the repeated part
+    # plus its share of the rest; T(W) = serial + ceil(units / W) * per_unit + units * sched
     one = med[("detect", "1w")]
     per_task = one["workers"] / n_slices  # a slice's probe on a worker, CPU
     serial = one["main"]  # the client's main thread: labels, draws, statistics
-    print(f"paper projection (detect): per slice {per_task * 1e3:.0f} ms worker CPU, scheduler "
+    few1, few2 = med[("detect1", "1w")], med[("detect1", "2w")]
+    repeated = max(0.0, few2["workers"] - few1["workers"])  # what the second block repeats
+    seeds = int(detect_kw.get("seeds", 5))
+    print(f"paper projection (detect): per slice {per_task * 1e3:.0f} ms worker CPU, of which "
+          f"each seed block repeats {repeated * 1e3:.0f} ms (1-slice cube: 1 block "
+          f"{few1['workers'] * 1e3:.0f} ms, 2 blocks {few2['workers'] * 1e3:.0f} ms); scheduler "
           f"{sched_cpu * 1e3:.2f} ms CPU/task ({sched_wall * 1e3:.2f} ms wall), client serial "
           f"{serial:.2f} s CPU (local detect: probes {local_detect.timings['probes']:.2f} s, "
           f"statistics {local_detect.timings['statistics']:.2f} s)")  # fmt: skip
-    for tasks in (n_slices, 1024):
-        t1 = serial + tasks * per_task + tasks * sched_cpu
+
+    def projected(slices: int, w: int) -> float:
+        blocks = min(seeds, max(1, -(-w // slices)))
+        unit = repeated + (per_task - repeated) / blocks
+        return serial + math.ceil(slices * blocks / w) * unit + slices * blocks * sched_cpu
+
+    for slices in (1, n_slices, 1024):
         for w in (1, 16, 256):
-            t = serial + math.ceil(tasks / w) * per_task + tasks * sched_cpu
-            print(f"  {tasks:5d} slices, {w:3d} workers: {t:8.2f} s (speed-up {t1 / t:6.1f})")
-    print(f"  scaling stops at min(slices, per-slice / scheduler = {per_task / sched_cpu:.0f}) "
-          f"workers; past that the client's serial {serial:.2f} s bounds it")  # fmt: skip
+            t = projected(slices, w)
+            print(f"  {slices:5d} slices, {w:3d} workers: {t:8.2f} s "
+                  f"(speed-up {projected(slices, 1) / t:6.1f})")  # fmt: skip
+    print(f"  scaling stops at min(slices x {seeds} seeds, per-unit / scheduler) workers, "
+          f"each unit at least {repeated * 1e3:.0f} ms; past that the client's serial "
+          f"{serial:.2f} s bounds it")  # fmt: skip
 
 
 if __name__ == "__main__":

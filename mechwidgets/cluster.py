@@ -1,17 +1,19 @@
 """dask.distributed for the cube: probing slices and extracting batches on workers.
 
 Given a ``dask.distributed.Client``, ``detect`` / ``compare`` / ``collapse`` (``client=c``)
-probe each (layer, component) slice on a worker, ``polysemantic`` tests each layer's
-neurons on one and collapse's CKA is a task per component; ``extract(model, task,
-store="x.zarr", client=c)`` computes the batches on the workers and writes them into the
-Zarr cube. Workers open the cube file themselves from its path, once per worker, without
-re-reading it (the client checked it), and read only the slices their tasks ask for, so a
-cube larger than a worker's memory is probed within it; they load a zoo model once per
-worker by its name. Only per-slice numbers and the batches' regions of the store move,
-never the cube through the scheduler. Each worker makes the probes' seeded draws from
-the same seeds as one process would (polysemantic's are made here and sent), so results
-equal the single-process ones exactly. In a notebook each call shows dask's progress
-bar, and the first one the dashboard's link.
+probe each (layer, component) slice on a worker (on fewer slices than worker threads,
+each slice's seeds are split into blocks, each on a worker: one slice still spreads),
+``polysemantic`` tests each layer's neurons on one and collapse's CKA is a task per
+component; ``extract(model, task, store="x.zarr", client=c)`` computes the batches on
+the workers and writes them into the Zarr cube. Workers open the cube file themselves
+from its path, once per worker, without re-reading it (the client checked it), and read
+only the slices their tasks ask for, so a cube larger than a worker's memory is probed
+within it; they load a zoo model once per worker by its name. Only per-slice (or
+per-block) numbers and the batches' regions of the store move, never the cube through
+the scheduler. Each worker makes the probes' seeded draws from the same seeds as one
+process would (polysemantic's are made here and sent), so results equal the
+single-process ones exactly. In a notebook each call shows dask's progress bar, and the
+first one the dashboard's link.
 
 >>> from dask.distributed import Client, LocalCluster
 >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))
@@ -210,15 +212,29 @@ def _on_worker(source: str, ident: tuple, fn: Callable, keys: list, *shared: Any
 TASKS_PER_THREAD = 2
 
 
+def _slots(client: Any) -> int:
+    """Tasks a call is spread over: ``TASKS_PER_THREAD`` per worker thread."""
+    return max(1, sum(client.nthreads().values())) * TASKS_PER_THREAD
+
+
+def worker_threads() -> int:
+    """The current client's worker threads (:func:`using`); 1 in this process. A sweep
+    on fewer slices splits each slice's seeds into blocks, one unit of work per thread."""
+    client = current()
+    return 1 if client is None else max(1, sum(client.nthreads().values()))
+
+
 def map_slices(
     cube: xr.Dataset, fn: Callable[..., Any], keys: Iterable[tuple], *shared: Any
 ) -> Iterator[tuple[tuple, Any]]:
     """``(key, fn(cube, *key, *shared))`` for every key, on the current client's workers.
 
-    Without a client (:func:`using`) this is a loop in this process. With one, ``shared``
-    is sent to every worker once and the keys go out in ``TASKS_PER_THREAD`` tasks per
-    worker thread, each over the worker's own opening of the cube's file; results arrive
-    in completion order.
+    A key is a unit of work: a slice, or a slice and a block of its seeds (a sweep on
+    fewer slices than :func:`worker_threads`). Without a client (:func:`using`) this is
+    a loop in this process. With one, ``shared`` is sent to every worker once and the
+    keys go out in ``TASKS_PER_THREAD`` tasks per worker thread (fewer for fewer keys),
+    each over the worker's own opening of the cube's file; results arrive in completion
+    order.
     """
     client = current()
     keys = list(keys)
@@ -229,8 +245,7 @@ def map_slices(
     from dask.distributed import as_completed
 
     source, ident = cube_source(cube)
-    threads = max(1, sum(client.nthreads().values()))
-    n_tasks = min(len(keys), threads * TASKS_PER_THREAD)
+    n_tasks = min(len(keys), _slots(client))
     shared_futures = client.scatter(list(shared), broadcast=True, hash=False)
     tasks = [
         client.submit(_on_worker, source, ident, fn, keys[i::n_tasks], *shared_futures, pure=False)
@@ -336,8 +351,7 @@ def write_on_workers(
     from tqdm.auto import tqdm
 
     spec = model_spec(model)
-    threads = max(1, sum(client.nthreads().values()))
-    n_tasks = min(len(spans), threads * TASKS_PER_THREAD)
+    n_tasks = min(len(spans), _slots(client))
     [shared] = client.scatter([job], broadcast=True, hash=False)
     tasks = [
         client.submit(_write_on_worker, spec, url, spans[i::n_tasks], shared, pure=False)

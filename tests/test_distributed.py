@@ -69,6 +69,36 @@ def test_detect_on_workers_equals_single_process(client, cube_file):
     assert (best["layer"], best["component"]) == (2, "resid")
 
 
+def _tasks_per_worker(client) -> dict[str, int]:
+    """Per worker, the units of work (slices or seed blocks) it has run so far."""
+    info = client.run(
+        lambda: __import__("mechwidgets.cluster", fromlist=["_"])._worker_cube.cache_info()
+    )
+    return {w: i.hits + i.misses for w, i in info.items()}
+
+
+@pytest.mark.parametrize(
+    ("action", "labels", "components"),
+    [(mw.detect, "number", ["resid"]), (mw.compare, ["number", "tense"], ["resid", "mlp"])],
+    ids=["1 slice", "2 slices"],
+)
+def test_a_cube_of_few_slices_keeps_both_workers_busy(
+    client, cube_file, action, labels, components
+):
+    """4 seeds on 2 worker threads: the one slice goes out as 2 seed blocks, one on each
+    worker (unsplit, it would be one unit on one worker); 2 slices are not split (each
+    worker has one already, and a block repeats its slice's factorisation). The numbers
+    are identical to one process's either way."""
+    kw = {**SMALL, "seeds": 4, "layers": [2], "components": components}
+    local = action(cube_file, labels, **kw)
+    before = _tasks_per_worker(client)
+    remote = action(cube_file, labels, client=client, **kw)
+    ran = {w: n - before[w] for w, n in _tasks_per_worker(client).items()}
+    assert sorted(ran.values()) == [1, 1], ran
+    _same(local, remote)
+    assert remote.data["probed"].sum() == len(components)
+
+
 def test_compare_and_collapse_on_workers_equal_single_process(client, cube_file):
     """Also CKA: collapse's 15 slices, then one CKA matrix per component, each a task on a
     worker, and the matrices identical to the single-process ones."""
@@ -246,3 +276,43 @@ def test_a_cube_three_times_a_worker_memory_limit_is_probed_within_it(tmp_path, 
     assert max(peak.values()) < limit, {w: f"{p / 2**20:.0f} MiB" for w, p in peak.items()}
     best = res.summary()["best"]
     assert (best["layer"], best["component"]) == (2, "resid")
+
+
+@pytest.fixture(scope="module")
+def kinds_cube():
+    """2 slices; a binary, a 3-class and a continuous label, each with word types."""
+    plants = {name: {(0, "resid"): 1.5, (0, "mlp"): 0.5} for name in ("b", "m", "c")}
+    return planted_cube(plants, n_samples=240, dim=12, n_layers=1, components=("resid", "mlp"),
+                        classes={"m": 3, "c": 0}, seed=5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("labels", "options"),
+    [
+        (["b", "m", "c"], {}),
+        (["b"], {"metric": "auc"}),
+        (["b", "m"], {"probe": "logistic", "strengths": (0.01, 1.0), "permutations": 4}),
+    ],
+    ids=["accuracy+r2", "auc", "logistic"],
+)
+def test_seed_blocks_give_bit_for_bit_the_numbers_of_one_block(
+    kinds_cube, monkeypatch, labels, options
+):
+    """The sweep split into 2 and 3 seed blocks per slice (as on 4 or 6 worker threads,
+    run here in-process) returns the identical raw output, for every metric, the
+    logistic probe and all three controls; and the blocks were really probed apart."""
+    from mechwidgets.probes import sweep as sw
+
+    kw = {"permutations": 12, "resamples": 100, **options}
+    protocol = sw.Protocol(
+        controls=("label_shuffle", "random_subspace", "control_task"), seeds=(3, 4, 5), **kw
+    )
+    whole = sw.sweep(kinds_cube, labels, protocol)
+    calls = []
+    probe_at = sw.probe_at
+    monkeypatch.setattr(sw, "probe_at", lambda *a: calls.append(a[3:5]) or probe_at(*a))
+    for threads, blocks in ((4, [(0, 2), (2, 3)]), (6, [(0, 1), (1, 2), (2, 3)])):
+        monkeypatch.setattr(sw, "worker_threads", lambda n=threads: n)
+        calls.clear()
+        xr.testing.assert_identical(sw.sweep(kinds_cube, labels, protocol), whole)
+        assert sorted(calls) == sorted(blocks * 2)  # each slice's seeds, block by block

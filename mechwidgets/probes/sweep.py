@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, cast
 
@@ -49,7 +49,7 @@ from mechwidgets.analysis.statistics import (
     score,
     simultaneous_interval,
 )
-from mechwidgets.cluster import map_slices
+from mechwidgets.cluster import map_slices, worker_threads
 from mechwidgets.core.budget import check_memory, protocol_bytes
 from mechwidgets.core.errors import CubeError, SpecError
 from mechwidgets.core.params import ProtocolParams, check
@@ -65,6 +65,7 @@ from mechwidgets.probes.linear import (
     DEFAULT_STRENGTHS,
     LabelEncoding,
     Path,
+    PathFit,
     Standardizer,
     blas_threads_for,
     fit_select_predict,
@@ -362,8 +363,8 @@ class _Draws:
     """Every seeded draw for one label, made once and shared by all slices.
 
     ``columns`` holds the label columns the main path fits, split into (train, val,
-    test) rows: the real labels, then ``S*B`` label-shuffle columns, then ``S*B``
-    control-task columns (each seed-major, ``s * B + b``), as present.
+    test) rows: the real labels, then per seed its ``B`` label-shuffle and its ``B``
+    control-task columns, as present (a seed's columns side by side).
     """
 
     columns: tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -372,13 +373,33 @@ class _Draws:
 
 
 @dataclass(frozen=True)
-class ProbeNumbers:
-    """The probes' numbers for one label on one slice (:func:`_probe_label`) or, with
-    leading ``(label, layer, component)`` axes, for the whole sweep (:func:`sweep`).
+class SeedBlock:
+    """One label's numbers on one slice for a block of seeds (:func:`_probe_label`).
 
     ``score``, ``val_score`` and ``alpha`` are ``(control, seed)``; ``boot`` adds a
-    ``resample`` axis and ``null`` a ``draw`` axis; ``sel_boot`` is ``(control,
-    resample)``; ``y_pred`` and ``y_score`` are the real probe's test outputs.
+    ``resample`` axis and ``null`` a ``draw`` axis; ``first_out`` and ``first_true`` are
+    each control's draw 0 (test outputs and their labels), ``(control, test item, seed)``
+    without the real probe; ``y_pred`` and ``y_score`` are the real probe's test outputs,
+    the same in every block.
+    """
+
+    score: np.ndarray
+    val_score: np.ndarray
+    alpha: np.ndarray
+    boot: np.ndarray
+    null: np.ndarray
+    first_out: np.ndarray
+    first_true: np.ndarray
+    y_pred: np.ndarray
+    y_score: np.ndarray
+
+
+@dataclass(frozen=True)
+class ProbeNumbers:
+    """The probes' numbers for the whole sweep (:func:`sweep`), ``(label, layer,
+    component, ...)``: ``score``, ``val_score`` and ``alpha`` then ``(control, seed)``;
+    ``boot`` adds a ``resample`` axis and ``null`` a ``draw`` axis; ``sel_boot`` is
+    ``(control, resample)``; ``y_pred`` and ``y_score`` are the real probe's test outputs.
     """
 
     score: np.ndarray
@@ -390,10 +411,28 @@ class ProbeNumbers:
     y_pred: np.ndarray
     y_score: np.ndarray
 
-    def put(self, at: tuple[int, int, int], one: ProbeNumbers) -> None:
-        """Write one label's numbers on one slice at ``(label, layer, component)``."""
-        for f in fields(self):
-            getattr(self, f.name)[at] = getattr(one, f.name)
+    def put(
+        self,
+        at: tuple[int, int, int],
+        blocks: list[SeedBlock],
+        metric: Metric,
+        weights0: np.ndarray,
+    ) -> None:
+        """Write one label's numbers on one slice at ``(label, layer, component)`` from
+        its seed blocks, in seed order. ``sel_boot`` is the real probe minus the seed mean
+        of each control's draw 0, all under seed 0's resamples (``weights0``): its spread
+        is that of the reported selectivity (a mean over seeds), not of one draw. It is
+        computed here, from every seed, so that it does not depend on the blocks."""
+        for name in ("score", "val_score", "alpha", "boot", "null"):
+            getattr(self, name)[at] = np.concatenate([getattr(b, name) for b in blocks], axis=1)
+        outs, truth = (
+            np.concatenate([getattr(b, name) for b in blocks], axis=-1)
+            for name in ("first_out", "first_true")
+        )
+        real = self.boot[at][0, 0]  # the real probe under seed 0's resamples
+        for k, (out, true) in enumerate(zip(outs, truth, strict=True), start=1):
+            self.sel_boot[at][k] = real - batch_score(metric, true, out, weights0).mean(axis=1)
+        self.y_pred[at], self.y_score[at] = blocks[0].y_pred, blocks[0].y_score
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -411,18 +450,20 @@ def _subspace_rank(lab: LabelData, protocol: Protocol, dim: int) -> int:
 def _draws(lab: LabelData, view: CubeView, protocol: Protocol, dim: int) -> _Draws:
     b = protocol.permutations
     seeds = protocol.seeds
-    cols, names, subspace = [lab.codes[:, None]], [], None
+    names, subspace = [], None
+    per_seed: list[list[np.ndarray]] = [[] for _ in seeds]
     if "label_shuffle" in protocol.controls:
         names.append("label_shuffle")
-        cols += [
-            shuffled_labels(lab.codes, view.split, b, _rng(s, "label_shuffle"), lab.units)
-            for s in seeds
-        ]
+        for own, s in zip(per_seed, seeds, strict=True):
+            own.append(
+                shuffled_labels(lab.codes, view.split, b, _rng(s, "label_shuffle"), lab.units)
+            )
     if "control_task" in protocol.controls:
         names.append("control_task")
         types = cast(np.ndarray, lab.word_types)  # read_cube checked it exists
-        cols += [control_task_labels(lab.codes, types, b, _rng(s, "control_task")) for s in seeds]
-    y = np.concatenate(cols, axis=1)
+        for own, s in zip(per_seed, seeds, strict=True):
+            own.append(control_task_labels(lab.codes, types, b, _rng(s, "control_task")))
+    y = np.concatenate([lab.codes[:, None], *(c for own in per_seed for c in own)], axis=1)
     if "random_subspace" in protocol.controls:
         rank = _subspace_rank(lab, protocol, dim)
         bases = np.concatenate(
@@ -490,16 +531,28 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
         for li, layer in enumerate(view.layers)
         for ci, comp in enumerate(view.components)
     }
-    # on a dask client (mechwidgets.cluster.using) each slice is a task on a worker
+    # on a dask client (mechwidgets.cluster.using) each (slice, seed block) is a unit of
+    # work for a worker; with fewer slices than worker threads, each slice's seeds are
+    # split into blocks, each of which loads, standardises and factorises the slice again
+    # (seed_blocks gives the cost); in this process, one block of all seeds per slice
+    blocks = seed_blocks(n_seed, len(where), worker_threads())
+    keys = [(layer, comp, b.start, b.stop) for layer, comp in where for b in blocks]
     shared = _Shared(replace(view, cube=xr.Dataset()), protocol, dim)
+    arrived: dict[tuple[int, str], dict[int, list[SeedBlock]]] = {}
     with blas_threads_for(cube.sizes["sample"] * dim):
-        for slice_key, slice_out in map_slices(cube, probe_at, where, shared):
-            if slice_out is None:
+        for (layer, comp, start, _), block in map_slices(cube, probe_at, keys, shared):
+            if block is None:
                 continue
-            li, ci = where[slice_key]
+            got = arrived.setdefault((layer, comp), {})
+            got[start] = block
+            if len(got) < len(blocks):
+                continue
+            del arrived[layer, comp]
+            li, ci = where[layer, comp]
             probed[li, ci] = True
-            for ni, numbers in enumerate(slice_out):
-                out.put((ni, li, ci), numbers)
+            for ni, lab in enumerate(view.labels.values()):
+                parts = [got[b.start][ni] for b in blocks]
+                out.put((ni, li, ci), parts, lab.metric, shared.weights[0])
     if not probed.any():
         raise CubeError(
             "every slice of the cube is all NaN, so nothing can be probed; extract it again "
@@ -544,12 +597,31 @@ class _Shared:
         )
 
 
-def probe_at(cube: xr.Dataset, layer: int, comp: str, shared: _Shared) -> list[ProbeNumbers] | None:
-    """One slice loaded and probed (:func:`_probe_slice`); None when it is absent."""
+def seed_blocks(n_seeds: int, n_slices: int, threads: int) -> list[range]:
+    """The seeds (indices) of each block a slice's probes are split into.
+
+    One block of all seeds while the ``n_slices`` slices give each of ``threads`` worker
+    threads (:func:`mechwidgets.cluster.worker_threads`) one; else even blocks, enough
+    for a unit of work per thread, at most one per seed. A block repeats its slice's
+    load, standardisation and factorisation, the real probe and the random-subspace
+    projections (CPU of the default protocol: 133 of 300 ms on a 4,000 x 512 slice of
+    bench/probes.py, 25 of 81 ms on 2,000 x 256), so slices are split only to occupy
+    idle threads, not into several tasks per thread as slices are.
+    """
+    n = min(n_seeds, max(1, -(-threads // max(1, n_slices))))
+    return [range(int(b[0]), int(b[-1]) + 1) for b in np.array_split(np.arange(n_seeds), n)]
+
+
+def probe_at(
+    cube: xr.Dataset, layer: int, comp: str, start: int, stop: int, shared: _Shared
+) -> list[SeedBlock] | None:
+    """One slice loaded and probed for seeds ``start:stop`` (:func:`_probe_slice`); None
+    when the slice is absent."""
     x = _load(cube, layer, comp)
     if x is None:
         return None
-    return _probe_slice(x, shared.view, shared.draws, shared.weights, shared.protocol)
+    seeds = range(start, stop)
+    return _probe_slice(x, shared.view, shared.draws, shared.weights, shared.protocol, seeds)
 
 
 def _load(cube: xr.Dataset, layer: int, comp: str) -> np.ndarray | None:
@@ -569,19 +641,22 @@ def _probe_slice(
     draws: dict[str, _Draws],
     weights: np.ndarray,
     protocol: Protocol,
-) -> list[ProbeNumbers]:
-    """All labels on one slice, in the view's order."""
+    seeds: range,
+) -> list[SeedBlock]:
+    """All labels on one slice for ``seeds``, in the view's order. A block of seeds
+    standardises and factorises its slice itself: split into blocks, a slice repeats
+    that once per block (see :func:`sweep`)."""
     tr, va, te = view.masks
     xs = Standardizer.fit(x[tr]).transform(x)  # on train only
     paths: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
-    result: list[ProbeNumbers] = []
+    result: list[SeedBlock] = []
     for name, lab in view.labels.items():
         kind = "ridge" if lab.encoding.kind == "continuous" else protocol.probe
         if kind not in paths:
             path = make_path(kind, xs[tr][None], np.float32)
             paths[kind] = (path, path.project(xs[va][None]), path.project(xs[te][None]))
         result.append(
-            _probe_label(xs, lab, draws[name], paths[kind], kind, view, weights, protocol)
+            _probe_label(xs, lab, draws[name], paths[kind], kind, view, weights, protocol, seeds)
         )
     return result
 
@@ -595,81 +670,109 @@ def _probe_label(
     view: CubeView,
     weights: np.ndarray,
     protocol: Protocol,
-) -> ProbeNumbers:
-    """Real probe and every control draw for one label on one standardised slice."""
+    seeds: range,
+) -> SeedBlock:
+    """Real probe and every control draw of ``seeds`` (indices into ``protocol.seeds``)
+    for one label on one standardised slice.
+
+    The real labels are fitted alone and each seed's control columns on their own, so a
+    seed's numbers are the same products on the same operands whichever seeds share its
+    task: a sweep split into seed blocks (:func:`seed_blocks`) gives bit for bit the
+    numbers of one block of all seeds (a fit of more columns at once may round them
+    differently: BLAS kernels are not bound to give a column the same last bits).
+    """
     tr, va, te = view.masks
     enc, metric = lab.encoding, lab.metric
     alphas = np.asarray(protocol.strengths) * tr.sum()
     n_seed, n_draw = len(protocol.seeds), protocol.permutations
     y_train, y_val, y_test = draw.columns
     path, proj_val, proj_test = main
-    fit = fit_select_predict(
-        path, proj_val, proj_test, y_train[None], y_val[None], enc, metric, alphas
-    )
-    # per control: test outputs (n_test, S*B), their true labels, val scores, strengths
-    groups: dict[str, tuple[np.ndarray, ...]] = {}
-    out = enc.output(fit.test_decision, metric)[0]
-    start, width = 0, 1
-    for c in ["none", *draw.column_controls]:
-        cols = slice(start, start + width)
-        groups[c] = (
-            out[:, cols],
-            y_test[:, cols],
-            fit.val_score[0, cols],
-            fit.alpha_index[0, cols],
-        )
-        start, width = cols.stop, n_seed * n_draw
-    if draw.subspace is not None:
-        rank = draw.subspace.shape[0] // (n_seed * n_draw)
-        # (g * rank, n) -> (g, n, rank): for rank 1 a view, not a copy
-        z = (draw.subspace @ xs.T.astype(np.float32)).reshape(-1, rank, len(xs)).swapaxes(1, 2)
-        sub = make_path(kind, z[:, tr], np.float32)
-        real = lab.codes[:, None][None]
-        sfit = fit_select_predict(
-            sub, sub.project(z[:, va]), sub.project(z[:, te]), real[:, tr], real[:, va],
+
+    def fitted(cols: slice) -> tuple[PathFit, np.ndarray]:
+        fit = fit_select_predict(
+            path, proj_val, proj_test, y_train[None, :, cols], y_val[None, :, cols],
             enc, metric, alphas,
         )  # fmt: skip
-        sout = enc.output(sfit.test_decision, metric)[:, :, 0].T
-        groups["random_subspace"] = (
-            sout,
-            np.repeat(lab.codes[te][:, None], sout.shape[1], axis=1),
-            sfit.val_score[:, 0],
-            sfit.alpha_index[:, 0],
-        )
+        return fit, enc.output(fit.test_decision, metric)[0]
+
+    real, real_out = fitted(slice(0, 1))
+    # per control, per seed of the block: test outputs (n_test, B), their true labels,
+    # val scores and strengths; the real probe's are the same for every seed
+    groups: dict[str, list[tuple[np.ndarray, ...]]] = {
+        "none": [(real_out, y_test[:, :1], real.val_score[0], real.alpha_index[0])] * len(seeds)
+    }
+    groups.update({c: [] for c in protocol.controls})
+    n_col = len(draw.column_controls)
+    if draw.subspace is not None:
+        rank = draw.subspace.shape[0] // (n_seed * n_draw)
+        # every seed's projections, (S * B * rank, n) -> (S * B, n, rank) (for rank 1 a
+        # view, not a copy), in one product whatever the block: a block then takes its
+        # rows from the very product one process makes, and one process pays nothing for
+        # blocks (a product per seed repacks xs each time: +2% of a slice)
+        z_all = (draw.subspace @ xs.T.astype(np.float32)).reshape(-1, rank, len(xs))
+        z_all = z_all.swapaxes(1, 2)
+    for s in seeds:
+        if n_col:
+            first = 1 + s * n_col * n_draw  # seed s's columns, after the real labels
+            fit, out = fitted(slice(first, first + n_col * n_draw))
+            for cc, c in enumerate(draw.column_controls):
+                own = slice(cc * n_draw, (cc + 1) * n_draw)
+                groups[c].append(
+                    (
+                        out[:, own],
+                        y_test[:, first + own.start : first + own.stop],
+                        fit.val_score[0, own],
+                        fit.alpha_index[0, own],
+                    )
+                )
+        if draw.subspace is not None:
+            z = z_all[s * n_draw : (s + 1) * n_draw]
+            sub = make_path(kind, z[:, tr], np.float32)
+            real_codes = lab.codes[:, None][None]
+            sfit = fit_select_predict(
+                sub, sub.project(z[:, va]), sub.project(z[:, te]), real_codes[:, tr],
+                real_codes[:, va], enc, metric, alphas,
+            )  # fmt: skip
+            sout = enc.output(sfit.test_decision, metric)[:, :, 0].T
+            groups["random_subspace"].append(
+                (
+                    sout,
+                    np.repeat(lab.codes[te][:, None], sout.shape[1], axis=1),
+                    sfit.val_score[:, 0],
+                    sfit.alpha_index[:, 0],
+                )
+            )
     controls = ("none", *protocol.controls)
-    shape = (len(controls), n_seed)
+    shape = (len(controls), len(seeds))
     test_score, val_score, alpha = (np.full(shape, np.nan) for _ in range(3))
     null = np.full((*shape, n_draw), np.nan)
     boot = np.full((*shape, protocol.resamples), np.nan)
-    sel_boot = np.full((len(controls), protocol.resamples), np.nan)
-    real_boot0 = np.zeros(protocol.resamples)
     for k, c in enumerate(controls):
-        outs, truth, val, idx = groups[c]
-        for s in range(n_seed):
-            col = 0 if c == "none" else s * n_draw  # draw 0 of seed s is the reported probe
-            test_score[k, s] = score(metric, truth[:, col], outs[:, col])
-            val_score[k, s] = val[col]
-            alpha[k, s] = alphas[idx[col]]
-            resampled = batch_score(metric, truth[:, col], outs[:, col : col + 1], weights[s])
-            boot[k, s] = resampled[:, 0]
+        for i, (s, (outs, truth, val, idx)) in enumerate(zip(seeds, groups[c], strict=True)):
+            # draw 0 of each seed is the reported probe
+            test_score[k, i] = score(metric, truth[:, 0], outs[:, 0])
+            val_score[k, i] = val[0]
+            alpha[k, i] = alphas[idx[0]]
+            boot[k, i] = batch_score(metric, truth[:, 0], outs[:, :1], weights[s])[:, 0]
             if c != "none":
-                cols = slice(s * n_draw, (s + 1) * n_draw)
-                null[k, s] = batch_score(metric, truth[:, cols], outs[:, cols])[0]
-        # the seed-mean gap with every seed's control under the same resamples (seed 0's):
-        # its spread is that of the reported selectivity (a mean over seeds), not of one draw
-        drawn = np.arange(n_seed) * (0 if c == "none" else n_draw)
-        at0 = batch_score(metric, truth[:, drawn], outs[:, drawn], weights[0]).mean(axis=1)
-        if c == "none":
-            real_boot0 = at0
-        else:
-            sel_boot[k] = real_boot0 - at0
-    decision = fit.test_decision[0, :, : enc.width]
+                null[k, i] = batch_score(metric, truth, outs)[0]
+    # each control's draw 0 per seed: test outputs and their labels, (control, test item,
+    # seed), which ProbeNumbers.put pairs with the real probe under seed 0's resamples
+    first_out, first_true = (
+        np.array([[part[j][:, 0] for part in groups[c]] for c in protocol.controls])
+        .reshape(len(protocol.controls), len(seeds), int(te.sum()))
+        .transpose(0, 2, 1)
+        for j in (0, 1)
+    )
+    decision = real.test_decision[0, :, : enc.width]
     if enc.kind == "continuous":
         y_pred = decision[:, 0]
     else:
         y_pred = enc.classes[enc.output(decision, "accuracy")[:, 0]]
     y_score = decision[:, 0] if enc.kind == "binary" else np.full(decision.shape[0], np.nan)
-    return ProbeNumbers(test_score, val_score, alpha, boot, sel_boot, null, y_pred, y_score)
+    return SeedBlock(
+        test_score, val_score, alpha, boot, null, first_out, first_true, y_pred, y_score
+    )
 
 
 def _assemble(
