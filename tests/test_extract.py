@@ -7,6 +7,8 @@ component, heads and neurons, with the last-token and the mean policies.
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask.array
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ import mechwidgets as mw
 from mechwidgets.core.errors import SelectorError, SpecError, TaskError
 from mechwidgets.data.tasks import Task
 from mechwidgets.extract.cube import check_cube
-from mechwidgets.extract.extractor import plan_extraction
+from mechwidgets.extract.extractor import _pooler, plan_extraction
 from mechwidgets.models.loading import Model
 
 TEXTS = [
@@ -278,3 +280,67 @@ def test_one_batch_cube_is_the_cube_its_file_opens_to(tiny_models, tmp_path, mon
     xr.testing.assert_identical(uncached.load(), opened.load())
     assert "source" not in uncached.encoding
     assert len(list((tmp_path / "cubes").glob("*.nc"))) == 1
+
+
+class CountingTokenizer:
+    """A tokenizer that counts its tokenizer passes (calls) and delegates the rest."""
+
+    def __init__(self, tokenizer) -> None:
+        self.inner, self.passes = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.passes += 1
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("token", ["last", "mean", "cat@last"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_one_batch_call_tokenizes_once_and_equals_the_batched_cube(
+    tiny_models, token, padding_side
+):
+    """A call of one batch tokenizes its texts once (the unseen check, the read positions
+    and the padded batch share the pass); its cube is identical to the same call in
+    batches of two, where each use tokenizes on its own."""
+    texts = ["the cat sat on the mat", "a cat runs", "cats and the cat", "the cat is red"]
+    model = tiny_models["llama"]
+    counted = dataclasses.replace(model, tokenizer=CountingTokenizer(model.tokenizer))
+    kwargs = {"token": token, "padding_side": padding_side, "cache": False, "neurons": True}
+    whole = mw.extract(counted, texts, batch_size=8, **kwargs)
+    assert counted.tokenizer.passes == 1
+    batched = mw.extract(counted, texts, batch_size=2, **kwargs)
+    assert counted.tokenizer.passes == 1 + 4  # unseen check, positions, two batches
+    xr.testing.assert_identical(whole.load(), batched.load())
+
+
+def test_padding_given_token_ids_equals_tokenizing_the_texts(tiny_models):
+    """``Model.tokenize(texts, input_ids=...)`` pads the ids a shared pass gave: the same
+    inputs as tokenizing the texts with padding, on either side."""
+    for family in ("bert", "gpt2"):
+        model = tiny_models[family]
+        ids = model.tokenizer(TEXTS)["input_ids"]
+        for side in ("left", "right"):
+            want = model.tokenize(TEXTS, padding_side=side)
+            got = model.tokenize(TEXTS, padding_side=side, input_ids=ids)
+            assert want.keys() == got.keys()
+            for name in want:
+                assert torch.equal(want[name], got[name]), (family, side, name)
+
+
+def test_pooler_reading_one_position_everywhere_copies_the_same_rows():
+    """When every row reads the same position (equal lengths, or left padding and the
+    last token) the pooler slices instead of gathering: the same float32 values as the
+    general gather, in a copy that does not keep the full activation alive."""
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]])
+    index = np.array([2, 3, 1])  # each text's last token: position 3 in every row
+    x = torch.randn(3, 4, 5, dtype=torch.float32)
+    for dtype in (torch.float32, torch.bfloat16):
+        activation = x.to(dtype)
+        got = _pooler(mask, index)(activation)
+        want = activation[torch.arange(3), torch.tensor([3, 3, 3])].float()
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert got.untyped_storage().data_ptr() != activation.untyped_storage().data_ptr()
+    mixed = _pooler(mask, np.array([2, 2, 1]))(x)  # rows at 3, 2 and 3: gathered
+    assert torch.equal(mixed, x[torch.arange(3), torch.tensor([3, 2, 3])])

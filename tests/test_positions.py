@@ -23,7 +23,7 @@ from tokenizers.models import WordLevel
 import mechwidgets as mw
 from mechwidgets.actions.localize import _prompts as localize_prompts
 from mechwidgets.core.errors import SelectorError, TaskError
-from mechwidgets.data.positions import Position, as_positions, resolve_positions
+from mechwidgets.data.positions import Position, as_positions, encode, resolve_positions
 from mechwidgets.data.tasks import Task
 from mechwidgets.intervene.pairs import prepare_pairs
 from mechwidgets.models.loading import Model
@@ -178,6 +178,28 @@ def test_bert_reads_mask_cls_sep_and_spans(models):
     assert resolve_positions(tok, texts, ["[CLS]", "[SEP]"]).index.tolist() == [0, 7]
     assert resolve_positions(tok, texts, [(14, 17), (2, 5)]).token.tolist() == ["red", "dog"]
     assert resolve_positions(tok, texts, [(11, 14), (2, 8)]).token.tolist() == ["is", "near"]
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_positions_resolved_from_a_shared_encoding_equal_a_fresh_pass(models, family):
+    """``encode`` then ``resolve_positions(..., encoded)`` (one tokenizer pass shared with
+    the batch) reads the same tokens as resolving from the texts, for ints, markers and
+    spans (which need the offsets ``encode`` must then ask for)."""
+    tok = models[family].tokenizer
+    texts = ["the cat is near the dog that is red", "a big dog is on the mat", "red"]
+    cases = [
+        ([1, -1, 0], False),
+        (["is@last", "is", "red"], True),
+        ([(4, 10), (2, 5), (0, 3)], True),
+        (None, False),
+    ]
+    for specs, offsets in cases:
+        encoded = encode(tok, texts, specs)
+        assert ("offset_mapping" in encoded) == offsets
+        shared = resolve_positions(tok, texts, specs, encoded)
+        fresh = resolve_positions(tok, texts, specs)
+        for field in ("index", "token", "length"):
+            assert getattr(shared, field).tolist() == getattr(fresh, field).tolist()
 
 
 def test_markers_match_the_text_a_token_covers_and_say_which_occurrence(models):
