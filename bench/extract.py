@@ -10,7 +10,8 @@ On a random-weight model shaped like Pythia-70m (6 layers, d_model 512, 8 heads,
   any extraction of layer 5 pays); ``full`` the whole model's forward; ``extract``
   ``mw.extract(..., cache=False)`` end to end (tokenize, trace, slice; a cube of one
   batch, as here, is returned in memory, a larger one written to a temporary netCDF file
-  and opened lazily); ``cold`` the same with the cache on, the cache folder emptied
+  and opened lazily; its trace passes ``use_cache=False``, so ``floor_nc`` is the floor
+  without the KV cache); ``cold`` the same with the cache on, the cache folder emptied
   before each call (the cube is also written into the cache); ``hooks`` hand-written
   forward hooks that clone the last token of the 18 outputs and stop after the last
   block (no file); ``nnsight`` the same through an
@@ -176,6 +177,13 @@ def speed(
     def floor() -> None:
         hf.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
+    @torch.no_grad()
+    def floor_no_cache() -> None:
+        """The floor without the KV cache (extract's trace passes ``use_cache=False``)."""
+        hf.base_model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+        )
+
     def extract() -> None:
         mw.extract(model, texts, cache=False, progress=False, **kwargs).close()
 
@@ -209,6 +217,7 @@ def speed(
 
     variants = {
         "floor": floor,
+        "floor_nc": floor_no_cache,
         "extract": extract,
         "outside": outside,
         "cold": cold,

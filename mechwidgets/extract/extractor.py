@@ -262,7 +262,10 @@ def run_batch(
     reads = _reads(model, plan)
     project = head_projector(model, plan.heads)
     picked = torch.tensor(plan.neurons or (), dtype=torch.long)  # read when neurons are
-    with model.trace(**inputs) as tracer:
+    # No KV cache: one pass never reuses it (building and filling it cost 0.5 ms of CPU at
+    # 16 texts x 16 tokens, and it holds every layer's keys and values); same activations.
+    no_cache = {"use_cache": False} if hasattr(model.hf.config, "use_cache") else {}
+    with model.trace(**inputs, **no_cache) as tracer:
         saved = nnsight.save({})
         for key, envoy, port in reads:
             x = envoy.input if port == "input" else envoy.output
