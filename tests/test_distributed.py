@@ -46,12 +46,18 @@ def cube_file(request, memory_cube, tmp_path_factory):
     return mw.open_cube(save_cube(memory_cube, path, batch_rows=64))
 
 
-def _slice_tasks(client) -> int:
-    """Slice tasks the workers have run so far (each asks its cached cube once per task)."""
+def _tasks_per_worker(client) -> dict[str, int]:
+    """Per worker, the units of work (slices or seed blocks) it has run so far: each asks
+    the worker's cached cube once."""
     info = client.run(
         lambda: __import__("mechwidgets.cluster", fromlist=["_"])._worker_cube.cache_info()
     )
-    return sum(i.hits + i.misses for i in info.values())
+    return {w: i.hits + i.misses for w, i in info.items()}
+
+
+def _slice_tasks(client) -> int:
+    """Units of work the workers have run so far, all together."""
+    return sum(_tasks_per_worker(client).values())
 
 
 def _same(a, b) -> None:
@@ -67,14 +73,6 @@ def test_detect_on_workers_equals_single_process(client, cube_file):
     _same(local, remote)
     best = remote.summary()["best"]
     assert (best["layer"], best["component"]) == (2, "resid")
-
-
-def _tasks_per_worker(client) -> dict[str, int]:
-    """Per worker, the units of work (slices or seed blocks) it has run so far."""
-    info = client.run(
-        lambda: __import__("mechwidgets.cluster", fromlist=["_"])._worker_cube.cache_info()
-    )
-    return {w: i.hits + i.misses for w, i in info.items()}
 
 
 @pytest.mark.parametrize(

@@ -479,6 +479,9 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
 
     Each slice is loaded once (lazy cubes stay lazy elsewhere), standardised on train and
     factorised once; all labels, strengths and control draws share that factorisation.
+    On a dask client (:mod:`mechwidgets.cluster`) with more worker threads than slices,
+    each slice's seeds are split into blocks (:func:`seed_blocks`), each a unit of work
+    that loads and factorises the slice itself; the numbers are the same bit for bit.
 
     Returns
     -------
@@ -552,7 +555,7 @@ def sweep(cube: xr.Dataset, labels: Iterable[str], protocol: Protocol) -> xr.Dat
             probed[li, ci] = True
             for ni, lab in enumerate(view.labels.values()):
                 parts = [got[b.start][ni] for b in blocks]
-                out.put((ni, li, ci), parts, lab.metric, shared.weights[0])
+                out.put((ni, li, ci), parts, lab.metric, shared.weights0)
     if not probed.any():
         raise CubeError(
             "every slice of the cube is all NaN, so nothing can be probed; extract it again "
@@ -584,17 +587,21 @@ class _Shared:
             for name, lab in self.view.labels.items()
         }
 
+    def _weights(self, seed: int) -> np.ndarray:
+        return cluster_bootstrap_weights(
+            self.view.test_units, self.protocol.resamples, _rng(seed, "bootstrap")
+        )
+
     @cached_property
     def weights(self) -> np.ndarray:
         """``(seed, resample, test item)`` cluster-bootstrap weights, one stream per seed."""
-        return np.stack(
-            [
-                cluster_bootstrap_weights(
-                    self.view.test_units, self.protocol.resamples, _rng(s, "bootstrap")
-                )
-                for s in self.protocol.seeds
-            ]
-        )
+        return np.stack([self.weights0, *map(self._weights, self.protocol.seeds[1:])])
+
+    @cached_property
+    def weights0(self) -> np.ndarray:
+        """The first seed's weights alone: all that merging seed blocks needs (on a
+        client, the process that merges makes only these)."""
+        return self._weights(self.protocol.seeds[0])
 
 
 def seed_blocks(n_seeds: int, n_slices: int, threads: int) -> list[range]:
