@@ -611,9 +611,10 @@ def seed_blocks(n_seeds: int, n_slices: int, threads: int) -> list[range]:
     threads (:func:`mechwidgets.cluster.worker_threads`) one; else even blocks, enough
     for a unit of work per thread, at most one per seed. A block repeats its slice's
     load, standardisation and factorisation, the real probe and the random-subspace
-    projections (CPU of the default protocol: 133 of 300 ms on a 4,000 x 512 slice of
-    bench/probes.py, 25 of 81 ms on 2,000 x 256), so slices are split only to occupy
-    idle threads, not into several tasks per thread as slices are.
+    projections (default protocol, in one process, all but the load: 133 of 300 ms CPU
+    on a 4,000 x 512 slice of bench/probes.py, 25 of 81 ms on 2,000 x 256; on a worker,
+    with the load and the task, 76 of 98 ms on bench/scale.py's 2,000 x 256 slices), so
+    slices are split only to occupy idle threads, not into several tasks per thread.
     """
     n = min(n_seeds, max(1, -(-threads // max(1, n_slices))))
     return [range(int(b[0]), int(b[-1]) + 1) for b in np.array_split(np.arange(n_seeds), n)]
