@@ -344,3 +344,20 @@ def test_pooler_reading_one_position_everywhere_copies_the_same_rows():
         assert got.untyped_storage().data_ptr() != activation.untyped_storage().data_ptr()
     mixed = _pooler(mask, np.array([2, 2, 1]))(x)  # rows at 3, 2 and 3: gathered
     assert torch.equal(mixed, x[torch.arange(3), torch.tensor([3, 2, 3])])
+
+
+def test_cubes_sharing_a_grid_cannot_change_each_others_coordinates(tiny_models):
+    """Cubes of one batch share their layer/component index coordinates (built once per
+    grid): writing into one cube's coordinate values fails (read-only) or writes into a
+    copy, so it never reaches the other cube."""
+    model = tiny_models["gpt2"]
+    first = mw.extract(model, TEXTS[:2], cache=False, layers=[0, 1])
+    second = mw.extract(model, TEXTS[2:], cache=False, layers=[0, 1])
+    for name, edit in (("layer", 7), ("component", "edited")):
+        try:
+            first[name].values[0] = edit
+        except ValueError as error:
+            assert "read-only" in str(error)
+    for cube in (first, second):
+        assert cube["layer"].values.tolist() == [0, 1]
+        assert cube["component"].values.tolist() == ["resid", "attn", "mlp"]

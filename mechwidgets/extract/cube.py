@@ -281,8 +281,9 @@ def _grid(
     layers: tuple[int, ...], components: tuple[str, ...], neurons: tuple[int, ...] | None
 ) -> xr.Coordinates:
     """The indexed ``layer``, ``component`` and ``neuron`` coordinates of a cube, built
-    once per grid: their pandas indexes took a third of building a small cube (0.2 of
-    0.75 ms). Shared between cubes safely: xarray's index variables are read-only."""
+    once per grid: making their pandas indexes again took 0.2 of the 0.75 ms of CPU that
+    building a 16-sample cube cost. Shared between cubes safely: xarray's index
+    variables are read-only."""
     coords: dict[str, Any] = {"layer": np.asarray(layers, dtype=np.int64)}
     if components:
         coords["component"] = np.asarray(components)

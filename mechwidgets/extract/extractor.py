@@ -203,10 +203,10 @@ def extract(
                 )
                 for done, (start, stop) in enumerate(bar, start=1):
                     part = None if index is None else index[start:stop]
+                    given = None if ids is None else ids[start:stop]
                     values = compute_batch(
-                        model, plan, texts[start:stop], part, padding_side,
-                        None if ids is None else ids[start:stop],
-                    )  # fmt: skip
+                        model, plan, texts[start:stop], part, padding_side, given
+                    )
                     if out is not None:
                         out.write(start, *values)
                     if report is not None:
