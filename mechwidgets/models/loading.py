@@ -175,8 +175,9 @@ class Model:
         """The compute dtype of the weights."""
         return next(self.hf.parameters()).dtype
 
-    def trace(self, **inputs: torch.Tensor) -> Any:
-        """An nnsight trace of ``inputs``, run here or shipped as :attr:`remote` says.
+    def trace(self, **inputs: Any) -> Any:
+        """An nnsight trace of ``inputs`` (tensors, and model options such as
+        ``use_cache=False``), run here or shipped as :attr:`remote` says.
 
         A remote trace's block is serialised and run where the model is, so it may
         reference only what an NDIF server has: envoys (from :meth:`envoy` and friends,
