@@ -77,12 +77,23 @@ def _child(target, *args) -> None:
         target(*args)
 
 
-def extract_and_report(model, task, store: Path, report: Path, slow: float = 0.0) -> None:
-    """Extract into ``store``; record this process's forward passes."""
-    if slow:
-        run_batch = extractor.run_batch
-        extractor.run_batch = lambda *a: (time.sleep(slow), run_batch(*a))[1]
+def extract_and_report(
+    model, task, store: Path, report: Path, slow: float = 0.0, meet=None
+) -> None:
+    """Extract into ``store``; record this process's forward passes. With ``meet`` (a
+    barrier), the first batch this process claimed waits until the other process holds
+    one too, so both take part however late either starts."""
     passes: list[int] = []
+    if slow or meet is not None:
+        run_batch = extractor.run_batch
+
+        def paced(*args):
+            if meet is not None and not passes:
+                meet.wait(30)
+            time.sleep(slow)
+            return run_batch(*args)
+
+        extractor.run_batch = paced
     model.module("block", 0).register_forward_pre_hook(lambda *_: passes.append(1))
     cube = mw.extract(model, task, batch_size=BATCH, store=store)
     report.write_text(json.dumps({"passes": len(passes), "act": cube["act"].values.tolist()}))
@@ -182,7 +193,8 @@ def test_two_processes_fill_one_store_and_split_the_batches(
     model, task = toy
     target = tmp_path / "c.zarr"
     reports = [tmp_path / "a.json", tmp_path / "b.json"]
-    children = [in_child(extract_and_report, model, task, target, r, 0.15) for r in reports]
+    meet = FORK.Barrier(2)
+    children = [in_child(extract_and_report, model, task, target, r, 0.05, meet) for r in reports]
     assert [joined(c) for c in children] == [0, 0]
     runs = [json.loads(r.read_text()) for r in reports]
     assert sum(r["passes"] for r in runs) == N // BATCH  # every batch computed exactly once
