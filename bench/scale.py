@@ -36,6 +36,13 @@ serial CPU, the worker CPU per slice, the part of it that each seed block repeat
 scheduler's CPU per task (no-op tasks).
 
     python bench/scale.py [--quick | --large] [--zarr] [--rounds 3]
+
+``--pairs N`` measures only the 2-worker detect against the local one, in N interleaved
+pairs on one LocalCluster (warmed by an extraction, as above): the wall speed-up of each
+pair and their median. Three rounds leave that ratio to the machine's noise (a pair
+ranges over +-15% here); more pairs pin it down.
+
+    python bench/scale.py --large --pairs 10
 """
 
 from __future__ import annotations
@@ -116,6 +123,28 @@ def free_core(m: dict[str, float]) -> float:
     return m["main"] + max(m["busiest"], m["client"] - m["main"])
 
 
+def detect_pairs(cube: Any, model: Any, task: Any, folder: Path, pairs: int) -> None:
+    """Print the 2-worker detect's wall speed-up over the local one in ``pairs``
+    interleaved pairs, and their median."""
+    lc, client = cluster(2)
+    try:
+        mw.extract(model, task, store=folder / "warm.zarr", progress=False, client=client).close()
+        mw.detect(cube, "number", client=client)  # warm: each worker has opened the cube
+        local, two = [], []
+        for _ in range(pairs):
+            local.append(run(lambda: mw.detect(cube, "number"))["wall"])
+            two.append(run(lambda: mw.detect(cube, "number", client=client), client)["wall"])
+    finally:
+        client.close()
+        lc.close()
+    ratios = sorted(a / b for a, b in zip(local, two, strict=True))
+    print(f"detect, 2 workers against local, {pairs} interleaved pairs, load "
+          f"{os.getloadavg()[0]:.1f}: local {statistics.median(local):.2f} s, 2 workers "
+          f"{statistics.median(two):.2f} s (medians)")  # fmt: skip
+    print(f"  wall speed-up per pair: {', '.join(f'{r:.2f}' for r in ratios)}")
+    print(f"  median {statistics.median(ratios):.2f}  target >= 1.6")
+
+
 def median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
@@ -126,6 +155,7 @@ def main() -> None:
     parser.add_argument("--large", action="store_true")
     parser.add_argument("--zarr", action="store_true", help="detect on a Zarr store")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=0, help="only detect, N pairs")
     args = parser.parse_args()
     size = "quick" if args.quick else "large" if args.large else "default"
     (n_texts, batch), (samples, layers, dim) = SIZES[size]
@@ -147,6 +177,9 @@ def main() -> None:
     one_slice = mw.open_cube(save_cube(single, folder / f"one{suffix}"))
     n_slices = layers * 3
     torch.set_num_threads(1)  # as each worker (1 thread): the same work on every path
+    if args.pairs:
+        detect_pairs(cube, model, task, folder, args.pairs)
+        return
     count = iter(range(10**6))
 
     def extract(client: Any) -> Any:
