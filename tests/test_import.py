@@ -11,10 +11,10 @@ import mechwidgets as mw
 HEAVY = ("torch", "nnsight", "transformers", "altair")
 
 
-def _loaded_after(code: str) -> list[str]:
-    """The heavy modules in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+def _loaded_after(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """The ``heavy`` modules in ``sys.modules`` after running ``code`` in a fresh interpreter."""
     probe = (
-        f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+        f"{code}\nimport json, sys\nprint(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
@@ -34,6 +34,19 @@ def test_load_ext_loads_nothing_heavy_and_registers_the_magic() -> None:
         "assert 'mechinterp' in ip.magics_manager.magics['cell']\n"
     )
     assert _loaded_after(code) == []
+
+
+def test_a_default_detect_on_a_cube_imports_no_model_chart_or_stats_stack() -> None:
+    """The first display's budget: detect's intervals and p-values come from scipy.special,
+    its accuracy from numpy; scipy.stats (0.45-0.66 s), scikit-learn and the model stack
+    are not imported for a default detect on a cube."""
+    code = (
+        "import mechwidgets as mw\n"
+        "from mechwidgets.probes.synthetic import planted_cube\n"
+        "cube = planted_cube({'f': {1: 2.0}}, n_layers=2)\n"
+        "assert mw.detect(cube, seeds=2, permutations=50, resamples=100).verdict\n"
+    )
+    assert _loaded_after(code, (*HEAVY, "scipy.stats", "sklearn")) == []
 
 
 def test_every_public_name_resolves() -> None:
