@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -265,13 +266,20 @@ def test_a_cached_cube_is_found_without_building_the_model(tmp_path, monkeypatch
     assert fresh["table"] == to_jsonable(loaded.table.to_dict(orient="records"))
 
 
-def test_a_model_on_demand_is_built_once_when_an_action_reads_it():
+@pytest.fixture
+def counted_build() -> tuple[list[str], Callable[[], str]]:
+    """A model builder that logs each build, and its log."""
     built: list[str] = []
 
     def build() -> str:
         built.append("model")
         return "model"
 
+    return built, build
+
+
+def test_a_model_on_demand_is_built_once_when_an_action_reads_it(counted_build):
+    built, build = counted_build
     context = ModelOnDemand(build=build, task="task", seed=2)
     assert built == [] and context.task == "task"  # reading other fields builds nothing
     assert context.model == "model" and context.model == "model" and built == ["model"]
@@ -280,13 +288,8 @@ def test_a_model_on_demand_is_built_once_when_an_action_reads_it():
     assert ModelOnDemand(model="given").model == "given"  # a loaded model is kept as given
 
 
-def test_an_evolved_model_on_demand_stays_unbuilt_and_shares_one_build():
-    built: list[str] = []
-
-    def build() -> str:
-        built.append("model")
-        return "model"
-
+def test_an_evolved_model_on_demand_stays_unbuilt_and_shares_one_build(counted_build):
+    built, build = counted_build
     context = ModelOnDemand(build=build, task="task", seed=2)
     copy = context.evolve(seed=5, controls=["label_shuffle"])  # as compare/polysemantic do
     assert built == [] and copy.seed == 5 and copy.task == "task" and context.seed == 2
