@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 
 #: a progress callback: (fraction done, stage name)
 Progress = Callable[[float, str], None]
+#: a bundle's record (``report.bundle.ARTIFACTS``, spelled here: that module imports the
+#: chart stack, which telling a bundle from a config must not)
+_ARTIFACTS = "artifacts.json"
 #: fraction of a typical run done when each stage starts (extraction dominates)
 STAGE_START = {"task": 0.0, "model": 0.05, "extract": 0.15, "action": 0.7}
 #: file types a dataset name may point to (anything else is a built-in task name)
@@ -404,13 +407,13 @@ def run_bundle(path: str | Path, output_dir: str | Path | None = None) -> Action
 def is_bundle_source(path: str | Path) -> bool:
     """Whether ``path`` names a bundle (its folder or ``artifacts.json``) rather than a config."""
     path = Path(path)
-    return path.name == "artifacts.json" or path.is_dir()
+    return path.name == _ARTIFACTS or path.is_dir()
 
 
 def bundle_folder(path: str | Path) -> Path:
     """The bundle folder of ``path`` (the folder itself, or its ``artifacts.json``'s parent)."""
     path = Path(path)
-    return path.parent if path.name == "artifacts.json" else path
+    return path.parent if path.name == _ARTIFACTS else path
 
 
 def metrics_difference(result: ActionResult, bundle: str | Path) -> float:
