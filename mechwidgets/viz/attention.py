@@ -129,12 +129,12 @@ class AttentionPatterns:
             .mark_rect()
             .encode(
                 # vertical key labels at the query labels' size: one per 11 px column, none
-                # overlapping (slanted ones ran into each other); the chart's title names
-                # the axes once, so four panels of 16 tokens fit a notebook's width
+                # overlapping (slanted ones ran into each other). No axis titles and no
+                # legend: the chart's title names the axes and the shade once, so four
+                # panels of 16 tokens fit a notebook's width (the legend pushed it to a
+                # scrollbar)
                 x=alt.X("key:O", title=None, axis=alt.Axis(labelAngle=-90, labelFontSize=9)),
                 y=alt.Y("query:O", title=None, axis=alt.Axis(labelFontSize=9)),
-                # no legend: the title says what the shade means, and four panels of 16
-                # tokens then fit a notebook's width (the legend pushed it to a scrollbar)
                 color=alt.Color("w:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
                 tooltip=["query:N", "key:N", alt.Tooltip("w:Q", format=".3f", title="weight")],
             )
