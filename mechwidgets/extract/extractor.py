@@ -169,7 +169,7 @@ def extract(
     with cache_store.claim(key) if cached else nullcontext():
         cube = cache_store.load(key, layout) if cached else None
         if cube is None:
-            attrs = {**_attrs(model, request, key, policy, plan), "request": request}
+            attrs = _attrs(model, request, key)
             reads = _read_tokens(model, texts, specs, encoded)
             if specs is not None:
                 per_sample = {**per_sample, "position": reads.index, "token": reads.token}
@@ -398,20 +398,20 @@ def _pooler(mask: torch.Tensor, index: np.ndarray | None) -> Pool:
     return lambda x: x[rows, at].float()  # advanced indexing copies
 
 
-def _attrs(
-    model: Model, request: dict[str, Any], key: str, policy: str, plan: Plan
-) -> dict[str, Any]:
+def _attrs(model: Model, request: dict[str, Any], key: str) -> dict[str, Any]:
+    """The cube's attributes: the ``request`` it is keyed by (under ``key``), its parts
+    the key holds taken from it, and the model's name and sizes."""
     from mechwidgets import __version__
 
-    shape = model.shape
+    shape, neurons = model.shape, request["neurons"]
     return {
         "model": model.name,
         "model_identity": request["model"],
         "revision": model.revision or "",
         "family": model.adapter.family,
-        "tokenizer_hash": model.tokenizer_hash,
-        "token_policy": policy,
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "tokenizer_hash": request["tokenizer"],
+        "token_policy": request["token"],
+        "dtype": request["dtype"],
         "storage_dtype": "float32",
         "cache_key": key,
         "mechwidgets_version": __version__,
@@ -422,5 +422,6 @@ def _attrs(
             "d_model": model.d_model,
             "d_head": model.d_head,
         },
-        "n_neurons": 0 if plan.neurons is None else len(plan.neurons),
+        "n_neurons": 0 if neurons is None else len(neurons),
+        "request": request,
     }
