@@ -212,16 +212,21 @@ def _on_worker(source: str, ident: tuple, fn: Callable, keys: list, *shared: Any
 TASKS_PER_THREAD = 2
 
 
+def _threads(client: Any) -> int:
+    """``client``'s worker threads (at least 1)."""
+    return max(1, sum(client.nthreads().values()))
+
+
 def _slots(client: Any) -> int:
     """Tasks a call is spread over: ``TASKS_PER_THREAD`` per worker thread."""
-    return max(1, sum(client.nthreads().values())) * TASKS_PER_THREAD
+    return _threads(client) * TASKS_PER_THREAD
 
 
 def worker_threads() -> int:
     """The current client's worker threads (:func:`using`); 1 in this process. A sweep
     on fewer slices splits each slice's seeds into blocks, one unit of work per thread."""
     client = current()
-    return 1 if client is None else max(1, sum(client.nthreads().values()))
+    return 1 if client is None else _threads(client)
 
 
 def map_slices(
