@@ -719,6 +719,7 @@ def _probe_label(
         # blocks (a product per seed repacks xs each time: +2% of a slice)
         z_all = (draw.subspace @ xs.T.astype(np.float32)).reshape(-1, rank, len(xs))
         z_all = z_all.swapaxes(1, 2)
+        real_codes = lab.codes[:, None][None]
     for s in seeds:
         if n_col:
             first = 1 + s * n_col * n_draw  # seed s's columns, after the real labels
@@ -736,7 +737,6 @@ def _probe_label(
         if draw.subspace is not None:
             z = z_all[s * n_draw : (s + 1) * n_draw]
             sub = make_path(kind, z[:, tr], np.float32)
-            real_codes = lab.codes[:, None][None]
             sfit = fit_select_predict(
                 sub, sub.project(z[:, va]), sub.project(z[:, te]), real_codes[:, tr],
                 real_codes[:, va], enc, metric, alphas,
